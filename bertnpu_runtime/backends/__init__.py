@@ -1,0 +1,1 @@
+"""Encoder backends: hidden states in, last hidden states out. See base.EncoderBackend."""

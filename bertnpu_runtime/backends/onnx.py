@@ -1,0 +1,46 @@
+"""ONNX Runtime encoder backend (CPU): runs the bundle's encoder.onnx on padded batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
+from ..errors import BackendUnavailableError, BundleError
+
+
+class OnnxEncoder:
+    """The encoder on ONNX Runtime's CPU provider. Thread-safe: ORT sessions allow concurrent `run`."""
+
+    name = "onnx"
+
+    def __init__(self, model_path: str | Path, num_threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the onnx backend needs onnxruntime: pip install 'bertnpu[onnx]'"
+            ) from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
+            raise BundleError(model_path, f"ONNX Runtime cannot load it ({exc})") from exc
+        input_names = {i.name for i in self._session.get_inputs()}
+        if input_names != {ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT}:
+            raise BundleError(
+                model_path, f"expected inputs {ONNX_HIDDEN_INPUT!r} and {ONNX_MASK_INPUT!r}, found {sorted(input_names)}"
+            )
+
+    def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """hidden float32 [batch, seq, hidden], attention_mask int64 [batch, seq] -> float32 [batch, seq, hidden]."""
+        (output,) = self._session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: attention_mask})
+        return output
+
+    def close(self) -> None:
+        self._session = None
