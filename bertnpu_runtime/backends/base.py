@@ -17,6 +17,9 @@ class EncoderBackend(Protocol):
     """
 
     name: str
+    # How many batches the backend can usefully work on at once: 1 for a backend that already
+    # uses every CPU core per batch (ONNX), more for one that spreads sentences over NPU cores.
+    pipeline_depth: int
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 

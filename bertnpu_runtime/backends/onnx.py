@@ -14,6 +14,7 @@ class OnnxEncoder:
     """The encoder on ONNX Runtime's CPU provider. Thread-safe: ORT sessions allow concurrent `run`."""
 
     name = "onnx"
+    pipeline_depth = 1
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None) -> None:
         try:

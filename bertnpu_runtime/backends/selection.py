@@ -1,0 +1,83 @@
+"""Choosing and opening an encoder backend for a bundle: "auto", "npu" or "onnx"."""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Sequence
+
+from ..bundle import INT8_ENCODER_FILE, MXQ_FILE, ONNX_ENCODER_FILE, Bundle
+from ..errors import BackendUnavailableError
+from .base import EncoderBackend
+
+logger = logging.getLogger("bertnpu")
+
+BACKENDS = ("auto", "npu", "onnx")
+PRECISIONS = ("float32", "int8")
+
+
+def open_backend(
+    bundle: Bundle,
+    backend: str = "auto",
+    *,
+    precision: str = "float32",
+    device_no: int = 0,
+    npu_cores: int | Sequence[tuple[int, int]] | None = None,
+    num_threads: int | None = None,
+    qbruntime_module: ModuleType | None = None,
+) -> EncoderBackend:
+    """Open the encoder backend the user asked for.
+
+    auto: the NPU when qbruntime is installed, a device is present and the bundle has a model.mxq;
+    otherwise ONNX Runtime, and the reason is logged. precision applies to the ONNX backend only:
+    "int8" loads encoder.int8.onnx, the CPU preview of the NPU's quantization (the NPU always runs
+    the .mxq's own int8), so it is never chosen implicitly.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, found {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, found {precision!r}")
+    if backend == "npu" and precision != "float32":
+        raise ValueError(
+            f"precision={precision!r} selects an ONNX graph for the CPU; the npu backend runs the .mxq's own "
+            "quantization. Use backend='onnx' with precision='int8' to preview it on the CPU."
+        )
+
+    if backend == "auto":
+        reason = _npu_unusable_reason(bundle, qbruntime_module) if precision == "float32" else (
+            f"precision={precision!r} was asked for"
+        )
+        if reason is None:
+            backend = "npu"
+        else:
+            logger.info("backend='auto' runs the encoder on ONNX Runtime (CPU): %s", reason)
+            backend = "onnx"
+
+    if backend == "npu":
+        reason = _npu_unusable_reason(bundle, qbruntime_module)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend='npu' cannot run: {reason}")
+        from .npu import NpuEncoder
+
+        return NpuEncoder(
+            bundle.path(MXQ_FILE),
+            bundle.manifest.npu,
+            bundle.manifest.hidden_size,
+            device_no=device_no,
+            cores=npu_cores,
+            qbruntime_module=qbruntime_module,
+        )
+
+    from .onnx import OnnxEncoder
+
+    model_file = INT8_ENCODER_FILE if precision == "int8" else ONNX_ENCODER_FILE
+    return OnnxEncoder(bundle.path(model_file), num_threads=num_threads)
+
+
+def _npu_unusable_reason(bundle: Bundle, qbruntime_module: ModuleType | None) -> str | None:
+    """None when the NPU backend can run this bundle, else why not, in one line."""
+    if not bundle.has(MXQ_FILE):
+        return f"the bundle {bundle.directory} has no {MXQ_FILE} (build it with `python -m compile --mxq` where qbcompiler is installed)"
+    from .npu import probe_npu
+
+    return probe_npu(qbruntime_module)
