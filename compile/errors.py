@@ -1,0 +1,7 @@
+"""Every error compile/ raises on purpose. Messages say what was expected, what was found, and where."""
+
+from __future__ import annotations
+
+
+class CompileError(Exception):
+    """A bundle cannot be built: bad model, bad data, unwritable output, or a missing tool."""

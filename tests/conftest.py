@@ -1,0 +1,139 @@
+"""Shared fixtures: a tiny random BERT model folder, bundles built from it and from the default model,
+and the STS-B data folder. Nothing here reaches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_HIDDEN = 32
+TINY_LAYERS = 2
+TINY_HEADS = 4
+TINY_INTERMEDIATE = 64
+TINY_MAX_POSITIONS = 64
+TINY_MAX_SEQ_LENGTH = 48
+
+_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORDS = """
+a an the and or but not no is are was were be been being has have had do does did will would can
+could should may might must i you he she it we they me him her us them my your his its our their
+this that these those there here who what which when where why how all some any each every one two
+three four five six seven ten first new old big small little good bad long short high low young
+man men woman women boy girl child children person people dog dogs cat cats horse bird fish animal
+car bus train plane bike boat road street water river sea beach park field grass tree snow rain sun
+house room table chair bed door window kitchen food rice bread meat egg apple banana pizza cake
+guitar piano flute music song ball game soccer football basketball tennis team player players group
+play plays playing played run runs running walk walks walking ride rides riding eat eats eating
+cut cuts cutting cook cooking sing singing dance dancing swim swimming jump jumping sit sitting
+stand standing talk talking look looking hold holding drive driving fly flying read reading write
+make making take taking give put open close go goes going come coming get says said say see seen
+on in at to of for with from by up down into over under near behind front off out about after
+before during while than as if so very too also just only more most other same another still
+red blue green black white yellow brown orange pink dark light hot cold wet dry happy sad large
+world country city government president minister police killed said year years day days today
+news report people state states china india syria iran us uk new police court talks deal
+""".split()
+_PIECES = ["##s", "##es", "##ed", "##ing", "##er", "##ers", "##ly", "##est", "##ion", "##al", "##y", "##n", "##t"]
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-/&%$")
+
+
+def tiny_vocab() -> list[str]:
+    """A small real WordPiece vocabulary: special tokens, common words, suffixes, and every single
+    character both as a word start and as a "##" continuation, so any ASCII word tokenizes without [UNK]."""
+    vocab: list[str] = []
+    for token in _SPECIAL_TOKENS + _WORDS + _PIECES + _CHARS + ["##" + c for c in _CHARS]:
+        if token not in vocab:
+            vocab.append(token)
+    return vocab
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def write_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Save a random tiny BertModel with its tokenizer and sentence-transformers files into `directory`."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(str(directory))
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        intermediate_size=TINY_INTERMEDIATE,
+        max_position_embeddings=TINY_MAX_POSITIONS,
+        layer_norm_eps=1e-12,
+    )
+    model = BertModel(config).eval()
+    with torch.no_grad():  # a non-trivial embedding LayerNorm, so a swapped weight/bias or a wrong eps shows
+        model.embeddings.LayerNorm.weight.normal_(1.0, 0.2)
+        model.embeddings.LayerNorm.bias.normal_(0.0, 0.2)
+    model.save_pretrained(str(directory))
+
+    _write_json(
+        directory / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ],
+    )
+    _write_json(directory / "sentence_bert_config.json", {"max_seq_length": TINY_MAX_SEQ_LENGTH, "do_lower_case": False})
+    _write_json(
+        directory / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": TINY_HIDDEN,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny BERT (hidden 32, 2 layers, 4 heads) saved like a sentence-transformers model:
+    mean pooling, no normalization, max_seq_length 48, 64 position rows."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle built from `tiny_model_dir` with 8 calibration sentences (no .mxq, no int8)."""
+    from compile import build_bundle
+
+    return build_bundle(str(tiny_model_dir), tmp_path_factory.mktemp("tiny-bundle") / "bundle", calib_samples=8)
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the embedded all-MiniLM-L6-v2 with 8 calibration sentences."""
+    from compile import build_bundle
+
+    return build_bundle("default", tmp_path_factory.mktemp("default-bundle") / "bundle", calib_samples=8)
+
+
+@pytest.fixture(scope="session")
+def stsb_dir() -> Path:
+    """The STS-B CSV folder (../shared/data/stsb or $BERTNPU_STSB_DIR); fails loudly when absent."""
+    from compile.data import default_stsb_dir
+
+    directory = default_stsb_dir()
+    if not (directory / "stsb-en-train.csv").is_file():
+        pytest.fail(f"STS-B data not found: expected stsb-en-train.csv in {directory} (set BERTNPU_STSB_DIR)")
+    return directory
