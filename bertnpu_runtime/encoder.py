@@ -77,9 +77,9 @@ class SentenceEncoder:
         """Texts longer than this many tokens (with [CLS] and [SEP]) are truncated."""
         return self.manifest.max_seq_length
 
-    def tokenize(self, texts: Sequence[str]) -> TokenizedBatch:
+    def tokenize(self, texts: str | Sequence[str]) -> TokenizedBatch:
         """Token ids exactly as encode() sees them; `.truncated` tells which texts were cut."""
-        return self._tokenizer.encode(validate_texts(texts))
+        return self._tokenizer.encode(validate_texts([texts] if isinstance(texts, str) else texts))
 
     def encode(
         self,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .errors import BundleError
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
 _CHARS_PER_TOKEN_BOUND = 32
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,10 @@ class TokenizedBatch:
     truncated: np.ndarray  # bool [batch], True where the text had more than max_seq_length tokens
 
 
-def validate_texts(texts: Sequence[str]) -> list[str]:
+def validate_texts(texts: Iterable[str]) -> list[str]:
     """Return texts as a list, or raise TypeError naming the first item that is not a str."""
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        if not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict, set)):
-            raise TypeError(f"texts must be a str or a sequence of str, found {type(texts).__name__}")
+    if isinstance(texts, (str, bytes, Mapping, Set)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str, found {type(texts).__name__}")
     texts = list(texts)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
@@ -53,7 +54,12 @@ class Tokenizer:
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
         """Tokenize already-validated texts. An empty list gives arrays with zero rows."""
-        encodings = self._tokenizer.encode_batch([self._bounded(t) for t in texts])
+        bounded = [self._bounded(t) for t in texts]
+        try:
+            encodings = self._tokenizer.encode_batch(bounded)
+        except TypeError:  # a lone surrogate ("\ud800") cannot cross into Rust; it is not valid Unicode text
+            encodings = self._tokenizer.encode_batch([_replace_surrogates(t) for t in bounded])
+            texts = [_replace_surrogates(t) for t in texts]
         encodings = [self._retry_unbounded(e, t) for e, t in zip(encodings, texts)]
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         seq_len = int(lengths.max()) if len(encodings) else 0
@@ -76,3 +82,8 @@ class Tokenizer:
         if len(text) > self._char_bound and not encoding.overflowing:
             return self._tokenizer.encode(text)
         return encoding
+
+
+def _replace_surrogates(text: str) -> str:
+    """Replace code points UTF-8 cannot carry (lone surrogates) with U+FFFD, the replacement character."""
+    return _SURROGATES.sub("\ufffd", text)

@@ -1,0 +1,188 @@
+"""SentenceEncoder on the tiny bundle: shapes, conventions, bad input, batching, threads."""
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "The cat sat on the mat and looked out of the window for a long time.",
+    "Hi",
+    "",
+    "Two dogs run through a field of tall grass while their owner watches.",
+    "A man is playing a flute.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle):
+    with SentenceEncoder(tiny_bundle, backend="onnx") as enc:
+        yield enc
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_shapes_and_dtype(encoder):
+    vectors = encoder.encode(SENTENCES)
+    assert vectors.shape == (len(SENTENCES), encoder.dim) and vectors.dtype == np.float32
+    assert np.isfinite(vectors).all()
+    single = encoder.encode(SENTENCES[0])
+    assert single.shape == (encoder.dim,)
+    np.testing.assert_allclose(single, vectors[0], atol=1e-6)
+
+
+def test_empty_list_gives_zero_rows(encoder):
+    empty = encoder.encode([])
+    assert empty.shape == (0, encoder.dim) and empty.dtype == np.float32
+
+
+def test_tuple_and_generator_like_sequences(encoder):
+    np.testing.assert_allclose(encoder.encode(tuple(SENTENCES)), encoder.encode(SENTENCES), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["ok", None], r"texts\[1\] must be a str, found NoneType"),
+        (["ok", "fine", 3], r"texts\[2\] must be a str, found int"),
+        ([b"bytes"], r"texts\[0\] must be a str, found bytes"),
+        (None, r"texts must be a str or a sequence of str, found NoneType"),
+        (42, r"found int"),
+    ],
+)
+def test_bad_items_are_named(encoder, bad, message):
+    with pytest.raises(TypeError, match=message):
+        encoder.encode(bad)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size(encoder, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        encoder.encode(SENTENCES, batch_size=batch_size)
+
+
+def test_vectors_do_not_depend_on_batch_composition(encoder):
+    alone = np.stack([encoder.encode(s) for s in SENTENCES])
+    for batch_size in (1, 2, 3, 64):
+        together = encoder.encode(SENTENCES, batch_size=batch_size)
+        assert cosine_rows(alone, together).min() >= 0.99999
+        np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_input_order_is_kept(encoder):
+    forward = encoder.encode(SENTENCES, batch_size=2)
+    backward = encoder.encode(SENTENCES[::-1], batch_size=2)
+    np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
+
+
+def test_normalize_embeddings(encoder):
+    vectors = encoder.encode(SENTENCES, normalize_embeddings=True)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_matches_sentence_transformers(tiny_model_dir, encoder):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(tiny_model_dir), device="cpu").encode(SENTENCES, convert_to_numpy=True)
+    assert cosine_rows(encoder.encode(SENTENCES), reference).min() >= 0.99999
+
+
+def test_very_long_text_is_truncated_quickly_and_reported(encoder, caplog):
+    long_text = "word " * 20_000 + "end"  # 100k characters
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="bertnpu"):
+        vectors = encoder.encode(["short one", long_text])
+    elapsed = time.perf_counter() - start
+    assert vectors.shape == (2, encoder.dim) and np.isfinite(vectors).all()
+    assert elapsed < 5.0  # not a correctness bound: a guard against tokenizing 100k characters in full
+    assert "1 of 2 texts were longer than" in caplog.text and "index 1" in caplog.text
+    tokens = encoder.tokenize(["short one", long_text])
+    assert tokens.truncated.tolist() == [False, True]
+    assert tokens.lengths[1] == encoder.max_seq_length
+
+
+def test_truncated_prefix_matches_full_tokenization(encoder):
+    # The tokenizer cuts huge texts at whitespace before tokenizing; the kept tokens must be identical.
+    text = " ".join(f"token{i % 7}" for i in range(5000))
+    fast = encoder._tokenizer.encode([text])
+    full = encoder._tokenizer._tokenizer.encode(text)
+    assert fast.input_ids[0].tolist() == full.ids
+
+
+def test_whitespace_only_huge_text(encoder):
+    vectors = encoder.encode([" " * 100_000])
+    assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "\u200b\u200b", "😀🎉 émoji ñ", "中文句子", "\x00\x01control", "a\ud800b", "\n\t\r"]
+)
+def test_odd_text_gives_a_vector(encoder, text):
+    vector = encoder.encode(text)
+    assert vector.shape == (encoder.dim,) and np.isfinite(vector).all()
+
+
+def test_concurrent_encode_matches_sequential(encoder):
+    inputs = [SENTENCES[i:] + SENTENCES[:i] for i in range(6)]
+    expected = [encoder.encode(texts, batch_size=2) for texts in inputs]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = encoder.encode(inputs[i], batch_size=2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        np.testing.assert_allclose(results[i], want, atol=1e-6)
+
+
+def test_properties_and_repr(encoder, tiny_bundle):
+    assert encoder.backend == "onnx"
+    assert encoder.max_seq_length == encoder.manifest.max_seq_length
+    assert "backend='onnx'" in repr(encoder)
+
+
+def test_closed_encoder_refuses_work(tiny_bundle):
+    enc = SentenceEncoder(tiny_bundle, backend="onnx")
+    enc.close()
+    enc.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        enc.encode(["x"])
+
+
+def test_auto_falls_back_to_onnx_and_says_why(tiny_bundle, caplog):
+    with caplog.at_level(logging.INFO, logger="bertnpu"):
+        with SentenceEncoder(tiny_bundle) as enc:
+            assert enc.backend == "onnx"
+    assert "ONNX Runtime" in caplog.text and "model.mxq" in caplog.text
+
+
+def test_forced_npu_without_mxq_names_what_is_missing(tiny_bundle):
+    with pytest.raises(BackendUnavailableError, match="model.mxq"):
+        SentenceEncoder(tiny_bundle, backend="npu")
+
+
+def test_int8_without_int8_file_names_it(tiny_bundle):
+    with pytest.raises(BundleError, match="encoder.int8.onnx"):
+        SentenceEncoder(tiny_bundle, backend="onnx", precision="int8")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backend": "gpu"}, "backend must be one of"),
+    ({"precision": "fp16"}, "precision must be one of"),
+    ({"backend": "npu", "precision": "int8"}, "precision='int8' selects an ONNX graph"),
+])
+def test_bad_options(tiny_bundle, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SentenceEncoder(tiny_bundle, **kwargs)
