@@ -51,13 +51,22 @@ ONNX_MASK_INPUT = "attention_mask"
 ONNX_OUTPUT = "last_hidden_state"
 
 
+# The bias an "additive" NPU mask input carries for a padding token (see NpuSpec): large enough
+# to zero the softmax weight, small enough to survive int8 quantization of the scores.
+NPU_ADDITIVE_MASK_PAD = -10000.0
+
+
 @dataclass(frozen=True)
 class NpuSpec:
     """How the bundle's model.mxq expects its inputs.
 
-    mask_input: None when the .mxq takes hidden states only (run each sentence unpadded, the
-    tutorial's way); "keep" for a float32 [1, seq, 1]-style 0/1 mask as a second input; "additive"
-    for a 0 / large-negative bias as a second input.
+    mask_input: None when the .mxq takes hidden states only (each sentence runs unpadded at its
+    true length, the tutorial's way). Otherwise the .mxq has a second input, the padding mask,
+    float32 of shape (H, W, C) = (1, seq, 1) per sentence (4-D (n, 1, seq, 1) for n sentences),
+    with the same W as the hidden states (1, seq, hidden):
+      "keep":     1.0 for a real token, 0.0 for padding;
+      "additive": 0.0 for a real token, NPU_ADDITIVE_MASK_PAD (-10000.0) for padding, to be added
+                  to the attention scores.
     """
 
     mask_input: str | None = None

@@ -1,0 +1,353 @@
+"""Mobilint NPU encoder backend: runs the bundle's model.mxq through `qbruntime`.
+
+One `qbruntime.Model` is launched per selected NPU core (explicit single-core mode), and a thread
+pool drives them, so the sentences of a batch run on several cores at once (`infer` blocks).
+
+How a padded batch becomes NPU calls depends on the .mxq (bundle.json's npu.mask_input):
+- no mask input (Mobilint's BERT recipe): the NPU cannot mask padding, so every sentence runs at
+  its true length, unpadded: float32 (1, len, hidden). Sentences of the same length are sent
+  together as one 4-D (n, 1, len, hidden) call.
+- a mask input ("keep" / "additive"): each sentence is zero-padded to the smallest width a model
+  variant accepts, a second float32 input (1, width, 1) carries the mask (see bundle.NpuSpec), and
+  the padded rows are sliced off after. Sentences padded to the same width share one call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import queue
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
+from ..errors import BackendUnavailableError, BundleError
+
+logger = logging.getLogger("bertnpu")
+
+CLUSTERS = 2
+CORES_PER_CLUSTER = 4
+# Local cores per device family (checked: ARIES 2 clusters x 4 cores, REGULUS 1 core).
+_LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
+
+
+def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
+    """None when qbruntime is importable and sees an NPU, else why not, in one line. Never raises.
+
+    Sets qbruntime's C++ log level to Off first: without a card, get_available_devices() logs an
+    error line, which for backend="auto" is the expected answer, not an error.
+    """
+    try:
+        qb = qbruntime_module if qbruntime_module is not None else importlib.import_module("qbruntime")
+    except ImportError:
+        return "qbruntime is not installed (pip install 'bertnpu[npu]')"
+    try:
+        qb.set_log_level(qb.LogLevel.Off)
+        devices = qb.get_available_devices()
+    except Exception as exc:  # a broken driver install must not break backend="auto"
+        return f"qbruntime.get_available_devices() failed: {exc}"
+    if not devices:
+        return "no Mobilint NPU found (qbruntime.get_available_devices() returned [])"
+    return None
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """The sequence width one model variant accepts: > 0 exactly that, < 0 any multiple of -width."""
+
+    width: int
+    max_width: int  # 0 when the runtime gives no limit
+
+    def smallest_fit(self, length: int) -> int | None:
+        """The smallest width >= length this variant accepts."""
+        if self.width > 0:
+            return self.width if length <= self.width else None
+        step = -self.width
+        fit = math.ceil(length / step) * step
+        return fit if self.max_width <= 0 or fit <= self.max_width else None
+
+    def __str__(self) -> str:
+        if self.width > 0:
+            return str(self.width)
+        limit = f" up to {self.max_width}" if self.max_width > 0 else ""
+        return f"any length{limit}" if self.width == -1 else f"multiples of {-self.width}{limit}"
+
+
+class NpuEncoder:
+    """The encoder on a Mobilint NPU (ARIES or REGULUS), one model instance per core. Thread-safe.
+
+    mxq_path: the bundle's model.mxq. npu_spec: bundle.json's "npu" section (mask input or not).
+    hidden_size: the model's hidden size, checked against the .mxq's input shape.
+    device_no: which card (/dev/aries<N>).
+    cores: None = every local core of the card (8 on ARIES, 1 on REGULUS, read from the device
+        name); an int n = the first n cores in cluster-major order (0,0), (0,1), .. (0,3), (1,0), ..;
+        or explicit (cluster, core) pairs.
+    group_equal_lengths: send sentences of equal (padded) length together as one 4-D call;
+        False sends one sentence per call, the way Mobilint's tutorial runs BERT.
+    qbruntime_module: the qbruntime module to use; a bertnpu_runtime.testing.FakeNpu in tests.
+    """
+
+    name = "npu"
+    # Two batches in flight: the host embeds/pools one while the NPU cores run the other.
+    pipeline_depth = 2
+
+    def __init__(
+        self,
+        mxq_path: str | Path,
+        npu_spec: NpuSpec,
+        hidden_size: int,
+        *,
+        device_no: int = 0,
+        cores: int | Sequence[tuple[int, int]] | None = None,
+        group_equal_lengths: bool = True,
+        qbruntime_module: ModuleType | Any | None = None,
+    ) -> None:
+        if qbruntime_module is None:
+            try:
+                qbruntime_module = importlib.import_module("qbruntime")
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    "the npu backend needs Mobilint's runtime: pip install 'bertnpu[npu]'"
+                ) from exc
+        qb = qbruntime_module
+        self._qb = qb
+        self.mxq_path = Path(mxq_path)
+        self.npu_spec = npu_spec
+        self.hidden_size = hidden_size
+        self.device_no = device_no
+        self._group = group_equal_lengths
+        self._models: list[Any] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+        try:
+            self._accelerator = qb.Accelerator(dev_no=device_no)
+        except qb.QbRuntimeError as exc:
+            raise BackendUnavailableError(
+                f"cannot open NPU device {device_no} (dev_no={device_no}; qbruntime sees "
+                f"{_available_devices(qb)}): {_first_line(exc)}"
+            ) from exc
+        try:
+            self.cores = _select_cores(cores, _device_core_count(self._accelerator))
+            for cluster, core in self.cores:
+                self._models.append(self._launch(cluster, core))
+                if len(self._models) == 1:
+                    self._variants = _read_variants(self._models[0], self.mxq_path, npu_spec, hidden_size)
+        except BaseException:
+            self.close()
+            raise
+        self._free_models: queue.SimpleQueue = queue.SimpleQueue()
+        for model in self._models:
+            self._free_models.put(model)
+        self._pool = ThreadPoolExecutor(max_workers=len(self._models), thread_name_prefix="bertnpu-npu")
+        logger.info(
+            "npu backend: %s on device %d, cores %s, variants %s",
+            self.mxq_path.name, device_no, self.cores, [str(v) for v in self._variants],
+        )  # fmt: skip
+
+    def _launch(self, cluster: int, core: int) -> Any:
+        """Load the .mxq for one core (explicit single-core mode) and launch it on the accelerator."""
+        qb = self._qb
+        config = qb.ModelConfig()
+        core_id = qb.CoreId(qb.Cluster[f"Cluster{cluster}"], qb.Core[f"Core{core}"])
+        if not config.set_single_core_mode(None, [core_id]):
+            raise ValueError(f"qbruntime rejected core (cluster {cluster}, core {core}) for single-core mode")
+        try:
+            model = qb.Model(str(self.mxq_path), config)
+        except qb.QbRuntimeError as exc:
+            raise BackendUnavailableError(
+                f"{self.mxq_path}: qbruntime cannot load it ({_first_line(exc)}); "
+                "rebuild it with `python -m compile --mxq`"
+            ) from exc
+        try:
+            model.launch(self._accelerator)
+        except qb.QbRuntimeError as exc:
+            raise BackendUnavailableError(
+                f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, cluster {cluster} core {core}: "
+                f"{_first_line(exc)} (is another process using that core? choose others with cores=...)"
+            ) from exc
+        return model
+
+    def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """hidden float32 [batch, seq, hidden], attention_mask int64 [batch, seq] (right-padded)
+        -> float32 [batch, seq, hidden]; padding rows of the output are zeros."""
+        if self._closed:
+            raise RuntimeError("NpuEncoder.run() called after close()")
+        lengths = _check_batch(hidden, attention_mask, self.hidden_size)  # [batch]
+        calls = self._plan(lengths)
+        output = np.zeros_like(hidden)  # [batch, seq, hidden]
+        futures = [self._pool.submit(self._run_call, hidden, lengths, rows, width) for rows, width in calls]
+        seq = hidden.shape[1]
+        for future, (rows, width) in zip(futures, calls):
+            output[rows, : min(width, seq)] = future.result()[:, :seq]  # [n, width, hidden] -> rows
+        return output
+
+    def _plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Group the sentences into NPU calls: (row indices, width), longest first.
+
+        Groups are split so that every core gets work: at most ceil(sentences / cores) per call.
+        """
+        pad = self.npu_spec.mask_input is not None
+        by_width: dict[int, list[int]] = defaultdict(list)
+        for row, length in enumerate(lengths.tolist()):
+            if length > 0:
+                by_width[self._width_for(length, pad)].append(row)
+        real = sum(len(rows) for rows in by_width.values())
+        per_call = max(1, math.ceil(real / len(self._models))) if self._group else 1
+        return [
+            (np.asarray(rows[start : start + per_call]), width)
+            for width, rows in sorted(by_width.items(), reverse=True)
+            for start in range(0, len(rows), per_call)
+        ]
+
+    def _width_for(self, length: int, pad: bool) -> int:
+        fits = [fit for v in self._variants if (fit := v.smallest_fit(length)) is not None and (pad or fit == length)]
+        if not fits:
+            accepted = "; ".join(str(v) for v in self._variants)
+            why = "" if pad else " (this .mxq has no mask input, so sentences cannot be padded)"
+            raise ValueError(
+                f"no variant of {self.mxq_path.name} accepts a sentence of {length} tokens; "
+                f"its variants accept: {accepted}{why}"
+            )
+        return min(fits)
+
+    def _run_call(self, hidden: np.ndarray, lengths: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+        """One infer call for `rows`, padded to `width`: returns [n, width, hidden]."""
+        n, seq = len(rows), hidden.shape[1]
+        keep = np.arange(width)[None, :] < lengths[rows][:, None]  # [n, width]
+        x = np.zeros((n, width, self.hidden_size), np.float32)
+        x[:, : min(width, seq)] = hidden[rows, :width]
+        x[~keep] = 0.0  # padding goes in as zeros, as in Mobilint's own padded encoders
+        inputs = [x.reshape(n, 1, width, self.hidden_size)]  # [n, H=1, W, C]
+        if self.npu_spec.mask_input == "keep":
+            inputs.append(keep.astype(np.float32).reshape(n, 1, width, 1))
+        elif self.npu_spec.mask_input == "additive":
+            bias = np.where(keep, np.float32(0.0), np.float32(NPU_ADDITIVE_MASK_PAD))
+            inputs.append(bias.reshape(n, 1, width, 1))
+        if n == 1:
+            inputs = [a[0] for a in inputs]  # 3-D (H, W, C), the form Mobilint's tutorial uses
+
+        model = self._free_models.get()
+        try:
+            result = model.infer(inputs)
+        finally:
+            self._free_models.put(model)
+        out = np.asarray(result[0], dtype=np.float32)
+        if out.size != n * width * self.hidden_size:
+            raise BundleError(
+                self.mxq_path,
+                f"infer returned shape {out.shape} for input {inputs[0].shape}; expected "
+                f"{n * width * self.hidden_size} values ({n} x {width} x {self.hidden_size})",
+            )
+        return out.reshape(n, width, self.hidden_size)
+
+    def close(self) -> None:
+        """Dispose every launched model and stop the worker threads. Safe to call twice."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        models, self._models = self._models, []
+        for model in models:
+            try:
+                model.dispose()
+            except self._qb.QbRuntimeError as exc:
+                logger.warning("npu backend: dispose failed: %s", _first_line(exc))
+        self._accelerator = None
+
+    def __enter__(self) -> NpuEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: int) -> np.ndarray:
+    """Validate one padded batch; returns the true length of every sentence, [batch]."""
+    if hidden.ndim != 3 or hidden.shape[2] != hidden_size or hidden.dtype != np.float32:
+        raise ValueError(
+            f"hidden must be float32 [batch, seq, {hidden_size}], found {hidden.dtype} {hidden.shape}"
+        )
+    if attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"attention_mask must be [batch, seq] = {hidden.shape[:2]}, found {attention_mask.shape}")
+    lengths = attention_mask.sum(axis=1)
+    if not np.array_equal(attention_mask != 0, np.arange(hidden.shape[1])[None, :] < lengths[:, None]):
+        raise ValueError("attention_mask must be right-padded (1s then 0s in every row): the NPU runs each prefix")
+    return lengths
+
+
+def _read_variants(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int) -> list[_Variant]:
+    """Every model variant's sequence width, checked against what bundle.json says the .mxq is."""
+    n_inputs = 1 if npu_spec.mask_input is None else 2
+    variants = []
+    for idx in range(model.get_num_model_variants()):
+        handle = model.get_model_variant_handle(idx)
+        shapes = [tuple(s) for s in handle.get_model_input_shape()]  # one (H, W, C) per input
+        if len(shapes) != n_inputs:
+            raise BundleError(
+                mxq_path,
+                f"variant {idx} has {len(shapes)} inputs {shapes}; bundle.json's npu.mask_input="
+                f"{npu_spec.mask_input!r} means {n_inputs} (hidden states{' and mask' if n_inputs == 2 else ''})",
+            )
+        height, width, channels = shapes[0]
+        if height != 1 or channels != hidden_size or width == 0:
+            raise BundleError(
+                mxq_path, f"variant {idx} input 0 has shape (H, W, C) = {shapes[0]}, expected (1, seq, {hidden_size})"
+            )
+        if n_inputs == 2 and shapes[1] != (1, width, 1):
+            raise BundleError(
+                mxq_path, f"variant {idx} input 1 (the mask) has shape {shapes[1]}, expected (1, {width}, 1)"
+            )
+        outputs = [tuple(s) for s in handle.get_model_output_shape()]
+        if len(outputs) != 1 or outputs[0][-1] != hidden_size:
+            raise BundleError(mxq_path, f"variant {idx} outputs {outputs}, expected one (1, seq, {hidden_size})")
+        variants.append(_Variant(width, handle.get_input_buffer_info()[0].max_width))
+    if not variants:
+        raise BundleError(mxq_path, "the .mxq has no model variants")
+    return variants
+
+
+def _select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: int) -> list[tuple[int, int]]:
+    """The (cluster, core) pairs to launch on, cluster-major; see NpuEncoder's `cores`."""
+    if cores is None:
+        cores = device_cores
+    if isinstance(cores, int):
+        if not 1 <= cores <= device_cores:
+            raise ValueError(f"cores={cores}, but the device has {device_cores} local cores")
+        return [divmod(i, CORES_PER_CLUSTER) for i in range(cores)]
+    pairs = [tuple(pair) for pair in cores]
+    for pair in pairs:
+        if len(pair) != 2 or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER):
+            raise ValueError(f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}")
+    if not pairs or len(set(pairs)) != len(pairs):
+        raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")
+    return pairs
+
+
+def _device_core_count(accelerator: Any) -> int:
+    """Local cores of the opened card, from its resolved name (e.g. "aries-rb", "regulus-ra")."""
+    name = accelerator.get_device_name().lower()
+    for family, count in _LOCAL_CORES.items():
+        if name.startswith(family):
+            return count
+    logger.warning("npu backend: unknown device %r, using 1 core (pass cores= to use more)", name)
+    return 1
+
+
+def _available_devices(qb: Any) -> list[str] | str:
+    try:
+        return qb.get_available_devices()
+    except Exception as exc:  # only decorating an error message
+        return f"<get_available_devices failed: {exc}>"
+
+
+def _first_line(exc: BaseException) -> str:
+    """qbruntime's messages are "<Code> occurred.\\nPlease visit <docs>": the code is the news."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,502 @@
+"""A stand-in for Mobilint's `qbruntime` module (1.5), for running the NPU path without a card.
+
+`FakeNpu(...)` returns an object with the part of qbruntime's API that bertnpu uses; pass it as
+`qbruntime_module=`. It accepts what the real runtime accepts and rejects what it rejects, with the
+same exception types and messages:
+
+- shape checks mirror qbruntime/model.py (`_is_valid_shape`, `_find_memory_format`, variants tried
+  in order): a bad rank, H, C, input count or length is `ValueError("Input shape is invalid.")`;
+- runtime failures are `QbRuntimeError("<Code> occurred.\\n<docs link>")` with the real codes:
+  Acc_DeviceNotFound / Acc_UnknownDevice (Accelerator), Model_FailedToLoadMXQ (Model on a missing
+  file), Model_NotLaunched (infer before launch or after dispose), Model_AlreadyLaunched,
+  Acc_CoreAlreadyInUse (a core another launched model holds), Model_MXQAndModelConfigNotMatch
+  (a core mode the .mxq was not compiled for: the fake .mxq is single-core only),
+  Model_ShapeMismatched (a variable length beyond max_width), Model_InvalidVariantIdx.
+  Which code the C++ side raises for the last five is inferred from the code names in the wheel;
+  the first three were observed here.
+
+Two deliberate differences, both stricter than the real runtime: a non-float32 input is a
+TypeError (the real pybind layer silently casts float64, and int8/uint8 select pre-quantized
+overloads: both are caller bugs for a float encoder), and the .mxq file only has to exist (its
+contents are not read; the model is described by the FakeNpu arguments).
+
+Compute: with `encoder_onnx_path`, each infer runs the bundle's encoder.onnx on the given rows,
+with an all-ones mask for a maskless model or the mask input converted back to 0/1, so the NPU path
+gives the ONNX path's vectors. Without it, outputs are zeros. `latency_s` adds a sleep per sentence
+(time.sleep releases the GIL, so models on different cores overlap like real cores do).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Sequence
+
+import numpy as np
+
+_DOCS = "Please visit https://docs.mobilint.com/v1.5/doxygen/html_en/group__CPPAPI.html for more details."
+_DEVICE_NAMES = (
+    "auto", "aries", "aries-rb", "regulus", "regulus-ra", "regulus-rb",
+    "regulus-usb", "regulus-ra-usb", "regulus-rb-usb",
+)  # fmt: skip
+_CORES_PER_CLUSTER = 4
+_ADDITIVE_KEEP_THRESHOLD = -1.0  # additive mask: 0 keeps a token, a large negative value drops it
+
+
+class QbRuntimeError(RuntimeError):
+    """Same name and base class as qbruntime.QbRuntimeError; the error code is in the message."""
+
+
+def _error(code: str) -> QbRuntimeError:
+    return QbRuntimeError(f"{code} occurred.\n{_DOCS}")
+
+
+class Cluster(Enum):
+    Cluster0 = 0
+    Cluster1 = 1
+    Error = 255
+
+
+class Core(Enum):
+    Core0 = 0
+    Core1 = 1
+    Core2 = 2
+    Core3 = 3
+    All = 4
+    GlobalCore = 5
+    Error = 255
+
+
+class CoreMode(Enum):
+    Single = 0
+    Multi = 1
+    Global = 2
+    Global4 = 3
+    Global8 = 4
+    Auto = 5
+    Error = 255
+
+
+class LogLevel(Enum):
+    Debug = 0
+    Info = 1
+    Warn = 2
+    Err = 3
+    Fatal = 4
+    Off = 5
+
+
+class CoreId:
+    """A (cluster, core) pair, compared by value like qbruntime.CoreId."""
+
+    def __init__(self, cluster: Cluster, core: Core) -> None:
+        self.cluster = cluster
+        self.core = core
+
+    def _key(self) -> tuple[int, int]:
+        return (self.cluster.value, self.core.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CoreId) and self._key() == other._key()
+
+    def __lt__(self, other: CoreId) -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"CoreId(cluster={self.cluster}, core={self.core})"
+
+
+@dataclass(frozen=True)
+class BufferInfo:
+    """The fields of qbruntime.BufferInfo that describe a sequence input."""
+
+    height: int
+    width: int
+    channel: int
+    max_width: int
+
+
+class ModelConfig:
+    """Core mode and cores for a Model; defaults to Auto like qbruntime.ModelConfig()."""
+
+    def __init__(self, num_cores: int | None = None) -> None:
+        self._mode = CoreMode.Auto
+        self._core_ids: list[CoreId] = []
+        self._num_cores = 0 if num_cores is None else num_cores
+
+    def set_auto_core_mode(self) -> bool:
+        self._mode, self._core_ids = CoreMode.Auto, []
+        return True
+
+    def set_single_core_mode(self, num_cores=None, core_ids=None) -> bool:
+        """Same call forms as qbruntime: set_single_core_mode(n), ([CoreId...]) or (None, [CoreId...])."""
+        if isinstance(num_cores, (list, tuple)) and core_ids is None:
+            num_cores, core_ids = None, num_cores
+        if num_cores is not None and core_ids is None:
+            self._mode, self._core_ids, self._num_cores = CoreMode.Single, [], num_cores
+            return True
+        if core_ids is not None and num_cores is None:
+            # The real runtime logs "Invalid core ID" and returns False, leaving the config as it was.
+            if any(c.core not in (Core.Core0, Core.Core1, Core.Core2, Core.Core3) for c in core_ids):
+                return False
+            if any(c.cluster not in (Cluster.Cluster0, Cluster.Cluster1) for c in core_ids):
+                return False
+            self._mode, self._core_ids, self._num_cores = CoreMode.Single, list(core_ids), len(core_ids)
+            return True
+        raise ValueError("`set_single_core_mode` needs either `num_cores` or `core_ids`.")
+
+    def set_multi_core_mode(self, clusters: Sequence[Cluster] = (Cluster.Cluster0, Cluster.Cluster1)) -> bool:
+        self._mode, self._core_ids = CoreMode.Multi, []
+        return True
+
+    def set_global4_core_mode(self, clusters: Sequence[Cluster] = (Cluster.Cluster0, Cluster.Cluster1)) -> bool:
+        self._mode, self._core_ids = CoreMode.Global4, []
+        return True
+
+    def set_global8_core_mode(self) -> bool:
+        self._mode, self._core_ids = CoreMode.Global8, []
+        return True
+
+    def get_core_mode(self) -> CoreMode:
+        return self._mode
+
+    def get_core_ids(self) -> list[CoreId]:
+        return list(self._core_ids)
+
+    def get_num_cores(self) -> int:
+        return self._num_cores
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One Model.infer call as the fake saw it: input shapes, the core it ran on, and when."""
+
+    core: tuple[int, int]  # (cluster, core)
+    model_id: int
+    shapes: tuple[tuple[int, ...], ...]
+    start: float
+    end: float
+
+
+# --- shape rules, mirrored from qbruntime/model.py -----------------------------------------------
+
+
+def _is_valid_shape(input_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """qbruntime's rule: [h, w, c] or [batch, h, w, c]; a negative dim accepts multiples of its abs value."""
+    if len(input_shape) < len(shape) or len(input_shape) > len(shape) + 1:
+        return False
+    offset = 1 if len(input_shape) > len(shape) else 0
+    for s1, s2 in zip(input_shape[offset:], shape):
+        if s1 % s2 != 0 or (s2 > 0 and s1 != s2):
+            return False
+    return True
+
+
+def _find_memory_format(inputs: list[np.ndarray], shapes: list[tuple[int, ...]]) -> tuple[bool, bool] | None:
+    """(is_hwc, is_chw) when every input fits its shape in that layout; None when neither fits."""
+    if len(inputs) != len(shapes):
+        return None
+    is_hwc = is_chw = True
+    for arr, (h, w, c) in zip(inputs, shapes):
+        is_hwc = is_hwc and _is_valid_shape(arr.shape, (h, w, c))
+        is_chw = is_chw and _is_valid_shape(arr.shape, (c, h, w))
+    if not is_hwc and not is_chw:
+        return None
+    return is_hwc, is_chw
+
+
+# --- the device -----------------------------------------------------------------------------------
+
+
+class FakeNpu:
+    """A configurable fake of the `qbruntime` module, with one or more fake devices.
+
+    encoder_onnx_path: the bundle's encoder.onnx, run for every infer; None returns zeros.
+    hidden_size: C of the model's input; read from encoder.onnx when omitted.
+    variants: the .mxq's sequence widths, one per model variant, tried in order: -1 is one
+        dynamic-length variant (any length up to max_width), -m any multiple of m, a positive
+        value a static length.
+    max_width: the longest sequence a variable-length variant takes.
+    mask_input: None (hidden states only), or "keep" / "additive": a second float32 input of
+        shape (1, W, 1) per sentence: 1/0 for "keep", 0/large-negative for "additive".
+    num_cores: local cores per device (ARIES 8, REGULUS 1), cluster-major: (0,0)..(0,3),(1,0)..
+    num_devices: 0 simulates a machine without a card.
+    latency_s: seconds per sentence per infer call (a number, or a function of the sequence
+        length), slept while the call holds its core.
+    """
+
+    def __init__(
+        self,
+        encoder_onnx_path: str | os.PathLike | None = None,
+        *,
+        hidden_size: int | None = None,
+        variants: Sequence[int] = (-1,),
+        max_width: int = 512,
+        mask_input: str | None = None,
+        device_name: str = "aries-rb",
+        num_cores: int = 8,
+        num_devices: int = 1,
+        latency_s: float | Callable[[int], float] | None = None,
+    ) -> None:
+        if mask_input not in (None, "keep", "additive"):
+            raise ValueError(f'mask_input must be None, "keep" or "additive", found {mask_input!r}')
+        if not variants or any(v == 0 for v in variants):
+            raise ValueError(f"variants must be non-zero widths, found {list(variants)}")
+        self._session = None
+        if encoder_onnx_path is not None:
+            self._session = _open_onnx(encoder_onnx_path)
+            if hidden_size is None:
+                (hidden_input,) = [i for i in self._session.get_inputs() if i.name == "hidden_states"]
+                hidden_size = hidden_input.shape[-1]
+        if not isinstance(hidden_size, int):
+            raise ValueError("hidden_size is needed when encoder_onnx_path is None")
+        self.hidden_size = hidden_size
+        self.variants = tuple(variants)
+        self.max_width = max_width
+        self.mask_input = mask_input
+        self.device_name = device_name
+        self.num_cores = num_cores
+        self.num_devices = num_devices
+        self.latency_s = latency_s
+        self.log_level: LogLevel | None = None
+        self.calls: list[InferCall] = []
+        self.models: list[_FakeModel] = []  # every Model constructed, launched or not
+        self._lock = threading.Lock()
+        self._busy: dict[tuple[int, int, int], int] = {}  # (dev_no, cluster, core) -> model id
+        self._model_ids = itertools.count()
+
+        # Module-level names of qbruntime that are plain types.
+        self.QbRuntimeError = QbRuntimeError
+        self.Cluster, self.Core, self.CoreMode, self.LogLevel = Cluster, Core, CoreMode, LogLevel
+        self.CoreId, self.ModelConfig, self.BufferInfo = CoreId, ModelConfig, BufferInfo
+
+    # Functions and constructors of the qbruntime module, bound to this fake device.
+
+    def get_available_devices(self) -> list[str]:
+        return [self.device_name] * self.num_devices
+
+    def set_log_level(self, level: LogLevel) -> None:
+        self.log_level = level
+
+    def Accelerator(self, device_name: str | int = "auto", dev_no: int = 0) -> _FakeAccelerator:  # noqa: N802
+        if isinstance(device_name, int):  # Accelerator(dev_no), as in qbruntime
+            dev_no, device_name = device_name, "auto"
+        name = device_name.lower()
+        if name not in _DEVICE_NAMES:
+            raise _error("Acc_UnknownDevice")
+        if not (0 <= dev_no < self.num_devices) or not (name == "auto" or self.device_name.startswith(name)):
+            raise _error("Acc_DeviceNotFound")
+        return _FakeAccelerator(self, dev_no)
+
+    def Model(self, path: str | os.PathLike, model_config: ModelConfig | None = None) -> _FakeModel:  # noqa: N802
+        if not os.path.isfile(path):
+            raise _error("Model_FailedToLoadMXQ")
+        config = model_config if model_config is not None else ModelConfig()
+        if config.get_core_mode() not in (CoreMode.Single, CoreMode.Auto):
+            raise _error("Model_MXQAndModelConfigNotMatch")
+        model = _FakeModel(self, next(self._model_ids), str(path), config)
+        with self._lock:
+            self.models.append(model)
+        return model
+
+    # What tests and benchmarks read.
+
+    def all_cores(self) -> list[tuple[int, int]]:
+        """Every local core of a device, cluster-major."""
+        return [divmod(i, _CORES_PER_CLUSTER) for i in range(self.num_cores)]
+
+    def busy_cores(self) -> set[tuple[int, int]]:
+        """Cores held by launched models, over all devices."""
+        with self._lock:
+            return {(cluster, core) for _, cluster, core in self._busy}
+
+    def variant_input_shapes(self, width: int) -> list[tuple[int, int, int]]:
+        shapes = [(1, width, self.hidden_size)]
+        if self.mask_input is not None:
+            shapes.append((1, width, 1))
+        return shapes
+
+    def _acquire(self, dev_no: int, cores: list[tuple[int, int]], model_id: int) -> None:
+        with self._lock:
+            if any((dev_no, *c) in self._busy for c in cores):
+                raise _error("Acc_CoreAlreadyInUse")
+            for c in cores:
+                self._busy[(dev_no, *c)] = model_id
+
+    def _release(self, model_id: int) -> None:
+        with self._lock:
+            for key in [k for k, owner in self._busy.items() if owner == model_id]:
+                del self._busy[key]
+
+    def _free_cores(self, dev_no: int) -> list[tuple[int, int]]:
+        with self._lock:
+            return [c for c in self.all_cores() if (dev_no, *c) not in self._busy]
+
+    def _compute(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """inputs in HWC: hidden [n, 1, W, C] (+ mask [n, 1, W, 1]) -> output [n, 1, W, C]."""
+        hidden = inputs[0][:, 0]  # [n, W, C]
+        n, width, _ = hidden.shape
+        if self.latency_s is not None:
+            seconds = self.latency_s(width) if callable(self.latency_s) else self.latency_s
+            time.sleep(n * seconds)
+        if self._session is None:
+            return np.zeros(inputs[0].shape, np.float32)
+        if self.mask_input is None:
+            mask = np.ones((n, width), np.int64)
+        elif self.mask_input == "keep":
+            mask = (inputs[1][:, 0, :, 0] > 0.5).astype(np.int64)
+        else:
+            mask = (inputs[1][:, 0, :, 0] > _ADDITIVE_KEEP_THRESHOLD).astype(np.int64)
+        (output,) = self._session.run(None, {"hidden_states": hidden, "attention_mask": mask})
+        return output[:, None]  # [n, 1, W, C]
+
+
+class _FakeAccelerator:
+    def __init__(self, npu: FakeNpu, dev_no: int) -> None:
+        self._npu = npu
+        self.dev_no = dev_no
+
+    def get_device_name(self) -> str:
+        return self._npu.device_name
+
+
+class _FakeVariantHandle:
+    def __init__(self, npu: FakeNpu, idx: int) -> None:
+        self._npu = npu
+        self._idx = idx
+        self._width = npu.variants[idx]
+
+    def get_variant_idx(self) -> int:
+        return self._idx
+
+    def get_model_input_shape(self) -> list[tuple[int, int, int]]:
+        return self._npu.variant_input_shapes(self._width)
+
+    def get_model_output_shape(self) -> list[tuple[int, int, int]]:
+        return [(1, self._width, self._npu.hidden_size)]
+
+    def get_input_buffer_info(self) -> list[BufferInfo]:
+        max_width = self._width if self._width > 0 else self._npu.max_width
+        return [BufferInfo(h, w, c, max_width) for h, w, c in self.get_model_input_shape()]
+
+
+class _FakeModel:
+    """qbruntime.Model: parse (here: describe), launch on cores, infer, dispose."""
+
+    def __init__(self, npu: FakeNpu, model_id: int, path: str, config: ModelConfig) -> None:
+        self._npu = npu
+        self.model_id = model_id
+        self.path = path
+        self._config = config
+        self._cores: list[tuple[int, int]] = []
+        self._dev_no: int | None = None
+        self.launched = False
+        self.disposed = False
+
+    def launch(self, acc: _FakeAccelerator) -> None:
+        if self.launched:
+            raise _error("Model_AlreadyLaunched")
+        mode = self._config.get_core_mode()
+        if mode == CoreMode.Single and self._config.get_core_ids():
+            cores = [(c.cluster.value, c.core.value) for c in self._config.get_core_ids()]
+            if any(c not in self._npu.all_cores() for c in cores):
+                raise _error("Model_NoTargetCores")
+        elif mode == CoreMode.Single:  # set_single_core_mode(num_cores): the first free cores
+            cores = self._npu._free_cores(acc.dev_no)[: self._config.get_num_cores()]
+            if len(cores) < self._config.get_num_cores():
+                raise _error("Acc_CoreAlreadyInUse")
+        else:  # Auto on a single-core .mxq: every local core
+            cores = self._npu.all_cores()
+        self._npu._acquire(acc.dev_no, cores, self.model_id)
+        self._cores, self._dev_no = cores, acc.dev_no
+        self.launched, self.disposed = True, False
+
+    def dispose(self) -> None:
+        if self.launched:
+            self._npu._release(self.model_id)
+        self.launched, self.disposed = False, True
+
+    def get_target_cores(self) -> list[CoreId]:
+        return [CoreId(Cluster(cluster), Core(core)) for cluster, core in self._cores]
+
+    def get_core_mode(self) -> CoreMode:
+        return self._config.get_core_mode()
+
+    def get_num_model_variants(self) -> int:
+        return len(self._npu.variants)
+
+    def get_model_variant_handle(self, variant_idx: int) -> _FakeVariantHandle:
+        if not 0 <= variant_idx < len(self._npu.variants):
+            raise _error("Model_InvalidVariantIdx")
+        return _FakeVariantHandle(self._npu, variant_idx)
+
+    def get_model_input_shape(self) -> list[tuple[int, int, int]]:
+        return self.get_model_variant_handle(0).get_model_input_shape()
+
+    def get_model_output_shape(self) -> list[tuple[int, int, int]]:
+        return self.get_model_variant_handle(0).get_model_output_shape()
+
+    def get_input_buffer_info(self) -> list[BufferInfo]:
+        return self.get_model_variant_handle(0).get_input_buffer_info()
+
+    def infer(self, inputs: np.ndarray | list[np.ndarray], outputs: None = None, cache_size: int = 0) -> list[np.ndarray]:
+        """Check like qbruntime's Python layer, then like its C++ side, then compute."""
+        if outputs is not None:
+            raise NotImplementedError("the fake supports infer(inputs) only, not pre-allocated outputs")
+        if not isinstance(inputs, list):
+            inputs = [inputs]
+        is_hwc = self._match_variant(inputs)
+        for i, arr in enumerate(inputs):
+            if arr.dtype != np.float32:
+                raise TypeError(
+                    f"fake qbruntime: input {i} is {arr.dtype}; pass float32 (the real runtime casts float64 "
+                    "silently and treats int8/uint8 as pre-quantized data)"
+                )
+        inputs = [np.ascontiguousarray(a) for a in inputs]  # qbruntime copies non-contiguous input too
+        if not self.launched:
+            raise _error("Model_NotLaunched")
+        # To the fake's one layout: [n, H, W, C].
+        batched = [a if a.ndim == 4 else a[None] for a in inputs]
+        if not is_hwc:
+            batched = [a.transpose(0, 2, 3, 1) for a in batched]
+        start = time.perf_counter()
+        output = self._npu._compute(batched)  # [n, 1, W, C]
+        end = time.perf_counter()
+        if not is_hwc:
+            output = output.transpose(0, 3, 1, 2)
+        if inputs[0].ndim == 3:
+            output = output[0]
+        call = InferCall(self._cores[0], self.model_id, tuple(a.shape for a in inputs), start, end)
+        with self._npu._lock:
+            self._npu.calls.append(call)
+        return [np.ascontiguousarray(output, dtype=np.float32)]
+
+    def _match_variant(self, inputs: list[np.ndarray]) -> bool:
+        """The first variant every input fits, as qbruntime picks it; returns is_hwc."""
+        for idx, width in enumerate(self._npu.variants):
+            found = _find_memory_format(inputs, self._npu.variant_input_shapes(width))
+            if found is None:
+                continue
+            is_hwc = found[0]
+            seq = inputs[0].shape[-2] if is_hwc else inputs[0].shape[-1]
+            if width < 0 and seq > self._npu.max_width:
+                raise _error("Model_ShapeMismatched")
+            return is_hwc
+        raise ValueError("Input shape is invalid.")
+
+
+def _open_onnx(path: str | os.PathLike):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # One thread per call: several fake cores run at once, as on the card.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
