@@ -1,1 +1,10 @@
-"""Offline compiler: turns a Sentence-BERT model into a bertnpu bundle (`python -m compile`)."""
+"""Offline compiler: turns a Sentence-BERT model into a bertnpu bundle (`python -m compile`).
+
+    from compile import build_bundle
+    build_bundle("default", "bundles/all-MiniLM-L6-v2", mxq=True)
+"""
+
+from .errors import CompileError
+from .pipeline import build_bundle
+
+__all__ = ["build_bundle", "CompileError"]

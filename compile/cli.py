@@ -1,0 +1,64 @@
+"""Command line for build_bundle: `python -m compile --model MODEL --out DIR [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from .errors import CompileError
+from .pipeline import build_bundle
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m compile",
+        description="Build a bertnpu bundle (host embedding tables, tokenizer, ONNX encoder, calibration set, "
+        "optionally an .mxq for a Mobilint NPU) from a Sentence-BERT model.",
+    )
+    parser.add_argument("--model", required=True, help='"default" (embedded all-MiniLM-L6-v2), a model folder, or a hub id')
+    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--calib-data", help="CSV or text file of sentences (default: STS-B train split)")
+    parser.add_argument("--calib-samples", type=int, default=256, help="calibration sentences (default 256)")
+    parser.add_argument("--seed", type=int, default=42, help="seed for drawing calibration sentences (default 42)")
+    parser.add_argument("--max-seq-length", type=int, help="override the model's max sequence length")
+    parser.add_argument("--mxq", action="store_true", help="also compile model.mxq with Mobilint's qbcompiler")
+    parser.add_argument("--mblt", action="store_true", help="also write model.mblt, the qbcompiler analysis graph")
+    parser.add_argument("--target-device", help="qbcompiler target device (newer qbcompiler releases)")
+    parser.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx (int8 CPU encoder)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 with a one-line message for a CompileError)."""
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("compile")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        out = build_bundle(
+            args.model,
+            args.out,
+            calib_data=args.calib_data,
+            calib_samples=args.calib_samples,
+            seed=args.seed,
+            max_seq_length=args.max_seq_length,
+            mxq=args.mxq,
+            mblt=args.mblt,
+            target_device=args.target_device,
+            int8=args.int8,
+            force=args.force,
+        )
+    except CompileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        logger.removeHandler(handler)
+    print(f"{out} ({time.perf_counter() - started:.1f} s)")
+    return 0

