@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
 from .errors import BundleError
+from .wordpiece import AsciiWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
@@ -40,7 +42,11 @@ def validate_texts(texts: Iterable[str]) -> list[str]:
 
 
 class Tokenizer:
-    """A `tokenizers` tokenizer set to truncate at `max_seq_length` tokens and not to pad."""
+    """The bundle's tokenizer, truncating at `max_seq_length` tokens (with [CLS] and [SEP]), not padding.
+
+    ASCII text of a standard BERT tokenizer takes the exact fast path in wordpiece.py; everything
+    else goes through the `tokenizers` library.
+    """
 
     def __init__(self, path: str | Path, max_seq_length: int) -> None:
         try:
@@ -50,38 +56,59 @@ class Tokenizer:
         self.max_seq_length = max_seq_length
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)
+        self._fast = AsciiWordPiece.from_tokenizer(self._tokenizer)
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
         """Tokenize already-validated texts. An empty list gives arrays with zero rows."""
+        rows = [self._fast_ids(text) for text in texts] if self._fast else [None] * len(texts)
+        slow = [i for i, row in enumerate(rows) if row is None]
+        if slow:
+            for i, row in zip(slow, self._library_ids([texts[i] for i in slow])):
+                rows[i] = row
+        return _padded(rows)
+
+    def _fast_ids(self, text: str) -> tuple[list[int], bool] | None:
+        bounded = self._bounded(text)
+        row = self._fast.encode(bounded, self.max_seq_length)
+        if row is not None and bounded is not text and not row[1]:
+            row = self._fast.encode(text, self.max_seq_length)
+        return row
+
+    def _library_ids(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         bounded = [self._bounded(t) for t in texts]
         try:
-            encodings = self._tokenizer.encode_batch(bounded)
+            encodings = self._tokenizer.encode_batch_fast(bounded)
         except TypeError:  # a lone surrogate ("\ud800") cannot cross into Rust; it is not valid Unicode text
-            encodings = self._tokenizer.encode_batch([_replace_surrogates(t) for t in bounded])
             texts = [_replace_surrogates(t) for t in texts]
-        encodings = [self._retry_unbounded(e, t) for e, t in zip(encodings, texts)]
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        seq_len = int(lengths.max()) if len(encodings) else 0
-        input_ids = np.zeros((len(encodings), seq_len), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, : lengths[row]] = encoding.ids
-        attention_mask = (np.arange(seq_len) < lengths[:, None]).astype(np.int64)
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
-        return TokenizedBatch(input_ids, attention_mask, lengths, truncated)
+            bounded = [self._bounded(t) for t in texts]
+            encodings = self._tokenizer.encode_batch_fast(bounded)
+        rows = []
+        for encoding, text, prefix in zip(encodings, texts, bounded):
+            if prefix is not text and not encoding.overflowing:
+                encoding = self._tokenizer.encode(text)
+            rows.append((encoding.ids, bool(encoding.overflowing)))
+        return rows
 
     def _bounded(self, text: str) -> str:
-        """A whitespace-cut prefix of a very long text; whole words only, so its tokens are a prefix of the text's."""
+        """A whitespace-cut prefix of a very long text. Whole words only, so its tokens are a prefix of
+        the text's, and the same as the text's first max_seq_length tokens whenever the prefix still overflows."""
         if len(text) <= self._char_bound:
             return text
         cut = text.rfind(" ", 0, self._char_bound)
         return text[:cut] if cut > 0 else text
 
-    def _retry_unbounded(self, encoding, text: str):
-        # The prefix gave the same first max_seq_length tokens only if it still overflowed.
-        if len(text) > self._char_bound and not encoding.overflowing:
-            return self._tokenizer.encode(text)
-        return encoding
+
+def _padded(rows: list[tuple[list[int], bool]]) -> TokenizedBatch:
+    lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
+    seq_len = int(lengths.max()) if len(rows) else 0
+    attention_mask = (np.arange(seq_len) < lengths[:, None]).astype(np.int64)  # [batch, seq]
+    input_ids = np.zeros((len(rows), seq_len), dtype=np.int64)
+    input_ids[attention_mask.astype(bool)] = np.fromiter(
+        itertools.chain.from_iterable(ids for ids, _ in rows), dtype=np.int64, count=int(lengths.sum())
+    )
+    truncated = np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
+    return TokenizedBatch(input_ids, attention_mask, lengths, truncated)
 
 
 def _replace_surrogates(text: str) -> str:

@@ -1,0 +1,111 @@
+"""A fast path for BERT WordPiece tokenization of ASCII text, exact to the `tokenizers` library.
+
+For a standard BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece, "[CLS] $A [SEP]"), an
+ASCII text is normalized by deleting control characters, turning tab/newline/return into spaces and
+lower-casing; it is pre-tokenized into runs of letters and digits and single punctuation marks; and
+each word maps to the same word pieces wherever it occurs. So the pieces of each word are cached,
+and a sentence costs one `str.translate`, one regex scan and a dict lookup per word instead of a
+pass through the whole `tokenizers` pipeline (about 3x faster on STS-B). Text that is not ASCII, or
+that contains a special token such as "[MASK]", goes through `tokenizers` as usual.
+tests/test_wordpiece.py checks the two paths give identical ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+from tokenizers import Tokenizer
+
+# BertNormalizer(clean_text=True): control characters other than \t \n \r are deleted (\x0b and \x0c
+# included: they are Unicode category Cc), and those three become spaces.
+_CONTROL = [c for c in range(32) if chr(c) not in "\t\n\r"] + [127]
+_CLEAN_TABLE = str.maketrans({"\t": " ", "\n": " ", "\r": " ", **{chr(c): None for c in _CONTROL}})
+_NEEDS_CLEANING = re.compile(r"[\x00-\x1f\x7f]")
+
+# After cleaning, ASCII text holds only printable characters; every printable ASCII character that is
+# neither a letter, a digit nor a space is punctuation to BertPreTokenizer and stands alone.
+_WORDS_LOWER = re.compile(r"[a-z0-9]+|[^a-z0-9 ]")
+_WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 ]")
+
+# The cache grows with the vocabulary of the text seen; past this many words, misses are not stored.
+_MAX_CACHED_WORDS = 500_000
+
+
+class AsciiWordPiece:
+    """Token ids of ASCII texts for a standard BERT tokenizer; `from_tokenizer` says whether one applies."""
+
+    def __init__(self, tokenizer: Tokenizer, lowercase: bool, cls_id: int, sep_id: int, special: list[str]) -> None:
+        self._model = tokenizer.model
+        self._lowercase = lowercase
+        self._words = _WORDS_LOWER if lowercase else _WORDS_CASED
+        self._cls_id = cls_id
+        self._sep_id = sep_id
+        special = [s.lower() for s in special] if lowercase else special
+        self._special = re.compile("|".join(map(re.escape, special))) if special else None
+        self._pieces: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> AsciiWordPiece | None:
+        """The fast path for this tokenizer, or None when its pipeline is not the standard BERT one."""
+        config = json.loads(tokenizer.to_str())
+        normalizer = config.get("normalizer") or {}
+        pre_tokenizer = config.get("pre_tokenizer") or {}
+        model = config.get("model") or {}
+        if (
+            normalizer.get("type") != "BertNormalizer"
+            or not normalizer.get("clean_text")
+            or pre_tokenizer.get("type") != "BertPreTokenizer"
+            or model.get("type") != "WordPiece"
+        ):
+            return None
+        ends = _cls_sep_ids(config.get("post_processor") or {})
+        if ends is None:
+            return None
+        special = [token["content"] for token in config.get("added_tokens", [])]
+        return cls(tokenizer, bool(normalizer.get("lowercase")), *ends, special)
+
+    def encode(self, text: str, max_length: int) -> tuple[list[int], bool] | None:
+        """(ids with [CLS]/[SEP], truncated?) for an ASCII text, or None when the text needs `tokenizers`."""
+        if not text.isascii():
+            return None
+        cleaned = text.translate(_CLEAN_TABLE) if _NEEDS_CLEANING.search(text) else text
+        if self._lowercase:
+            cleaned = cleaned.lower()
+        if self._special is not None and self._special.search(cleaned):
+            return None
+        words = self._words.findall(cleaned)
+        pieces = list(map(self._pieces.get, words))  # a word's ids, or None the first time it is seen
+        if None in pieces:
+            pieces = [self._word_pieces(w) if p is None else p for w, p in zip(words, pieces)]
+        ids = [self._cls_id, *itertools.chain.from_iterable(pieces)]
+        truncated = len(ids) > max_length - 1
+        if truncated:
+            del ids[max_length - 1 :]
+        ids.append(self._sep_id)
+        return ids, truncated
+
+    def _word_pieces(self, word: str) -> list[int]:
+        word_ids = [token.id for token in self._model.tokenize(word)]
+        if len(self._pieces) < _MAX_CACHED_WORDS:
+            self._pieces[word] = word_ids
+        return word_ids
+
+
+def _cls_sep_ids(post_processor: dict) -> tuple[int, int] | None:
+    """[CLS] and [SEP] ids when the post-processor wraps a single sequence as "[CLS] $A [SEP]"."""
+    if post_processor.get("type") == "BertProcessing":
+        return post_processor["cls"][1], post_processor["sep"][1]
+    if post_processor.get("type") != "TemplateProcessing":
+        return None
+    single = post_processor.get("single", [])
+    if len(single) != 3 or "Sequence" not in single[1]:
+        return None
+    first, last = single[0].get("SpecialToken", {}).get("id"), single[2].get("SpecialToken", {}).get("id")
+    specials = post_processor.get("special_tokens", {})
+    if first not in specials or last not in specials:
+        return None
+    if len(specials[first]["ids"]) != 1 or len(specials[last]["ids"]) != 1:
+        return None
+    return specials[first]["ids"][0], specials[last]["ids"][0]

@@ -1,0 +1,80 @@
+"""The ASCII fast path gives exactly the ids (and truncation flags) of the `tokenizers` library."""
+
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as LibraryTokenizer
+
+from bertnpu_runtime.tokenization import Tokenizer
+from bertnpu_runtime.wordpiece import AsciiWordPiece
+from compile.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
+
+MAX_LENGTH = 32  # short, so truncation is exercised often
+
+EDGE_CASES = [
+    "",
+    " ",
+    "Hello, WORLD!!",
+    "hello [MASK] world",
+    "[CLS] [SEP] [PAD] [UNK]",
+    "[mask] in lower case",
+    "a\x0bb\x0cc\x1fd\x7fe\x00f",
+    "tab\there\nnew\rline",
+    "x" * 150,  # longer than WordPiece's max_input_chars_per_word: [UNK]
+    "don't stop-believing; e.g. U.S.A. $5.00 50% a+b=c <tag> {x} ~`^|\\",
+    "word " * 40,
+    "unbelievably antidisestablishmentarianism",
+]
+
+
+def library_tokenizer(path: Path) -> LibraryTokenizer:
+    tokenizer = LibraryTokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(MAX_LENGTH)
+    return tokenizer
+
+
+def assert_same_ids(tokenizer: Tokenizer, library: LibraryTokenizer, texts: list[str]) -> None:
+    batch = tokenizer.encode(texts)
+    for row, text in enumerate(texts):
+        expected = library.encode(text)
+        assert batch.input_ids[row, : batch.lengths[row]].tolist() == expected.ids, repr(text)
+        assert bool(batch.truncated[row]) == bool(expected.overflowing), repr(text)
+        assert batch.attention_mask[row].sum() == len(expected.ids)
+
+
+@pytest.fixture(scope="module", params=["default", "tiny"])
+def tokenizer_file(request, default_bundle, tiny_bundle) -> Path:
+    return (default_bundle if request.param == "default" else tiny_bundle) / "tokenizer.json"
+
+
+def test_fast_path_applies_to_bert_tokenizers(tokenizer_file):
+    assert AsciiWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(tokenizer_file))) is not None
+
+
+def test_edge_cases(tokenizer_file):
+    assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), EDGE_CASES)
+
+
+def test_every_stsb_sentence(tokenizer_file, stsb_dir):
+    texts = [s for name in (STSB_TRAIN_FILE, STSB_DEV_FILE) for a, b, _ in read_stsb_pairs(stsb_dir / name) for s in (a, b)]
+    assert len(texts) > 14_000
+    assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=string.printable + "\x00\x07\x0b\x1b\x7f[]", max_size=80), max_size=6))
+def test_random_ascii(default_bundle, texts):
+    path = default_bundle / "tokenizer.json"
+    assert_same_ids(Tokenizer(path, MAX_LENGTH), library_tokenizer(path), texts)
+
+
+def test_non_bert_tokenizer_has_no_fast_path():
+    from tokenizers import models, pre_tokenizers
+
+    tokenizer = LibraryTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert AsciiWordPiece.from_tokenizer(tokenizer) is None
