@@ -6,6 +6,7 @@
     SentenceEncoder("bundle", backend="npu", qbruntime_module=fake)
 """
 
+from .bundles import bundle_with_placeholder_mxq
 from .fake_qbruntime import FakeNpu, InferCall
 
-__all__ = ["FakeNpu", "InferCall"]
+__all__ = ["FakeNpu", "InferCall", "bundle_with_placeholder_mxq"]

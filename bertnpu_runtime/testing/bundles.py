@@ -1,0 +1,29 @@
+"""Bundles for exercising the NPU path without qbcompiler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..bundle import MANIFEST_FILE, MXQ_FILE, sha256_of
+
+
+def bundle_with_placeholder_mxq(bundle: str | Path, target: str | Path, npu: dict | None = None) -> Path:
+    """A copy of `bundle` (files linked, not copied) with a placeholder model.mxq registered in bundle.json.
+
+    The test double never reads the .mxq; it only has to exist and match its hash. `npu` replaces
+    the manifest's "npu" section (for example {"mask_input": "keep"}).
+    """
+    bundle, target = Path(bundle), Path(target)
+    target.mkdir(parents=True)
+    for item in bundle.iterdir():
+        if item.name not in (MANIFEST_FILE, MXQ_FILE):
+            (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    mxq = target / MXQ_FILE
+    mxq.write_bytes(b"placeholder .mxq for the qbruntime test double\n")
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest["files"][MXQ_FILE] = {"sha256": sha256_of(mxq)}
+    if npu is not None:
+        manifest["npu"] = npu
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return target

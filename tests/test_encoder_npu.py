@@ -1,0 +1,91 @@
+"""SentenceEncoder end to end on the NPU backend, with the qbruntime test double computing the encoder
+through the bundle's ONNX graph: the NPU code path must give the ONNX path's vectors."""
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bertnpu_runtime import BackendUnavailableError, SentenceEncoder
+from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "A man is playing a flute.",  # same token length as the first: one 4-D call
+    "Hi",
+    "",
+    "Two dogs run through a field of tall grass while their owner watches from the road.",
+    "The cat sat on the mat.",
+    "word " * 60,  # truncated to max_seq_length
+]
+
+
+@pytest.fixture(scope="module")
+def npu_bundle(tiny_bundle, tmp_path_factory):
+    return bundle_with_placeholder_mxq(tiny_bundle, tmp_path_factory.mktemp("npu") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def onnx_vectors(tiny_bundle):
+    with SentenceEncoder(tiny_bundle, backend="onnx") as enc:
+        return enc.encode(SENTENCES)
+
+
+def cosine_rows(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("cores, batch_size", [(1, 32), (4, 32), (4, 2), (8, 1)])
+def test_npu_backend_gives_onnx_vectors(npu_bundle, onnx_vectors, cores, batch_size):
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=cores, qbruntime_module=fake) as enc:
+        assert enc.backend == "npu"
+        vectors = enc.encode(SENTENCES, batch_size=batch_size)
+    assert cosine_rows(vectors, onnx_vectors).min() >= 0.99999
+    # Nothing was padded: each sentence went once, as [1, seq, hidden] or in [n, 1, seq, hidden], at its true length.
+    with SentenceEncoder(npu_bundle, backend="onnx") as onnx:
+        lengths = Counter(int(n) for n in onnx.tokenize(SENTENCES).lengths)
+    sent = Counter()
+    for call in fake.calls:
+        shape = call.shapes[0]
+        sent[shape[-2]] += shape[0] if len(shape) == 4 else 1
+    assert sent == lengths
+    assert len({call.core for call in fake.calls}) == min(cores, len(fake.calls))
+
+
+def test_auto_picks_the_npu_when_device_and_mxq_exist(npu_bundle, onnx_vectors):
+    with SentenceEncoder(npu_bundle, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx")) as enc:
+        assert enc.backend == "npu"
+        assert cosine_rows(enc.encode(SENTENCES), onnx_vectors).min() >= 0.99999
+
+
+def test_auto_without_a_device_falls_back_and_logs(npu_bundle, caplog):
+    fake = FakeNpu(npu_bundle / "encoder.onnx", num_devices=0)
+    with caplog.at_level(logging.INFO, logger="bertnpu"):
+        with SentenceEncoder(npu_bundle, qbruntime_module=fake) as enc:
+            assert enc.backend == "onnx"
+    assert "no Mobilint NPU found" in caplog.text
+
+
+def test_forced_npu_without_a_device_says_so(npu_bundle):
+    with pytest.raises(BackendUnavailableError, match="no Mobilint NPU found"):
+        SentenceEncoder(npu_bundle, backend="npu", qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx", num_devices=0))
+
+
+def test_close_releases_every_npu_model(npu_bundle):
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    enc = SentenceEncoder(npu_bundle, backend="npu", npu_cores=4, qbruntime_module=fake)
+    assert len(fake.busy_cores()) == 4
+    enc.close()
+    assert fake.busy_cores() == set()
+
+
+@pytest.mark.parametrize("mask_input", ["keep", "additive"])
+def test_static_variants_with_a_mask_input(tiny_bundle, tmp_path, onnx_vectors, mask_input):
+    bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "bundle", npu={"mask_input": mask_input})
+    fake = FakeNpu(bundle / "encoder.onnx", variants=(8, 16, 48), mask_input=mask_input)
+    with SentenceEncoder(bundle, backend="npu", npu_cores=2, qbruntime_module=fake) as enc:
+        vectors = enc.encode(SENTENCES, batch_size=4)
+    assert cosine_rows(vectors, onnx_vectors).min() >= 0.99999
+    assert {call.shapes[0][-2] for call in fake.calls} <= {8, 16, 48}
