@@ -1,0 +1,160 @@
+"""The qbcompiler steps against a stand-in `qbcompiler` module that checks the arguments it gets."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertnpu_runtime.bundle import CALIB_DIR, MANIFEST_FILE, MXQ_FILE, ONNX_ENCODER_FILE, ONNX_HIDDEN_INPUT, Bundle, sha256_of
+from compile import CompileError, build_bundle
+from compile.qb import MBLT_FILE, QUANTIZATION_SETTINGS
+from conftest import TINY_HIDDEN
+
+SEED_SETTINGS = {"quantization_method": 1, "quantization_output": 0, "quantization_mode": 1, "percentile": 0.999, "topk_ratio": 0.01}
+
+
+class _Dim:
+    def __init__(self, size: int) -> None:
+        self.size, self.dynamic = size, False
+
+    def set_dynamic(self) -> None:
+        self.dynamic = True
+
+
+class _Wrapped:
+    def __init__(self, name: str, tensor: torch.Tensor) -> None:
+        self.name, self.tensor = name, tensor
+        self.src_shape = [_Dim(d) for d in tensor.shape]
+
+
+class _Config:
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "_Config":
+        return cls(**kwargs)
+
+
+def _check_common(model, feed_dict) -> None:
+    """What both compile functions must receive: the encoder alone, and a dynamic-seq hidden-states input."""
+    assert list(feed_dict) == [ONNX_HIDDEN_INPUT]
+    wrapped = feed_dict[ONNX_HIDDEN_INPUT]
+    assert wrapped.name == ONNX_HIDDEN_INPUT
+    assert [d.dynamic for d in wrapped.src_shape] == [False, True, False]
+    assert tuple(wrapped.tensor.shape[::2]) == (1, TINY_HIDDEN) and wrapped.tensor.dtype == torch.float32
+    assert not model.training
+    for seq in (3, 17):  # any length: the graph has no fixed sequence size
+        out = model(torch.randn(1, seq, TINY_HIDDEN))
+        assert isinstance(out, torch.Tensor) and out.shape == (1, seq, TINY_HIDDEN)
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch):
+    """Install a fake qbcompiler; `api` picks the newer CalibrationConfig or the older QuantizationConfig."""
+
+    def install(api: str = "calibration"):
+        calls: list[tuple[str, dict]] = []
+        qb = types.ModuleType("qbcompiler")
+        config_name = {"calibration": "CalibrationConfig", "quantization": "QuantizationConfig"}[api]
+        setattr(qb, config_name, _Config)
+
+        def mxq_compile(**kwargs):
+            calls.append(("mxq_compile", kwargs))
+            _check_common(kwargs["model"], kwargs["feed_dict"])
+            calib = Path(kwargs["calib_data_path"])
+            assert calib.name == CALIB_DIR and len(list(calib.glob("*.npy"))) == 4
+            assert kwargs["backend"] == "torch"
+            assert set(kwargs) - {"model", "save_path", "calib_data_path", "backend", "feed_dict", "target_device"} == {
+                f"{api}_config"
+            }
+            assert kwargs[f"{api}_config"].kwargs == SEED_SETTINGS
+            Path(kwargs["save_path"]).write_bytes(b"fake mxq")
+
+        def mblt_compile(**kwargs):
+            calls.append(("mblt_compile", kwargs))
+            _check_common(kwargs["model"], kwargs["feed_dict"])
+            assert kwargs["backend"] == "torch"
+            Path(kwargs["mblt_save_path"]).write_bytes(b"fake mblt")
+
+        qb.mxq_compile, qb.mblt_compile = mxq_compile, mblt_compile
+        util = types.ModuleType("qbcompiler.model_dict.parser.backend.torch.util")
+        util.wrap_tensor = _Wrapped
+        monkeypatch.setitem(sys.modules, "qbcompiler", qb)
+        parts = util.__name__.split(".")
+        for i in range(2, len(parts)):
+            monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+        monkeypatch.setitem(sys.modules, util.__name__, util)
+        return calls
+
+    return install
+
+
+def test_quantization_settings_are_the_seeds():
+    assert QUANTIZATION_SETTINGS == SEED_SETTINGS
+
+
+@pytest.mark.parametrize("api", ["calibration", "quantization"])
+def test_mxq_is_compiled_with_the_seed_settings(stand_in, api, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in(api)
+    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="aries")
+    assert [name for name, _ in calls] == ["mxq_compile"]
+    kwargs = calls[0][1]
+    assert kwargs["target_device"] == "aries"
+    assert Path(kwargs["save_path"]).name == MXQ_FILE
+    assert (out / MXQ_FILE).read_bytes() == b"fake mxq"
+    bundle = Bundle(out)
+    assert bundle.path(MXQ_FILE) == out / MXQ_FILE  # listed and hash-checked
+    assert bundle.manifest.npu.mask_input is None
+
+
+def test_target_device_is_left_out_when_not_given(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
+    assert "target_device" not in calls[0][1]
+
+
+def test_mblt_analysis_step(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mblt=True)
+    assert [name for name, _ in calls] == ["mblt_compile"]
+    assert calls[0][1]["mblt_save_path"] == str(Path(calls[0][1]["mblt_save_path"]).parent / MBLT_FILE)
+    files = json.loads((out / MANIFEST_FILE).read_text())["files"]
+    assert files[MBLT_FILE]["sha256"] == sha256_of(out / MBLT_FILE) and MXQ_FILE not in files
+
+
+def test_missing_qbcompiler_is_a_clear_error_and_the_rest_is_usable(monkeypatch, tiny_model_dir: Path, tmp_path: Path):
+    monkeypatch.setitem(sys.modules, "qbcompiler", None)  # makes `import qbcompiler` raise ImportError
+    with pytest.raises(CompileError) as error:
+        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
+    message = str(error.value)
+    assert "qbcompiler" in message and "not importable" in message
+    assert "usable" in message and str(tmp_path / "b") in message
+    bundle = Bundle(tmp_path / "b")
+    assert not bundle.has(MXQ_FILE) and not (tmp_path / "b" / MXQ_FILE).exists()
+    assert bundle.path(ONNX_ENCODER_FILE).is_file()
+
+
+def test_a_failing_compiler_leaves_no_mxq(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    stand_in()
+
+    def crash(**kwargs):
+        Path(kwargs["save_path"]).write_bytes(b"half")
+        raise RuntimeError("out of memory")
+
+    sys.modules["qbcompiler"].mxq_compile = crash
+    with pytest.raises(CompileError, match="mxq_compile failed.*out of memory"):
+        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
+    assert not (tmp_path / "b" / MXQ_FILE).exists() and not Bundle(tmp_path / "b").has(MXQ_FILE)
+
+
+def test_calibration_input_shape_is_what_the_compiler_needs(tiny_bundle: Path):
+    for path in (tiny_bundle / CALIB_DIR).glob("*.npy"):
+        array = np.load(path)
+        assert array.ndim == 3 and array.shape[0] == 1 and array.flags.c_contiguous
