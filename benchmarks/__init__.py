@@ -1,0 +1,1 @@
+"""Reproducible speed, accuracy, NPU-pipeline and footprint benchmarks (see benchmarks/README.md)."""

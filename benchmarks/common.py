@@ -1,0 +1,314 @@
+"""What every benchmark shares: arguments, thread pinning, STS-B loading, contenders, timing, tables, JSON.
+
+A contender is one way of turning texts into sentence vectors (sentence-transformers on PyTorch,
+bertnpu on ONNX Runtime float32 or int8, bertnpu on the NPU). Timings interleave contenders across
+repeats, so drift on a busy machine hits all of them alike, and report medians and p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_BUNDLE = Path("bundles/all-MiniLM-L6-v2")
+RESULTS_DIR = Path("benchmarks/results")
+DEFAULT_THREADS = 2
+BASELINE = "sentence-transformers"
+ONNX = "bertnpu-onnx"
+ONNX_INT8 = "bertnpu-onnx-int8"
+NPU = "bertnpu-npu"
+BUILD_HINT = "build it with: python -m compile --model default --out {bundle}"
+
+
+# ---- arguments and environment -------------------------------------------------------------
+
+
+def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --bundle, --model, --threads, --quick, --stsb-dir, --out."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bertnpu bundle folder (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="sentence-transformers model folder for the PyTorch reference (default: the bundle's source model)",
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for every contender (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a few sentences and repeats: checks that it runs, numbers mean little")
+    parser.add_argument("--stsb-dir", type=Path, default=None, help="STS-B CSV folder (default: compile.data.default_stsb_dir())")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{result_name}.json", help="JSON result file (default: %(default)s)")
+    return parser
+
+
+def pin_threads(threads: int) -> None:
+    """Give every contender the same CPU thread count: PyTorch, OpenMP/MKL and the tokenizers' Rayon pool.
+
+    ONNX Runtime gets it per session (SentenceEncoder(num_threads=...)). Call before the first encode.
+    """
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def check_bundle(bundle: Path) -> Path:
+    """The bundle folder, or exit with how to build it."""
+    if not (bundle / "bundle.json").is_file():
+        raise SystemExit(f"no bertnpu bundle at {bundle}; {BUILD_HINT.format(bundle=bundle)}")
+    return bundle
+
+
+def reference_model_folder(bundle: Path, model: str | None) -> Path:
+    """The sentence-transformers folder to compare against: --model, else the model the bundle was built from."""
+    if model is not None:
+        return Path(model)
+    from bertnpu_runtime.bundle import Bundle
+    from compile.source_model import resolve_model_folder
+
+    return resolve_model_folder(Bundle(bundle, verify=False).manifest.source_model)
+
+
+def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and how a result was measured, written into every JSON file."""
+    import onnxruntime
+    import torch
+
+    return {
+        "command": "python -m " + " ".join([_module_name()] + sys.argv[1:]),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": args.threads,
+        "quick": args.quick,
+        "bundle": str(args.bundle),
+    }
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def load_stsb_dev(stsb_dir: Path | None) -> list[tuple[str, str, float]]:
+    """STS-B dev pairs (sentence1, sentence2, gold score 0..5)."""
+    from compile.data import STSB_DEV_FILE, default_stsb_dir, read_stsb_pairs
+
+    return read_stsb_pairs((stsb_dir or default_stsb_dir()) / STSB_DEV_FILE)
+
+
+def pair_sentences(pairs: Sequence[tuple[str, str, float]]) -> list[str]:
+    """Both sentences of every pair, in file order (3,000 for STS-B dev; repeats kept)."""
+    return [s for a, b, _ in pairs for s in (a, b)]
+
+
+def texts_of_length(tokenizer: Any, words: Sequence[str], tokens: int, count: int) -> list[str]:
+    """`count` different texts of at most `tokens` tokens (with [CLS]/[SEP]), each as long as whole words allow.
+
+    Texts are runs of `words` starting at different offsets; `tokenizer` is a SentenceEncoder,
+    whose tokenize() truncates, so a truncated text counts as too long.
+    """
+
+    def fits(text: str) -> bool:
+        batch = tokenizer.tokenize([text])
+        return not batch.truncated[0] and batch.lengths[0] <= tokens
+
+    texts = []
+    for start in np.linspace(0, len(words) // 2, count, dtype=int):
+        low, high = 1, min(len(words) - start, tokens)  # a word is at least one token
+        while low < high:  # the most words that still fit in `tokens`
+            middle = (low + high + 1) // 2
+            if fits(" ".join(words[start : start + middle])):
+                low = middle
+            else:
+                high = middle - 1
+        texts.append(" ".join(words[start : start + low]))
+    return texts
+
+
+# ---- contenders ------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """One way to encode texts: `encode(texts, batch_size)` -> [n, dim] float32 vectors."""
+
+    name: str
+    encode: Callable[[list[str] | str, int], np.ndarray]
+    close: Callable[[], None] = lambda: None
+    encoder: Any = None  # the bertnpu SentenceEncoder, for stage timing; None for sentence-transformers
+
+
+@dataclass
+class Contenders:
+    """The contenders of one run, baseline first, and why any expected one is missing."""
+
+    items: list[Contender]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def get(self, name: str) -> Contender | None:
+        return next((c for c in self.items if c.name == name), None)
+
+    def close(self) -> None:
+        for contender in self.items:
+            contender.close()
+
+
+def sentence_transformers_contender(model_folder: Path) -> Contender:
+    """The PyTorch reference, on CPU, with its progress bar off."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_folder), device="cpu")
+
+    def encode(texts: list[str] | str, batch_size: int) -> np.ndarray:
+        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+    return Contender(BASELINE, encode)
+
+
+def bertnpu_contender(name: str, bundle: Path, **options: Any) -> Contender:
+    """A SentenceEncoder on `bundle`; options go to its constructor (backend, precision, num_threads, ...)."""
+    from bertnpu_runtime import SentenceEncoder
+
+    encoder = SentenceEncoder(bundle, **options)
+
+    def encode(texts: list[str] | str, batch_size: int) -> np.ndarray:
+        return encoder.encode(texts, batch_size=batch_size, show_progress_bar=False)
+
+    return Contender(name, encode, encoder.close, encoder)
+
+
+def build_contenders(bundle: Path, model_folder: Path, threads: int, *, baseline: bool = True) -> Contenders:
+    """sentence-transformers (baseline), bertnpu ONNX float32, ONNX int8 where the bundle has it,
+    and the NPU where a device and a model.mxq exist. The reason for each one left out is kept."""
+    from bertnpu_runtime.bundle import INT8_ENCODER_FILE, MXQ_FILE, Bundle
+
+    contents = Bundle(bundle, verify=False)
+    found = Contenders([sentence_transformers_contender(model_folder)] if baseline else [])
+    found.items.append(bertnpu_contender(ONNX, bundle, backend="onnx", num_threads=threads))
+    if contents.has(INT8_ENCODER_FILE):
+        found.items.append(bertnpu_contender(ONNX_INT8, bundle, backend="onnx", precision="int8", num_threads=threads))
+    else:
+        found.skipped[ONNX_INT8] = f"the bundle has no {INT8_ENCODER_FILE}"
+    reason = _npu_missing_reason(contents.has(MXQ_FILE))
+    if reason is None:
+        found.items.append(bertnpu_contender(NPU, bundle, backend="npu"))
+    else:
+        found.skipped[NPU] = reason
+    return found
+
+
+def _npu_missing_reason(has_mxq: bool) -> str | None:
+    if not has_mxq:
+        return "the bundle has no model.mxq"
+    try:
+        from bertnpu_runtime.backends.npu import probe_npu
+    except ImportError as exc:
+        return f"the NPU backend cannot be imported ({exc})"
+    return probe_npu(None)
+
+
+# ---- timing ----------------------------------------------------------------------------------
+
+
+def interleave(
+    tasks: dict[str, Callable[[int], object]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each task, `repeats` calls each after `warmup` untimed ones.
+
+    Round r calls every task once with argument r, starting at a different task each round,
+    so slow phases of a shared machine spread evenly over the contenders.
+    """
+    names = list(tasks)
+    for round_no in range(warmup):
+        for name in names:
+            tasks[name](round_no)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(repeats):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            tasks[name](round_no)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p95, mean and min of a list of durations, in seconds."""
+    values = np.asarray(seconds, dtype=np.float64)
+    return {
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "mean": float(values.mean()),
+        "min": float(values.min()),
+        "n": int(values.size),
+    }
+
+
+def ratio(value: float, baseline: float | None) -> float | None:
+    """value / baseline, or None when there is no baseline to compare with."""
+    return None if not baseline else value / baseline
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print rows (dicts) as an aligned text table of the given columns; floats get 4 significant digits."""
+    cells = [[_format(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    print("  ".join("-" * width for width in widths))
+    for line in cells:
+        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+    return str(value)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write a result as indented JSON, creating the folder, and say where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {path}")

@@ -1,0 +1,142 @@
+"""Footprint: import time, time to the first vector, and peak memory, bertnpu against sentence-transformers.
+
+    python -m benchmarks.footprint [--bundle DIR] [--threads 2] [--quick] [--out FILE.json]
+
+Every measurement is a fresh Python process that imports the runtime, loads the model, encodes
+32 STS-B sentences and reports its timings, peak resident memory (VmHWM) and whether torch
+was imported. Processes of the contenders alternate; medians over the repeats are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    BASELINE,
+    ONNX,
+    ONNX_INT8,
+    base_parser,
+    check_bundle,
+    load_stsb_dev,
+    pair_sentences,
+    print_table,
+    reference_model_folder,
+    run_metadata,
+    write_json,
+)
+
+# Run in a fresh interpreter: argv[1] is a JSON job {"kind", "target", "threads", "sentences"}.
+_CHILD = r"""
+import json, sys, time
+start = time.perf_counter()
+job = json.loads(sys.argv[1])
+kind = job["kind"]
+if kind == "python":
+    load = lambda: None
+elif kind == "sentence-transformers":
+    import torch
+    from sentence_transformers import SentenceTransformer
+    torch.set_num_threads(job["threads"])
+    load = lambda: SentenceTransformer(job["target"], device="cpu")
+else:
+    from bertnpu_runtime import SentenceEncoder
+    load = lambda: SentenceEncoder(job["target"], backend="onnx", precision=kind, num_threads=job["threads"])
+imported = time.perf_counter()
+
+def peak_rss_mib():
+    # VmHWM starts afresh at exec; ru_maxrss would keep the parent's peak from before the fork.
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
+
+model = load()
+loaded = time.perf_counter()
+if model is not None:
+    model.encode(job["sentences"], batch_size=32)
+encoded = time.perf_counter()
+print(json.dumps({
+    "import_s": imported - start,
+    "load_s": loaded - imported,
+    "first_encode_s": encoded - loaded,
+    "peak_rss_mib": peak_rss_mib(),
+    "torch_imported": "torch" in sys.modules,
+    "onnxruntime_imported": "onnxruntime" in sys.modules,
+}))
+"""
+
+SENTENCES = 32
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = base_parser(__doc__.splitlines()[0], "footprint")
+    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per contender (default: 5, --quick: 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure every contender in fresh processes; print a table, write JSON, return it."""
+    from bertnpu_runtime.bundle import INT8_ENCODER_FILE, Bundle
+
+    args = parse_args(argv)
+    bundle = check_bundle(args.bundle)
+    repeats = args.repeats or (1 if args.quick else 5)
+    sentences = pair_sentences(load_stsb_dev(args.stsb_dir))[:SENTENCES]
+    jobs = {
+        "python (interpreter only)": {"kind": "python", "target": ""},
+        BASELINE: {"kind": "sentence-transformers", "target": str(reference_model_folder(bundle, args.model))},
+        ONNX: {"kind": "float32", "target": str(bundle)},
+    }
+    if Bundle(bundle, verify=False).has(INT8_ENCODER_FILE):
+        jobs[ONNX_INT8] = {"kind": "int8", "target": str(bundle)}
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
+    names = list(jobs)
+    for round_no in range(repeats):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(_run_child({**jobs[name], "threads": args.threads, "sentences": sentences}, args.threads))
+
+    rows = []
+    for name, measured in runs.items():
+        row: dict[str, Any] = {"contender": name, "processes": len(measured)}
+        for key in ("import_s", "load_s", "first_encode_s", "peak_rss_mib"):
+            row[key] = float(np.median([m[key] for m in measured]))
+        row["ready_s"] = row["import_s"] + row["load_s"] + row["first_encode_s"]
+        row["torch_imported"] = measured[0]["torch_imported"]
+        rows.append(row)
+    print_table(
+        f"Fresh process: import, load the model, encode {len(sentences)} sentences (medians of {repeats})",
+        rows,
+        ("contender", "import_s", "load_s", "first_encode_s", "ready_s", "peak_rss_mib", "torch_imported"),
+    )
+    result = {"benchmark": "footprint", "meta": run_metadata(args), "sentences": len(sentences), "rows": rows}
+    write_json(args.out, result)
+    return result
+
+
+def _run_child(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter, from the repository root so bertnpu_runtime imports."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"footprint child for {job['kind']} failed:\n{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Speed: sentence-transformers/PyTorch (baseline) against bertnpu's backends, same process, same threads.
+
+    python -m benchmarks.speed [--bundle DIR] [--threads 2] [--quick] [--out FILE.json]
+
+Workloads: the 3,000 STS-B dev sentences at batch 32; single-sentence latency; batch sizes 1, 8,
+32, 128; latency against input length up to the 256-token limit (batch 1 and batch 32, also drawn
+as a PNG next to the JSON); bertnpu's stage breakdown in microseconds per sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    BASELINE,
+    Contenders,
+    base_parser,
+    build_contenders,
+    check_bundle,
+    interleave,
+    load_stsb_dev,
+    pair_sentences,
+    pin_threads,
+    print_table,
+    ratio,
+    reference_model_folder,
+    run_metadata,
+    summarize,
+    texts_of_length,
+    write_json,
+)
+from .stages import stage_breakdown
+
+STSB_BATCH_SIZE = 32
+BATCH_SIZES = (1, 8, 32, 128)
+LENGTHS = (16, 32, 64, 128, 256)
+LENGTH_BATCH_SIZE = 32
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = base_parser(__doc__.splitlines()[0], "speed")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per workload (default: 5, --quick: 2)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N STS-B dev sentences (default: all 3,000; --quick: 64)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the latency-against-length PNG")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run every speed workload, print tables, write JSON (+ PNG); return the result."""
+    args = parse_args(argv)
+    pin_threads(args.threads)
+    bundle = check_bundle(args.bundle)
+    repeats = args.repeats or (2 if args.quick else 5)
+    sentences = pair_sentences(load_stsb_dev(args.stsb_dir))[: args.limit or (64 if args.quick else None)]
+    contenders = build_contenders(bundle, reference_model_folder(bundle, args.model), args.threads)
+    try:
+        result: dict[str, Any] = {
+            "benchmark": "speed",
+            "meta": run_metadata(args),
+            "baseline": BASELINE,
+            "contenders": [c.name for c in contenders],
+            "skipped": contenders.skipped,
+        }
+        result["stsb_dev"] = stsb_dev(contenders, sentences, repeats)
+        result["single_sentence"] = single_sentence(contenders, sentences, 5 if args.quick else 200)
+        result["batch_sizes"] = batch_sizes(contenders, sentences, 0 if args.quick else 768)
+        if args.quick:
+            result["length_sweep"] = length_sweep(contenders, sentences, (16, 256), 1, batch_size=4)
+        else:
+            result["length_sweep"] = length_sweep(contenders, sentences, LENGTHS, repeats)
+        result["stages"] = stages(contenders, sentences, repeats)
+    finally:
+        contenders.close()
+    write_json(args.out, result)
+    if not args.no_plot:
+        plot_length_sweep(result["length_sweep"], args.out.with_suffix(".png"))
+    return result
+
+
+def stsb_dev(contenders: Contenders, sentences: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Throughput on all STS-B dev sentences at batch 32."""
+    tasks = {c.name: (lambda _, c=c: c.encode(sentences, STSB_BATCH_SIZE)) for c in contenders}
+    rows = _throughput_rows(interleave(tasks, repeats), len(sentences), {"batch_size": STSB_BATCH_SIZE})
+    print_table(
+        f"STS-B dev: {len(sentences)} sentences, batch {STSB_BATCH_SIZE}, {repeats} repeats",
+        rows,
+        ("contender", "sentences_per_s", "vs_baseline", "median_s", "p95_s"),
+    )
+    return rows
+
+
+def single_sentence(contenders: Contenders, sentences: list[str], count: int) -> list[dict[str, Any]]:
+    """Latency of encode(one str), over `count` different STS-B sentences."""
+    picked = sentences[:count]
+    tasks = {c.name: (lambda i, c=c: c.encode(picked[i], 1)) for c in contenders}
+    seconds = interleave(tasks, len(picked), warmup=min(5, len(picked)))
+    rows = _latency_rows(seconds, {"sentences": len(picked)})
+    print_table(
+        f"Single-sentence latency: {len(picked)} STS-B sentences, one encode() call each",
+        rows,
+        ("contender", "p50_ms", "p95_ms", "p50_vs_baseline"),
+    )
+    return rows
+
+
+def batch_sizes(contenders: Contenders, sentences: list[str], sentence_budget: int) -> list[dict[str, Any]]:
+    """Per-batch latency and throughput at batch sizes 1, 8, 32, 128: each call encodes a different
+    batch, about `sentence_budget` sentences per contender and size (at least 2 calls)."""
+    rows = []
+    for size in BATCH_SIZES:
+        batches = [sentences[i : i + size] for i in range(0, len(sentences) - size + 1, size)] or [sentences[:size]]
+        calls = max(2, min(len(batches), sentence_budget // size))
+        tasks = {c.name: (lambda i, c=c, b=batches: c.encode(b[i % len(b)], size)) for c in contenders}
+        seconds = interleave(tasks, calls)
+        extra = {"batch_size": size, "sentences_per_batch": len(batches[0])}
+        for row in _latency_rows(seconds, extra):
+            row["sentences_per_s"] = row["sentences_per_batch"] / (row["p50_ms"] / 1e3)
+            rows.append(row)
+    _add_ratios(rows, "sentences_per_s", "vs_baseline", group="batch_size")
+    print_table(
+        "Batch sizes: latency per encode() call, throughput from the median",
+        rows,
+        ("batch_size", "contender", "p50_ms", "p95_ms", "sentences_per_s", "vs_baseline"),
+    )
+    return rows
+
+
+def length_sweep(
+    contenders: Contenders, sentences: list[str], lengths: Sequence[int], repeats: int, batch_size: int = LENGTH_BATCH_SIZE
+) -> list[dict[str, Any]]:
+    """Latency at batch 1 and time per sentence at `batch_size` for inputs of a given token length."""
+    tokenizer = next(c.encoder for c in contenders if c.encoder is not None)
+    words = " ".join(sentences * 8).split()  # enough words for many 256-token texts from a short --limit
+    lengths = [n for n in lengths if n <= tokenizer.max_seq_length]
+    rows = []
+    for tokens in lengths:
+        texts = texts_of_length(tokenizer, words, tokens, batch_size)
+        measured = int(tokenizer.tokenize(texts).lengths.max())
+        singles = interleave({c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 4)
+        batched = interleave({c.name: (lambda _, c=c: c.encode(texts, batch_size)) for c in contenders}, repeats)
+        for contender in contenders:
+            single, batch = summarize(singles[contender.name]), summarize(batched[contender.name])
+            rows.append(
+                {
+                    "tokens": measured,
+                    "contender": contender.name,
+                    "batch1_p50_ms": single["median"] * 1e3,
+                    "batch1_p95_ms": single["p95"] * 1e3,
+                    "batch_size": batch_size,
+                    "batched_ms_per_sentence": batch["median"] * 1e3 / len(texts),
+                    "batched_sentences_per_s": len(texts) / batch["median"],
+                }
+            )
+    _add_ratios(rows, "batch1_p50_ms", "batch1_vs_baseline", group="tokens")
+    _add_ratios(rows, "batched_sentences_per_s", "batched_vs_baseline", group="tokens")
+    print_table(
+        f"Input length (tokens incl. [CLS]/[SEP]), batch 1 and batch {batch_size}; the last rows are the long-input workload",
+        rows,
+        ("tokens", "contender", "batch1_p50_ms", "batch1_vs_baseline", "batched_sentences_per_s", "batched_vs_baseline"),
+    )
+    return rows
+
+
+def stages(contenders: Contenders, sentences: list[str], repeats: int) -> dict[str, Any]:
+    """bertnpu's stage breakdown on the STS-B dev sentences, per bertnpu contender."""
+    result = {}
+    for contender in contenders:
+        if contender.encoder is None:
+            continue
+        breakdown = stage_breakdown(contender.encoder, sentences, STSB_BATCH_SIZE, repeats)
+        result[contender.name] = breakdown
+        rows = [{"stage": name, **values} for name, values in breakdown.items()]
+        print_table(
+            f"{contender.name} stages: us per STS-B sentence, batch {STSB_BATCH_SIZE}, stages run one after another "
+            "(host = tokenize + embed + pool)",
+            rows,
+            ("stage", "us_per_sentence_median", "us_per_sentence_p95"),
+        )
+    return result
+
+
+def plot_length_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+    """Latency at batch 1 and time per sentence in a batch against input length, one line per contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(row["contender"] for row in rows):
+        mine = [row for row in rows if row["contender"] == name]
+        tokens = [row["tokens"] for row in mine]
+        left.plot(tokens, [row["batch1_p50_ms"] for row in mine], marker="o", label=name)
+        right.plot(tokens, [row["batched_ms_per_sentence"] for row in mine], marker="o", label=name)
+    batch = rows[0]["batch_size"] if rows else LENGTH_BATCH_SIZE
+    for axis, title in ((left, "batch 1: median latency"), (right, f"batch {batch}: time per sentence")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("tokens per sentence")
+        axis.set_ylabel("ms")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def _throughput_rows(seconds: dict[str, list[float]], sentences: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, values in seconds.items():
+        summary = summarize(values)
+        rows.append(
+            {
+                "contender": name,
+                "sentences": sentences,
+                **extra,
+                "median_s": summary["median"],
+                "p95_s": summary["p95"],
+                "sentences_per_s": sentences / summary["median"],
+                "repeats": summary["n"],
+            }
+        )
+    _add_ratios(rows, "sentences_per_s", "vs_baseline")
+    return rows
+
+
+def _latency_rows(seconds: dict[str, list[float]], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, values in seconds.items():
+        summary = summarize(values)
+        rows.append({"contender": name, **extra, "p50_ms": summary["median"] * 1e3, "p95_ms": summary["p95"] * 1e3, "calls": summary["n"]})
+    _add_ratios(rows, "p50_ms", "p50_vs_baseline")
+    return rows
+
+
+def _add_ratios(rows: list[dict[str, Any]], key: str, ratio_key: str, group: str | None = None) -> None:
+    """rows[ratio_key] = rows[key] / the baseline's rows[key] in the same group (None without a baseline)."""
+    baselines = {row.get(group): row[key] for row in rows if row["contender"] == BASELINE}
+    for row in rows:
+        row[ratio_key] = ratio(row[key], baselines.get(row.get(group)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Time bertnpu's pipeline stage by stage: tokenize, host embedding + LayerNorm, encoder, pool (+ normalize).
+
+The stages run one after another here, batch by batch in encode()'s order (longest first), without
+encode()'s overlap of host and encoder work, so each stage's cost is seen alone. The host stages
+(tokenize, embed, pool) are what an NPU deployment pays on its CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bertnpu_runtime.embedding import embed
+from bertnpu_runtime.pooling import l2_normalize, pool
+
+from .common import summarize
+
+STAGES = ("tokenize", "embed", "encoder", "pool")
+HOST_STAGES = ("tokenize", "embed", "pool")
+
+
+def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bool = True) -> dict[str, float]:
+    """Seconds spent in each stage encoding `texts` once with a SentenceEncoder.
+
+    With run_encoder=False the encoder stage is skipped and pooling runs on the embedding output
+    (same shape, same cost), which times the host stages alone.
+    """
+    spent = dict.fromkeys(STAGES, 0.0)
+    clock = time.perf_counter
+    start = clock()
+    tokens = encoder._tokenizer.encode(texts)
+    spent["tokenize"] = clock() - start
+
+    order = np.argsort(-tokens.lengths, kind="stable")
+    normalize = encoder.manifest.normalize
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        start = clock()
+        seq_len = int(tokens.lengths[rows].max())
+        mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
+        hidden = embed(encoder._tables, tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
+        after_embed = clock()
+        output = encoder._encoder.run(hidden, mask) if run_encoder else hidden
+        after_encoder = clock()
+        vectors = pool(output, mask, encoder.manifest.pooling)  # [batch, hidden]
+        if normalize:
+            vectors = l2_normalize(vectors)
+        end = clock()
+        spent["embed"] += after_embed - start
+        spent["encoder"] += after_encoder - after_embed
+        spent["pool"] += end - after_encoder
+    return spent
+
+
+def stage_breakdown(
+    encoder, texts: Sequence[str], batch_size: int, repeats: int, warmup: int = 1, run_encoder: bool = True
+) -> dict[str, dict[str, float]]:
+    """Per stage (and host total, and all), microseconds per sentence: median and p95 over repeats."""
+    texts = list(texts)
+    for _ in range(warmup):
+        time_stages_once(encoder, texts, batch_size, run_encoder)
+    runs = [time_stages_once(encoder, texts, batch_size, run_encoder) for _ in range(repeats)]
+    for run in runs:
+        run["host"] = sum(run[stage] for stage in HOST_STAGES)
+        run["total"] = run["host"] + run["encoder"]
+    names = list(STAGES) + ["host", "total"]
+    if not run_encoder:
+        names.remove("encoder")
+    per_sentence = 1e6 / len(texts)
+    result = {}
+    for name in names:
+        summary = summarize([run[name] for run in runs])
+        result[name] = {"us_per_sentence_median": summary["median"] * per_sentence, "us_per_sentence_p95": summary["p95"] * per_sentence}
+    return result

@@ -1,0 +1,74 @@
+"""Each benchmark runs end to end on a handful of sentences with the tiny bundle and writes the JSON
+it promises. Benchmarks measure time; these tests never check a time, only that the fields exist
+and hold sane values."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import accuracy, footprint, npu_pipeline, speed
+from benchmarks.accuracy import rank_average_ties, spearman
+from benchmarks.common import BASELINE, ONNX
+
+
+@pytest.fixture
+def common_args(tiny_bundle, tiny_model_dir, stsb_dir) -> list[str]:
+    return ["--bundle", str(tiny_bundle), "--model", str(tiny_model_dir), "--stsb-dir", str(stsb_dir), "--quick", "--threads", "1"]
+
+
+def test_spearman_matches_a_hand_computed_example():
+    gold = np.array([0.0, 1.0, 2.0, 2.0, 3.0])  # ranks 1, 2, 3.5, 3.5, 5: the tie shares the mean rank
+    predicted = np.array([0.2, 0.1, 0.5, 0.7, 0.9])  # ranks 2, 1, 3, 4, 5
+    np.testing.assert_array_equal(rank_average_ties(gold), [1, 2, 3.5, 3.5, 5])
+    # Deviations from the mean rank 3: (-2, -1, .5, .5, 2) and (-1, -2, 0, 1, 2):
+    # covariance sum 8.5, squared sums 9.5 and 10.
+    assert spearman(predicted, gold) == pytest.approx(8.5 / np.sqrt(9.5 * 10))
+    assert spearman(gold, gold) == pytest.approx(1.0)
+    assert spearman(gold, -gold) == pytest.approx(-1.0)
+
+
+def test_speed_writes_every_workload(common_args, tmp_path):
+    out = tmp_path / "speed.json"
+    result = speed.main(common_args + ["--limit", "24", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert result["contenders"] == [BASELINE, ONNX]
+    assert set(result["skipped"]) == {"bertnpu-onnx-int8", "bertnpu-npu"}
+    stsb = {row["contender"]: row for row in result["stsb_dev"]}
+    assert stsb[BASELINE]["vs_baseline"] == 1.0 and stsb[ONNX]["sentences_per_s"] > 0
+    assert {row["batch_size"] for row in result["batch_sizes"]} == set(speed.BATCH_SIZES)
+    assert all(row["p95_ms"] >= row["p50_ms"] > 0 for row in result["single_sentence"] + result["batch_sizes"])
+    assert all(0 < row["tokens"] <= 16 for row in result["length_sweep"])
+    stages = result["stages"][ONNX]
+    assert set(stages) == {"tokenize", "embed", "encoder", "pool", "host", "total"}
+    assert stages["host"]["us_per_sentence_median"] > 0
+
+
+def test_accuracy_reports_spearman_and_cosines(common_args, tmp_path):
+    result = accuracy.main(common_args + ["--limit", "12", "--out", str(tmp_path / "accuracy.json")])
+    rows = {row["contender"]: row for row in result["rows"]}
+    assert result["pairs"] == 12
+    assert -1 <= rows[BASELINE]["spearman"] <= 1
+    # The ONNX path reproduces the PyTorch vectors, so the random tiny model's Spearman matches too.
+    assert rows[ONNX]["cosine_to_reference_min"] > 0.9999
+    assert abs(rows[ONNX]["spearman_minus_reference"]) < 1e-6
+
+
+def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
+    result = npu_pipeline.main(common_args + ["--limit", "40", "--cores", "1", "2", "--out", str(tmp_path / "npu.json")])
+    assert [row["npu_cores"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["bound"] == min(row["host_rate"], row["npu_rate"])
+        assert row["npu_rate"] == pytest.approx(row["npu_cores"] / 100e-6)
+        assert row["achieved_vs_bound"] > 0 and row["infer_calls_per_encode"] >= 1
+
+
+def test_footprint_runs_fresh_processes(common_args, tmp_path):
+    result = footprint.main(common_args + ["--out", str(tmp_path / "footprint.json")])
+    rows = {row["contender"]: row for row in result["rows"]}
+    assert set(rows) == {"python (interpreter only)", BASELINE, ONNX}
+    assert rows[BASELINE]["torch_imported"] and not rows[ONNX]["torch_imported"]
+    assert rows[ONNX]["peak_rss_mib"] > rows["python (interpreter only)"]["peak_rss_mib"] > 0
