@@ -22,12 +22,10 @@ from .common import (
     ONNX_INT8,
     base_parser,
     build_contenders,
-    check_bundle,
-    load_stsb_dev,
-    pin_threads,
     print_table,
     reference_model_folder,
     run_metadata,
+    start_run,
     write_json,
 )
 
@@ -55,24 +53,21 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = base_parser(__doc__.splitlines()[0], "accuracy")
-    parser.add_argument("--limit", type=int, default=None, help="first N STS-B dev pairs (default: all 1,500; --quick: 32)")
-    return parser.parse_args(argv)
+    return base_parser(__doc__.splitlines()[0], "accuracy").parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Encode the STS-B dev sentences with every contender; print a table, write JSON, return it."""
     args = parse_args(argv)
-    pin_threads(args.threads)
-    bundle = check_bundle(args.bundle)
-    pairs = load_stsb_dev(args.stsb_dir)[: args.limit or (32 if args.quick else None)]
+    run = start_run(args)
+    pairs = run.pairs
     sentences = list(dict.fromkeys(s for a, b, _ in pairs for s in (a, b)))  # each distinct sentence once
     index = {s: i for i, s in enumerate(sentences)}
     first = np.array([index[a] for a, _, _ in pairs])
     second = np.array([index[b] for _, b, _ in pairs])
     gold = np.array([score for _, _, score in pairs])
 
-    contenders = build_contenders(bundle, reference_model_folder(bundle, args.model), args.threads)
+    contenders = build_contenders(run.bundle, reference_model_folder(run.bundle, args.model), args.threads)
     try:
         vectors = {c.name: np.asarray(c.encode(sentences, BATCH_SIZE), dtype=np.float32) for c in contenders}
     finally:

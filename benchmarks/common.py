@@ -28,6 +28,7 @@ BASELINE = "sentence-transformers"
 ONNX = "bertnpu-onnx"
 ONNX_INT8 = "bertnpu-onnx-int8"
 NPU = "bertnpu-npu"
+QUICK_PAIRS = 32
 BUILD_HINT = "build it with: python -m compile --model default --out {bundle}"
 
 
@@ -47,7 +48,33 @@ def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a few sentences and repeats: checks that it runs, numbers mean little")
     parser.add_argument("--stsb-dir", type=Path, default=None, help="STS-B CSV folder (default: compile.data.default_stsb_dir())")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{result_name}.json", help="JSON result file (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help=f"first N STS-B dev pairs (default: all 1,500; --quick: {QUICK_PAIRS})")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 5; --quick: fewer)")
     return parser
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a benchmark works on, from its arguments: the bundle, the STS-B dev pairs, the repeats."""
+
+    bundle: Path
+    pairs: list[tuple[str, str, float]]
+    repeats: int
+
+    @property
+    def sentences(self) -> list[str]:
+        """Both sentences of every pair, in file order (3,000 for STS-B dev; repeats kept)."""
+        return [s for a, b, _ in self.pairs for s in (a, b)]
+
+
+def start_run(args: argparse.Namespace, quick_repeats: int = 2, threads: bool = True) -> Run:
+    """Check the bundle, load STS-B dev (--limit, or a few pairs with --quick) and, unless
+    `threads` is False, pin this process's threads to --threads."""
+    if threads:
+        pin_threads(args.threads)
+    bundle = check_bundle(args.bundle)
+    pairs = load_stsb_dev(args.stsb_dir)[: args.limit or (QUICK_PAIRS if args.quick else None)]
+    return Run(bundle, pairs, args.repeats or (quick_repeats if args.quick else 5))
 
 
 def pin_threads(threads: int) -> None:
@@ -127,11 +154,6 @@ def load_stsb_dev(stsb_dir: Path | None) -> list[tuple[str, str, float]]:
     from compile.data import STSB_DEV_FILE, default_stsb_dir, read_stsb_pairs
 
     return read_stsb_pairs((stsb_dir or default_stsb_dir()) / STSB_DEV_FILE)
-
-
-def pair_sentences(pairs: Sequence[tuple[str, str, float]]) -> list[str]:
-    """Both sentences of every pair, in file order (3,000 for STS-B dev; repeats kept)."""
-    return [s for a, b, _ in pairs for s in (a, b)]
 
 
 def texts_of_length(tokenizer: Any, words: Sequence[str], tokens: int, count: int) -> list[str]:

@@ -25,12 +25,10 @@ from .common import (
     ONNX,
     ONNX_INT8,
     base_parser,
-    check_bundle,
-    load_stsb_dev,
-    pair_sentences,
     print_table,
     reference_model_folder,
     run_metadata,
+    start_run,
     write_json,
 )
 
@@ -77,9 +75,7 @@ SENTENCES = 32
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = base_parser(__doc__.splitlines()[0], "footprint")
-    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per contender (default: 5, --quick: 1)")
-    return parser.parse_args(argv)
+    return base_parser(__doc__.splitlines()[0], "footprint").parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -87,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bertnpu_runtime.bundle import INT8_ENCODER_FILE, Bundle
 
     args = parse_args(argv)
-    bundle = check_bundle(args.bundle)
-    repeats = args.repeats or (1 if args.quick else 5)
-    sentences = pair_sentences(load_stsb_dev(args.stsb_dir))[:SENTENCES]
+    run = start_run(args, quick_repeats=1, threads=False)  # the children pin their own threads
+    bundle, repeats, sentences = run.bundle, run.repeats, run.sentences[:SENTENCES]
     jobs = {
         "python (interpreter only)": {"kind": "python", "target": ""},
         BASELINE: {"kind": "sentence-transformers", "target": str(reference_model_folder(bundle, args.model))},

@@ -12,8 +12,6 @@ pool alone (measured in this run), NPU rate = cores / latency.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +19,10 @@ from typing import Any
 
 from .common import (
     base_parser,
-    check_bundle,
     interleave,
-    load_stsb_dev,
-    pair_sentences,
-    pin_threads,
     print_table,
     run_metadata,
+    start_run,
     summarize,
     write_json,
 )
@@ -41,8 +36,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-us", type=float, default=100.0, help="modelled NPU time per sentence per core (default: %(default)s)")
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encode() batch size (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 5, --quick: 2)")
-    parser.add_argument("--limit", type=int, default=None, help="first N STS-B dev sentences (default: all 3,000; --quick: 64)")
     return parser.parse_args(argv)
 
 
@@ -50,16 +43,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure host rate and NPU-pipeline throughput per core count; print a table, write JSON."""
     from bertnpu_runtime import SentenceEncoder
     from bertnpu_runtime.testing import FakeNpu
+    from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
 
     args = parse_args(argv)
-    pin_threads(args.threads)
-    bundle = check_bundle(args.bundle)
-    repeats = args.repeats or (2 if args.quick else 5)
-    sentences = pair_sentences(load_stsb_dev(args.stsb_dir))[: args.limit or (64 if args.quick else None)]
+    run = start_run(args)
+    sentences, repeats = run.sentences, run.repeats
     latency = args.latency_us * 1e-6
 
     with tempfile.TemporaryDirectory(prefix="bertnpu-bench-") as scratch:
-        npu_bundle = bundle_with_placeholder_mxq(bundle, Path(scratch) / "bundle")
+        npu_bundle = bundle_with_placeholder_mxq(run.bundle, Path(scratch) / "bundle")
         fakes, encoders = {}, {}
         try:
             for cores in args.cores:
@@ -115,25 +107,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     write_json(args.out, result)
     return result
-
-
-def bundle_with_placeholder_mxq(bundle: Path, target: Path) -> Path:
-    """A copy of `bundle` (files linked, not copied) with a placeholder model.mxq registered in bundle.json.
-
-    The test double never reads the .mxq; it only has to exist and match its hash.
-    """
-    from bertnpu_runtime.bundle import MANIFEST_FILE, MXQ_FILE, sha256_of
-
-    target.mkdir(parents=True)
-    for item in bundle.iterdir():
-        if item.name not in (MANIFEST_FILE, MXQ_FILE):
-            (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
-    mxq = target / MXQ_FILE
-    mxq.write_bytes(b"placeholder .mxq for the qbruntime test double\n")
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
-    manifest["files"][MXQ_FILE] = {"sha256": sha256_of(mxq)}
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return target
 
 
 def _hidden_size(bundle: Path) -> int:

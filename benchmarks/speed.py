@@ -19,15 +19,12 @@ from .common import (
     Contenders,
     base_parser,
     build_contenders,
-    check_bundle,
     interleave,
-    load_stsb_dev,
-    pair_sentences,
-    pin_threads,
     print_table,
     ratio,
     reference_model_folder,
     run_metadata,
+    start_run,
     summarize,
     texts_of_length,
     write_json,
@@ -42,8 +39,6 @@ LENGTH_BATCH_SIZE = 32
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], "speed")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per workload (default: 5, --quick: 2)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N STS-B dev sentences (default: all 3,000; --quick: 64)")
     parser.add_argument("--no-plot", action="store_true", help="skip the latency-against-length PNG")
     return parser.parse_args(argv)
 
@@ -51,11 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every speed workload, print tables, write JSON (+ PNG); return the result."""
     args = parse_args(argv)
-    pin_threads(args.threads)
-    bundle = check_bundle(args.bundle)
-    repeats = args.repeats or (2 if args.quick else 5)
-    sentences = pair_sentences(load_stsb_dev(args.stsb_dir))[: args.limit or (64 if args.quick else None)]
-    contenders = build_contenders(bundle, reference_model_folder(bundle, args.model), args.threads)
+    run = start_run(args)
+    sentences, repeats = run.sentences, run.repeats
+    contenders = build_contenders(run.bundle, reference_model_folder(run.bundle, args.model), args.threads)
     try:
         result: dict[str, Any] = {
             "benchmark": "speed",

@@ -32,7 +32,7 @@ def test_spearman_matches_a_hand_computed_example():
 
 def test_speed_writes_every_workload(common_args, tmp_path):
     out = tmp_path / "speed.json"
-    result = speed.main(common_args + ["--limit", "24", "--out", str(out)])
+    result = speed.main(common_args + ["--limit", "12", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert out.with_suffix(".png").stat().st_size > 0
     assert result["contenders"] == [BASELINE, ONNX]
@@ -58,7 +58,7 @@ def test_accuracy_reports_spearman_and_cosines(common_args, tmp_path):
 
 
 def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
-    result = npu_pipeline.main(common_args + ["--limit", "40", "--cores", "1", "2", "--out", str(tmp_path / "npu.json")])
+    result = npu_pipeline.main(common_args + ["--limit", "20", "--cores", "1", "2", "--out", str(tmp_path / "npu.json")])
     assert [row["npu_cores"] for row in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert row["bound"] == min(row["host_rate"], row["npu_rate"])
