@@ -150,7 +150,9 @@ def _check_out_dir(out: Path, force: bool) -> None:
 def _make_staging_dir(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be shared and deployed
+        return staging
     except OSError as exc:
         raise CompileError(f"{out}: cannot write the bundle there ({exc.strerror or exc})") from exc
 

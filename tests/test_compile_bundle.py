@@ -190,3 +190,7 @@ def test_onnx_encoder_has_dynamic_batch_and_seq(tiny_bundle: Path):
         hidden = np.random.default_rng(0).standard_normal((batch, seq, TINY_HIDDEN)).astype(np.float32)
         (out,) = session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones((batch, seq), np.int64)})
         assert out.shape == (batch, seq, TINY_HIDDEN) and out.dtype == np.float32
+
+
+def test_bundle_folder_is_readable_by_others(tiny_bundle: Path):
+    assert tiny_bundle.stat().st_mode & 0o755 == 0o755
