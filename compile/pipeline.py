@@ -127,7 +127,8 @@ def _write_files(
         int8_info = quantize_encoder(staging / ONNX_ENCODER_FILE, staging / CALIB_DIR, staging / INT8_ENCODER_FILE)
         _log_wrote(staging, INT8_ENCODER_FILE)
 
-    steps = [(mblt, qb.MBLT_FILE, qb.compile_mblt, {}), (mxq, MXQ_FILE, qb.compile_mxq, {"target_device": target_device})]
+    device = {"target_device": target_device}
+    steps = [(mblt, qb.MBLT_FILE, qb.compile_mblt, device), (mxq, MXQ_FILE, qb.compile_mxq, device)]
     for wanted, name, step, kwargs in steps:
         if not wanted:
             continue

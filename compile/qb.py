@@ -53,61 +53,92 @@ def import_qbcompiler() -> ModuleType:
     except ImportError as exc:
         raise QbCompilerMissing(
             f"the Mobilint qb Compiler (Python package `qbcompiler`) is not importable here ({exc}); "
-            "install it from Mobilint's SDK to build model.mxq / model.mblt"
+            "install it from Mobilint's SDK (their qbcompiler Docker image) to build model.mxq / model.mblt"
         ) from exc
     return qbcompiler
 
 
 def compile_mxq(bert: torch.nn.Module, calib_dir: Path, out_path: Path, target_device: str | None = None) -> None:
-    """Quantize and compile `bert.encoder` to `out_path` with the calibration folder `calib_dir`."""
+    """Quantize and compile `bert.encoder` to `out_path` with the calibration folder `calib_dir`.
+
+    Releases with `CalibrationConfig` (qbcompiler >= 1.0) take the example input as a plain tensor
+    plus `dynamic_axes`, and a target device with its inference scheme; older releases take
+    `QuantizationConfig` and a `wrap_tensor` input whose sequence axis is marked dynamic.
+    """
     qbcompiler = import_qbcompiler()
     kwargs: dict[str, Any] = {
         "model": EncoderOnly(bert.encoder).eval(),
         "save_path": str(out_path),
         "calib_data_path": str(calib_dir),
         "backend": "torch",
-        "feed_dict": _feed_dict(calib_dir),
     }
-    kwargs.update(_quantization_kwargs(qbcompiler))
-    if target_device is not None:
-        kwargs["target_device"] = target_device
+    if hasattr(qbcompiler, "CalibrationConfig"):
+        settings = QUANTIZATION_SETTINGS
+        config = qbcompiler.CalibrationConfig
+        kwargs["calibration_config"] = config(
+            method=settings["quantization_method"],
+            output=settings["quantization_output"],
+            mode=settings["quantization_mode"],
+            max_percentile=config.MaxPercentile(percentile=settings["percentile"], topk_ratio=settings["topk_ratio"]),
+        )
+        kwargs.update(_tensor_input(calib_dir))
+        if target_device is not None:
+            kwargs["target_device"] = target_device
+            kwargs["inference_scheme"] = inference_scheme(target_device)
+    elif hasattr(qbcompiler, "QuantizationConfig"):
+        kwargs["quantization_config"] = qbcompiler.QuantizationConfig.from_kwargs(**QUANTIZATION_SETTINGS)
+        kwargs["feed_dict"] = _wrapped_input(calib_dir)
+        if target_device is not None:
+            kwargs["target_device"] = target_device
+    else:
+        raise QbCompilerMissing(
+            f"qbcompiler {getattr(qbcompiler, '__version__', '?')} has neither CalibrationConfig nor QuantizationConfig"
+        )
     _call(qbcompiler, "mxq_compile", out_path, **kwargs)
 
 
-def compile_mblt(bert: torch.nn.Module, calib_dir: Path, out_path: Path) -> None:
+def compile_mblt(bert: torch.nn.Module, calib_dir: Path, out_path: Path, target_device: str | None = None) -> None:
     """The seed's analysis step: the encoder as a .mblt graph (open it in Netron to see unsupported layers)."""
     qbcompiler = import_qbcompiler()
-    _call(
-        qbcompiler,
-        "mblt_compile",
-        out_path,
-        model=EncoderOnly(bert.encoder).eval(),
-        mblt_save_path=str(out_path),
-        backend="torch",
-        feed_dict=_feed_dict(calib_dir),
-        cpu_offload=True,
-    )
-
-
-def _quantization_kwargs(qbcompiler: ModuleType) -> dict[str, Any]:
-    # Newer releases call the settings object CalibrationConfig; older ones QuantizationConfig.
+    kwargs: dict[str, Any] = {
+        "model": EncoderOnly(bert.encoder).eval(),
+        "mblt_save_path": str(out_path),
+        "backend": "torch",
+    }
     if hasattr(qbcompiler, "CalibrationConfig"):
-        return {"calibration_config": qbcompiler.CalibrationConfig.from_kwargs(**QUANTIZATION_SETTINGS)}
-    if hasattr(qbcompiler, "QuantizationConfig"):
-        return {"quantization_config": qbcompiler.QuantizationConfig.from_kwargs(**QUANTIZATION_SETTINGS)}
-    raise QbCompilerMissing(
-        f"qbcompiler {getattr(qbcompiler, '__version__', '?')} has neither CalibrationConfig nor QuantizationConfig"
-    )
+        kwargs.update(_tensor_input(calib_dir))
+        if target_device is not None:
+            kwargs["target_device"] = target_device
+    else:
+        kwargs.update(feed_dict=_wrapped_input(calib_dir), cpu_offload=True)
+    _call(qbcompiler, "mblt_compile", out_path, **kwargs)
 
 
-def _feed_dict(calib_dir: Path) -> dict[str, Any]:
-    """The example input, wrapped the tutorial's way with the sequence axis marked dynamic."""
+def inference_scheme(target_device: str) -> str:
+    """REGULUS runs only the single-core scheme; an ARIES .mxq can hold all of them."""
+    if "regulus" in target_device:
+        return "single"
+    if "aries" in target_device:
+        return "all"
+    raise CompileError(f"--target-device {target_device!r}: expected an aries or regulus device name (e.g. aries-rb, regulus-rb)")
+
+
+def _example(calib_dir: Path) -> torch.Tensor:
+    return torch.from_numpy(np.load(min(calib_dir.glob("*.npy"))))  # [1, seq, hidden]
+
+
+def _tensor_input(calib_dir: Path) -> dict[str, Any]:
+    """The newer API's example input: a plain tensor, with the sequence axis declared dynamic."""
+    return {"feed_dict": {ONNX_HIDDEN_INPUT: _example(calib_dir)}, "dynamic_axes": {ONNX_HIDDEN_INPUT: [1]}}
+
+
+def _wrapped_input(calib_dir: Path) -> dict[str, Any]:
+    """The older API's example input, wrapped the seed tutorial's way with the sequence axis marked dynamic."""
     try:
         from qbcompiler.model_dict.parser.backend.torch.util import wrap_tensor
     except ImportError as exc:
         raise QbCompilerMissing(f"qbcompiler has no torch backend wrap_tensor ({exc})") from exc
-    example = torch.from_numpy(np.load(min(calib_dir.glob("*.npy"))))  # [1, seq, hidden]
-    wrapped = wrap_tensor(ONNX_HIDDEN_INPUT, example)
+    wrapped = wrap_tensor(ONNX_HIDDEN_INPUT, _example(calib_dir))
     wrapped.src_shape[1].set_dynamic()
     return {ONNX_HIDDEN_INPUT: wrapped}
 

@@ -33,26 +33,59 @@ class _Wrapped:
         self.src_shape = [_Dim(d) for d in tensor.shape]
 
 
-class _Config:
+class _QuantizationConfig:
+    """The older API: QuantizationConfig.from_kwargs(quantization_method=..., ...)."""
+
     def __init__(self, **kwargs) -> None:
         self.kwargs = kwargs
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "_Config":
+    def from_kwargs(cls, **kwargs) -> "_QuantizationConfig":
         return cls(**kwargs)
 
 
-def _check_common(model, feed_dict) -> None:
-    """What both compile functions must receive: the encoder alone, and a dynamic-seq hidden-states input."""
-    assert list(feed_dict) == [ONNX_HIDDEN_INPUT]
-    wrapped = feed_dict[ONNX_HIDDEN_INPUT]
-    assert wrapped.name == ONNX_HIDDEN_INPUT
-    assert [d.dynamic for d in wrapped.src_shape] == [False, True, False]
-    assert tuple(wrapped.tensor.shape[::2]) == (1, TINY_HIDDEN) and wrapped.tensor.dtype == torch.float32
+class _CalibrationConfig:
+    """The newer API: CalibrationConfig(method=, output=, mode=, max_percentile=CalibrationConfig.MaxPercentile(...))."""
+
+    class MaxPercentile:
+        def __init__(self, *, percentile: float, topk_ratio: float) -> None:
+            self.percentile, self.topk_ratio = percentile, topk_ratio
+
+    def __init__(self, *, method: int, output: int, mode: int, max_percentile: "_CalibrationConfig.MaxPercentile") -> None:
+        self.method, self.output, self.mode, self.max_percentile = method, output, mode, max_percentile
+
+    def as_seed_settings(self) -> dict:
+        return {
+            "quantization_method": self.method,
+            "quantization_output": self.output,
+            "quantization_mode": self.mode,
+            "percentile": self.max_percentile.percentile,
+            "topk_ratio": self.max_percentile.topk_ratio,
+        }
+
+
+def _check_model(model) -> None:
+    """The encoder alone, in eval mode, taking any sequence length."""
     assert not model.training
     for seq in (3, 17):  # any length: the graph has no fixed sequence size
         out = model(torch.randn(1, seq, TINY_HIDDEN))
         assert isinstance(out, torch.Tensor) and out.shape == (1, seq, TINY_HIDDEN)
+
+
+def _check_input(api: str, kwargs: dict) -> None:
+    """The example input as each API wants it: newer, a tensor + dynamic_axes; older, a wrap_tensor marked dynamic."""
+    feed_dict = kwargs["feed_dict"]
+    assert list(feed_dict) == [ONNX_HIDDEN_INPUT]
+    if api == "calibration":
+        tensor = feed_dict[ONNX_HIDDEN_INPUT]
+        assert kwargs["dynamic_axes"] == {ONNX_HIDDEN_INPUT: [1]}
+    else:
+        wrapped = feed_dict[ONNX_HIDDEN_INPUT]
+        assert wrapped.name == ONNX_HIDDEN_INPUT and "dynamic_axes" not in kwargs
+        assert [d.dynamic for d in wrapped.src_shape] == [False, True, False]
+        tensor = wrapped.tensor
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
+    assert tuple(tensor.shape[::2]) == (1, TINY_HIDDEN)
 
 
 @pytest.fixture
@@ -62,24 +95,28 @@ def stand_in(monkeypatch: pytest.MonkeyPatch):
     def install(api: str = "calibration"):
         calls: list[tuple[str, dict]] = []
         qb = types.ModuleType("qbcompiler")
-        config_name = {"calibration": "CalibrationConfig", "quantization": "QuantizationConfig"}[api]
-        setattr(qb, config_name, _Config)
+        if api == "calibration":
+            qb.CalibrationConfig = _CalibrationConfig
+        else:
+            qb.QuantizationConfig = _QuantizationConfig
 
         def mxq_compile(**kwargs):
             calls.append(("mxq_compile", kwargs))
-            _check_common(kwargs["model"], kwargs["feed_dict"])
+            _check_model(kwargs["model"])
+            _check_input(api, kwargs)
             calib = Path(kwargs["calib_data_path"])
             assert calib.name == CALIB_DIR and len(list(calib.glob("*.npy"))) == 4
             assert kwargs["backend"] == "torch"
-            assert set(kwargs) - {"model", "save_path", "calib_data_path", "backend", "feed_dict", "target_device"} == {
-                f"{api}_config"
-            }
-            assert kwargs[f"{api}_config"].kwargs == SEED_SETTINGS
+            allowed = {"model", "save_path", "calib_data_path", "backend", "feed_dict", "dynamic_axes", "target_device", "inference_scheme"}
+            assert set(kwargs) - allowed == {f"{api}_config"}
+            config = kwargs[f"{api}_config"]
+            assert (config.as_seed_settings() if api == "calibration" else config.kwargs) == SEED_SETTINGS
             Path(kwargs["save_path"]).write_bytes(b"fake mxq")
 
         def mblt_compile(**kwargs):
             calls.append(("mblt_compile", kwargs))
-            _check_common(kwargs["model"], kwargs["feed_dict"])
+            _check_model(kwargs["model"])
+            _check_input(api, kwargs)
             assert kwargs["backend"] == "torch"
             Path(kwargs["mblt_save_path"]).write_bytes(b"fake mblt")
 
@@ -103,10 +140,12 @@ def test_quantization_settings_are_the_seeds():
 @pytest.mark.parametrize("api", ["calibration", "quantization"])
 def test_mxq_is_compiled_with_the_seed_settings(stand_in, api, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in(api)
-    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="aries")
+    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="aries-rb")
     assert [name for name, _ in calls] == ["mxq_compile"]
     kwargs = calls[0][1]
-    assert kwargs["target_device"] == "aries"
+    assert kwargs["target_device"] == "aries-rb"
+    if api == "calibration":  # ARIES holds every core scheme in one .mxq; REGULUS only "single"
+        assert kwargs["inference_scheme"] == "all"
     assert Path(kwargs["save_path"]).name == MXQ_FILE
     assert (out / MXQ_FILE).read_bytes() == b"fake mxq"
     bundle = Bundle(out)
@@ -117,11 +156,24 @@ def test_mxq_is_compiled_with_the_seed_settings(stand_in, api, tiny_model_dir: P
 def test_target_device_is_left_out_when_not_given(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
     build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
-    assert "target_device" not in calls[0][1]
+    assert "target_device" not in calls[0][1] and "inference_scheme" not in calls[0][1]
 
 
-def test_mblt_analysis_step(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_regulus_gets_the_single_scheme(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
+    build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="regulus-rb")
+    assert calls[0][1]["inference_scheme"] == "single"
+
+
+def test_unknown_target_device_is_named(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    stand_in()
+    with pytest.raises(CompileError, match="'tpu-9'"):
+        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="tpu-9")
+
+
+@pytest.mark.parametrize("api", ["calibration", "quantization"])
+def test_mblt_analysis_step(stand_in, api, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in(api)
     out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mblt=True)
     assert [name for name, _ in calls] == ["mblt_compile"]
     assert calls[0][1]["mblt_save_path"] == str(Path(calls[0][1]["mblt_save_path"]).parent / MBLT_FILE)
