@@ -52,6 +52,11 @@ CONFIGS = {
     "float-4-sensitive-asym": replace(
         DEFAULT_OPTIONS, exclude_layers=((FFN_UP, (2, 3, 4)), (FFN_DOWN, (0,))), symmetric_ranges=False
     ),
+    "no-smooth": replace(DEFAULT_OPTIONS, smooth_alpha=None),
+    "smooth-0.75": replace(DEFAULT_OPTIONS, smooth_alpha=0.75),
+    "smooth-0.5": replace(DEFAULT_OPTIONS, smooth_alpha=0.5),
+    "smooth-0.9": replace(DEFAULT_OPTIONS, smooth_alpha=0.9),
+    "skipln": replace(DEFAULT_OPTIONS, keep_shape_annotations=True),
     "q-outputs": replace(DEFAULT_OPTIONS, quantize_outputs=True),
     "p99.9": replace(DEFAULT_OPTIONS, percentile=99.9),
     "p99.99": replace(DEFAULT_OPTIONS, percentile=99.99),

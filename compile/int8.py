@@ -51,6 +51,11 @@ class Int8Options:
     other_op_types: further ONNX op types to quantize (e.g. "Add"); LayerNorm/Softmax/GELU stay float.
     quantize_outputs: also put Q/DQ on MatMul outputs (ORT's default; fused to QLinearMatMul). False
         leaves them float, which ORT fuses to MatMulIntegerToFloat (int8 inputs, float32 result).
+    smooth_alpha: SmoothQuant migration strength for the inputs of quantized MatMuls
+        (compile/int8_smooth.py); None leaves the graph as exported.
+    keep_shape_annotations: keep the intermediate shapes that pre-processing inferred. With them ORT
+        fuses Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel measured slower
+        here than the unfused pair the float32 encoder runs; ORT re-infers what it needs at load.
     """
 
     percentile: float = 99.999
@@ -61,6 +66,8 @@ class Int8Options:
     exclude_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
     other_op_types: tuple[str, ...] = ()
     quantize_outputs: bool = False
+    smooth_alpha: float | None = 0.75
+    keep_shape_annotations: bool = False
 
 
 DEFAULT_OPTIONS = Int8Options()
@@ -99,9 +106,14 @@ def quantize_encoder(
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=False)
         model = onnx.load(str(prepared))
         _name_unnamed_nodes(model)  # node selection below is by name
-        onnx.save(model, str(prepared))
         roles = matmul_roles(model)
         chosen, excluded = _select_matmuls(roles, options)
+        smoothed = 0
+        if options.smooth_alpha is not None:
+            from .int8_smooth import smooth_matmul_inputs
+
+            smoothed = smooth_matmul_inputs(model, chosen, calib_files, options.smooth_alpha)
+        onnx.save(model, str(prepared))
         op_types = ["MatMul", *options.other_op_types]
         other_nodes = [n.name for n in model.graph.node if n.op_type in options.other_op_types]
         if not chosen and not other_nodes:
@@ -134,6 +146,11 @@ def quantize_encoder(
                 },
             )
 
+    if not options.keep_shape_annotations:
+        quantized = onnx.load(str(out_path))
+        del quantized.graph.value_info[:]
+        onnx.save(quantized, str(out_path))
+
     counts = {role: sum(1 for r in roles.values() if r[0] == role) for role in MATMUL_ROLES}
     return {
         "format": "QDQ",
@@ -146,6 +163,7 @@ def quantize_encoder(
                         "percentile": options.percentile, "symmetric_ranges": options.symmetric_ranges,
                         "seed_equivalent": {"percentile": 0.999, "topk_ratio": 0.01,
                                             "topk_ratio_mapped": False}},
+        "smoothquant": {"alpha": options.smooth_alpha, "tensors_smoothed": smoothed},
         "calibration_samples": len(calib_files),
         "op_types_quantized": op_types,
         "matmul_roles_quantized": list(options.quantize_roles),
