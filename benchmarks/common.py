@@ -156,30 +156,6 @@ def load_stsb_dev(stsb_dir: Path | None) -> list[tuple[str, str, float]]:
     return read_stsb_pairs((stsb_dir or default_stsb_dir()) / STSB_DEV_FILE)
 
 
-def texts_of_length(tokenizer: Any, words: Sequence[str], tokens: int, count: int) -> list[str]:
-    """`count` different texts of at most `tokens` tokens (with [CLS]/[SEP]), each as long as whole words allow.
-
-    Texts are runs of `words` starting at different offsets; `tokenizer` is a SentenceEncoder,
-    whose tokenize() truncates, so a truncated text counts as too long.
-    """
-
-    def fits(text: str) -> bool:
-        batch = tokenizer.tokenize([text])
-        return not batch.truncated[0] and batch.lengths[0] <= tokens
-
-    texts = []
-    for start in np.linspace(0, len(words) // 2, count, dtype=int):
-        low, high = 1, min(len(words) - start, tokens)  # a word is at least one token
-        while low < high:  # the most words that still fit in `tokens`
-            middle = (low + high + 1) // 2
-            if fits(" ".join(words[start : start + middle])):
-                low = middle
-            else:
-                high = middle - 1
-        texts.append(" ".join(words[start : start + low]))
-    return texts
-
-
 # ---- contenders ------------------------------------------------------------------------------
 
 
@@ -202,9 +178,6 @@ class Contenders:
 
     def __iter__(self):
         return iter(self.items)
-
-    def get(self, name: str) -> Contender | None:
-        return next((c for c in self.items if c.name == name), None)
 
     def close(self) -> None:
         for contender in self.items:
@@ -311,7 +284,7 @@ def ratio(value: float, baseline: float | None) -> float | None:
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Print rows (dicts) as an aligned text table of the given columns; floats get 4 significant digits."""
+    """Print rows (dicts) as an aligned text table of the given columns; floats get 6 significant digits."""
     cells = [[_format(row.get(column)) for column in columns] for row in rows]
     widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
     print(f"\n{title}")
@@ -325,7 +298,7 @@ def _format(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+        return f"{value:.6g}" if abs(value) < 1e5 else f"{value:.0f}"
     return str(value)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .common import (
     BASELINE,
     Contenders,
@@ -26,7 +28,6 @@ from .common import (
     run_metadata,
     start_run,
     summarize,
-    texts_of_length,
     write_json,
 )
 from .stages import stage_breakdown
@@ -155,6 +156,30 @@ def length_sweep(
         ("tokens", "contender", "batch1_p50_ms", "batch1_vs_baseline", "batched_sentences_per_s", "batched_vs_baseline"),
     )
     return rows
+
+
+def texts_of_length(tokenizer: Any, words: Sequence[str], tokens: int, count: int) -> list[str]:
+    """`count` different texts of at most `tokens` tokens (with [CLS]/[SEP]), each as long as whole words allow.
+
+    Texts are runs of `words` starting at different offsets; `tokenizer` is a SentenceEncoder,
+    whose tokenize() truncates, so a truncated text counts as too long.
+    """
+
+    def fits(text: str) -> bool:
+        batch = tokenizer.tokenize([text])
+        return not batch.truncated[0] and batch.lengths[0] <= tokens
+
+    texts = []
+    for start in np.linspace(0, len(words) // 2, count, dtype=int):
+        low, high = 1, min(len(words) - start, tokens)  # a word is at least one token
+        while low < high:  # the most words that still fit in `tokens`
+            middle = (low + high + 1) // 2
+            if fits(" ".join(words[start : start + middle])):
+                low = middle
+            else:
+                high = middle - 1
+        texts.append(" ".join(words[start : start + low]))
+    return texts
 
 
 def stages(contenders: Contenders, sentences: list[str], repeats: int) -> dict[str, Any]:

@@ -62,15 +62,21 @@ def stage_breakdown(
     for _ in range(warmup):
         time_stages_once(encoder, texts, batch_size, run_encoder)
     runs = [time_stages_once(encoder, texts, batch_size, run_encoder) for _ in range(repeats)]
-    for run in runs:
-        run["host"] = sum(run[stage] for stage in HOST_STAGES)
-        run["total"] = run["host"] + run["encoder"]
-    names = list(STAGES) + ["host", "total"]
-    if not run_encoder:
-        names.remove("encoder")
-    per_sentence = 1e6 / len(texts)
+    return summarize_stages(runs, len(texts), run_encoder)
+
+
+def summarize_stages(runs: Sequence[dict[str, float]], sentences: int, with_encoder: bool = True) -> dict[str, dict[str, float]]:
+    """Per stage, host (tokenize + embed + pool) and total: microseconds per sentence, median and p95 over `runs`."""
+    names = [name for name in STAGES if with_encoder or name != "encoder"] + ["host"] + (["total"] if with_encoder else [])
+    per_sentence = 1e6 / sentences
     result = {}
     for name in names:
-        summary = summarize([run[name] for run in runs])
+        if name == "host":
+            values = [sum(run[stage] for stage in HOST_STAGES) for run in runs]
+        elif name == "total":
+            values = [sum(run[stage] for stage in STAGES) for run in runs]
+        else:
+            values = [run[name] for run in runs]
+        summary = summarize(values)
         result[name] = {"us_per_sentence_median": summary["median"] * per_sentence, "us_per_sentence_p95": summary["p95"] * per_sentence}
     return result

@@ -5,6 +5,7 @@ and hold sane values."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,18 @@ import pytest
 from benchmarks import accuracy, footprint, npu_pipeline, speed
 from benchmarks.accuracy import rank_average_ties, spearman
 from benchmarks.common import BASELINE, ONNX
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_settings():
+    """The benchmarks pin threads process-wide (torch, OMP/Rayon variables); later tests get theirs back."""
+    import torch
+
+    threads, environment = torch.get_num_threads(), dict(os.environ)
+    yield
+    torch.set_num_threads(threads)
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 @pytest.fixture
