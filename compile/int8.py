@@ -53,6 +53,7 @@ class Int8Options:
         leaves them float, which ORT fuses to MatMulIntegerToFloat (int8 inputs, float32 result).
     smooth_alpha: SmoothQuant migration strength for the inputs of quantized MatMuls
         (compile/int8_smooth.py); None leaves the graph as exported.
+    smooth_roles: the MatMul roles whose inputs are smoothed (each costs a float Mul on its input).
     keep_shape_annotations: keep the intermediate shapes that pre-processing inferred. With them ORT
         fuses Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel measured slower
         here than the unfused pair the float32 encoder runs; ORT re-infers what it needs at load.
@@ -67,6 +68,7 @@ class Int8Options:
     other_op_types: tuple[str, ...] = ()
     quantize_outputs: bool = False
     smooth_alpha: float | None = 0.75
+    smooth_roles: tuple[str, ...] = (QKV, ATTENTION_OUTPUT, FFN_UP, FFN_DOWN)
     keep_shape_annotations: bool = False
 
 
@@ -112,7 +114,8 @@ def quantize_encoder(
         if options.smooth_alpha is not None:
             from .int8_smooth import smooth_matmul_inputs
 
-            smoothed = smooth_matmul_inputs(model, chosen, calib_files, options.smooth_alpha)
+            to_smooth = [name for name in chosen if roles[name][0] in options.smooth_roles]
+            smoothed = smooth_matmul_inputs(model, to_smooth, calib_files, options.smooth_alpha)
         onnx.save(model, str(prepared))
         op_types = ["MatMul", *options.other_op_types]
         other_nodes = [n.name for n in model.graph.node if n.op_type in options.other_op_types]

@@ -17,7 +17,8 @@ from bertnpu_runtime.embedding import embed
 from bertnpu_runtime.pooling import l2_normalize, pool
 from bertnpu_runtime.tokenization import Tokenizer
 from compile.errors import CompileError
-from compile.int8 import DEFAULT_OPTIONS, MATMUL_ROLES, matmul_roles, quantize_encoder
+from compile.int8 import DEFAULT_OPTIONS, MATMUL_ROLES, calibration_files, matmul_roles, quantize_encoder
+from compile.int8_smooth import smooth_matmul_inputs
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -88,6 +89,9 @@ def test_info_records_how_the_model_was_made(tiny_bundle: Path, int8_model: tupl
     assert info["matmuls"]["quantized"] + len(info["nodes_excluded"]) == len(roles)
     assert sum(info["matmuls"]["by_role"].values()) == len(roles)
     assert set(info["matmuls"]["by_role"]) == set(MATMUL_ROLES)
+    # Q, K, V share one smoothed input; attention output, FFN up and FFN down have one each.
+    layers = Bundle(tiny_bundle).manifest.num_layers
+    assert info["smoothquant"] == {"alpha": DEFAULT_OPTIONS.smooth_alpha, "tensors_smoothed": 4 * layers}
 
 
 def test_matmul_roles_per_layer(tiny_bundle: Path):
@@ -97,6 +101,24 @@ def test_matmul_roles_per_layer(tiny_bundle: Path):
     for role, count in per_layer.items():
         layers = [layer for r, layer in roles if r == role]
         assert sorted(layers) == sorted(list(range(manifest.num_layers)) * count), role
+
+
+def test_smoothing_keeps_the_float_function(tiny_bundle: Path):
+    model = onnx.load(str(tiny_bundle / ONNX_ENCODER_FILE))
+    weight_matmuls = [name for name, (role, _) in matmul_roles(model).items() if role != "attention"]
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    count = smooth_matmul_inputs(smoothed, weight_matmuls, calibration_files(tiny_bundle / CALIB_DIR), alpha=0.75)
+    assert count > 0
+    assert sum(n.op_type == "Mul" for n in smoothed.graph.node) == sum(n.op_type == "Mul" for n in model.graph.node) + count
+    hidden, mask = _inputs(tiny_bundle, SENTENCES)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"hidden_states": hidden, "attention_mask": mask})[0]
+
+    before, after = run(model), run(smoothed)
+    np.testing.assert_allclose(after[mask == 1], before[mask == 1], rtol=1e-4, atol=1e-4)
 
 
 def test_vector_does_not_depend_on_batch_composition(tiny_bundle: Path, int8_model: tuple[Path, dict]):
