@@ -1,17 +1,19 @@
 """SentenceEncoder: texts in, sentence vectors out.
 
 One text goes tokenize -> embed (host) -> encoder (NPU or ONNX) -> pool -> normalize. Texts are
-tokenized together, sorted by token length so each batch carries little padding, and the host
-prepares the next batch while the encoder works on the current one.
+tokenized a chunk at a time and sorted by token length within it, so each batch carries little
+padding, and the host prepares the next batch while the encoder works on the current ones.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +25,10 @@ from .pooling import l2_normalize, pool
 from .tokenization import TokenizedBatch, Tokenizer, validate_texts
 
 logger = logging.getLogger("bertnpu")
+
+# Texts are tokenized this many batches at a time (see SentenceEncoder._host_batches).
+_BATCHES_PER_CHUNK = 8
+_T = TypeVar("_T")
 
 
 class SentenceEncoder:
@@ -102,49 +108,62 @@ class SentenceEncoder:
         single = isinstance(sentences, str)
         texts = validate_texts([sentences] if single else sentences)
 
-        tokens = self._tokenizer.encode(texts)
-        _warn_if_truncated(tokens.truncated, self.max_seq_length)
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        for rows, pooled in self._pooled_batches(tokens, batch_size, _wants_progress(show_progress_bar)):
+        truncated: list[int] = []
+        batches = self._host_batches(texts, batch_size, truncated)
+        if _wants_progress(show_progress_bar):
+            batches = _progress(batches, total=-(-len(texts) // batch_size))
+        for rows, pooled in self._pooled_batches(batches, single_batch=len(texts) <= batch_size):
             vectors[rows] = pooled
+        _warn_if_truncated(truncated, len(texts), self.max_seq_length)
 
         if normalize_embeddings or self.manifest.normalize:
             vectors = l2_normalize(vectors)
         return vectors[0] if single else vectors
 
+    def _host_batches(
+        self, texts: list[str], batch_size: int, truncated: list[int]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (row indices, hidden [batch, seq, hidden], mask [batch, seq]) per batch.
+
+        Texts are tokenized a chunk at a time, so the encoder starts on the first batches while later
+        ones are tokenized and memory stays bounded; each chunk is sorted longest first so a batch
+        holds sentences of similar length and carries little padding. Truncated rows are appended
+        to `truncated`.
+        """
+        chunk_size = batch_size * _BATCHES_PER_CHUNK
+        for first in range(0, len(texts), chunk_size):
+            tokens = self._tokenizer.encode(texts[first : first + chunk_size])
+            truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
+            order = np.argsort(-tokens.lengths, kind="stable")
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                seq_len = int(tokens.lengths[rows].max())
+                mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
+                hidden = embed(self._tables, tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
+                yield first + rows, hidden, mask
+
     def _pooled_batches(
-        self, tokens: TokenizedBatch, batch_size: int, progress: bool
+        self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], single_batch: bool
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (row indices, pooled vectors) per batch, keeping up to pipeline_depth batches in the encoder."""
-        order = np.argsort(-tokens.lengths, kind="stable")  # longest first: padding stays small
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        if progress:
-            batches = _progress(batches)
-        encoder = self._encoder
-        if len(order) <= batch_size:  # one batch: no thread hand-off on the latency path
-            for rows in batches:
-                hidden, mask = self._embed_batch(tokens, rows)
-                yield rows, pool(encoder.run(hidden, mask), mask, self.manifest.pooling)
+        """Yield (row indices, pooled vectors), with up to pipeline_depth batches in the encoder while
+        the host prepares the next one."""
+        encoder, mode = self._encoder, self.manifest.pooling
+        if single_batch:  # no thread hand-off on the latency path
+            for rows, hidden, mask in host_batches:
+                yield rows, pool(encoder.run(hidden, mask), mask, mode)
             return
 
-        in_flight: list[tuple[np.ndarray, np.ndarray, Future]] = []
+        in_flight: deque[tuple[np.ndarray, np.ndarray, Future]] = deque()
         with ThreadPoolExecutor(max_workers=encoder.pipeline_depth, thread_name_prefix="bertnpu-encoder") as workers:
-            for rows in batches:
-                hidden, mask = self._embed_batch(tokens, rows)  # runs while earlier batches are encoded
+            for rows, hidden, mask in host_batches:  # tokenizing and embedding here overlaps the encoder
                 in_flight.append((rows, mask, workers.submit(encoder.run, hidden, mask)))
                 if len(in_flight) > encoder.pipeline_depth:
-                    yield self._finish(*in_flight.pop(0))
-            for batch in in_flight:
-                yield self._finish(*batch)
-
-    def _embed_batch(self, tokens: TokenizedBatch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        seq_len = int(tokens.lengths[rows].max())
-        input_ids = tokens.input_ids[rows, :seq_len]  # [batch, seq]
-        mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
-        return embed(self._tables, input_ids), mask  # [batch, seq, hidden]
-
-    def _finish(self, rows: np.ndarray, mask: np.ndarray, future: Future) -> tuple[np.ndarray, np.ndarray]:
-        return rows, pool(future.result(), mask, self.manifest.pooling)
+                    rows, mask, future = in_flight.popleft()
+                    yield rows, pool(future.result(), mask, mode)
+            while in_flight:
+                rows, mask, future = in_flight.popleft()
+                yield rows, pool(future.result(), mask, mode)
 
     def close(self) -> None:
         """Release the encoder backend (the NPU models and device). Safe to call twice."""
@@ -165,17 +184,15 @@ class SentenceEncoder:
         )
 
 
-def _warn_if_truncated(truncated: np.ndarray, max_seq_length: int) -> None:
-    count = int(truncated.sum())
-    if count:
-        first = int(np.flatnonzero(truncated)[0])
+def _warn_if_truncated(truncated: list[int], total: int, max_seq_length: int) -> None:
+    if truncated:
         logger.warning(
             "%d of %d texts were longer than %d tokens and were truncated (first at index %d); "
             "SentenceEncoder.tokenize() shows which",
-            count,
             len(truncated),
+            total,
             max_seq_length,
-            first,
+            min(truncated),
         )
 
 
@@ -185,10 +202,10 @@ def _wants_progress(show_progress_bar: bool | None) -> bool:
     return show_progress_bar
 
 
-def _progress(batches: list[np.ndarray]) -> list[np.ndarray]:
+def _progress(batches: Iterator[_T], total: int) -> Iterator[_T]:
     try:
         from tqdm.auto import tqdm
     except ImportError:
         logger.warning("show_progress_bar needs tqdm: pip install tqdm")
         return batches
-    return tqdm(batches, desc="Batches", unit="batch")
+    return tqdm(batches, total=total, desc="Batches", unit="batch")

@@ -186,3 +186,14 @@ def test_int8_without_int8_file_names_it(tiny_bundle):
 def test_bad_options(tiny_bundle, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SentenceEncoder(tiny_bundle, **kwargs)
+
+
+def test_many_chunks_keep_order_and_report_truncation(encoder, caplog):
+    # batch_size 2 -> texts are tokenized 16 at a time; 70 texts span five chunks.
+    texts = [SENTENCES[i % len(SENTENCES)] + f" number {i}" for i in range(70)]
+    texts[41] = "word " * 100  # truncated, in the third chunk
+    with caplog.at_level(logging.WARNING, logger="bertnpu"):
+        together = encoder.encode(texts, batch_size=2)
+    assert "1 of 70 texts were longer than" in caplog.text and "index 41" in caplog.text
+    alone = np.stack([encoder.encode(t) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
