@@ -222,9 +222,13 @@ class NpuEncoder:
         """One infer call for `rows`, padded to `width`: returns [n, width, hidden]."""
         n, seq = len(rows), hidden.shape[1]
         keep = np.arange(width)[None, :] < lengths[rows][:, None]  # [n, width]
-        x = np.zeros((n, width, self.hidden_size), np.float32)
-        x[:, : min(width, seq)] = hidden[rows, :width]
-        x[~keep] = 0.0  # padding goes in as zeros, as in Mobilint's own padded encoders
+        if width <= seq:
+            x = hidden[rows, :width]  # fancy indexing copies: a fresh C-contiguous [n, width, hidden]
+        else:
+            x = np.zeros((n, width, self.hidden_size), np.float32)
+            x[:, :seq] = hidden[rows]
+        if not keep.all():
+            x[~keep] = 0.0  # padding goes in as zeros, as in Mobilint's own padded encoders
         inputs = [x.reshape(n, 1, width, self.hidden_size)]  # [n, H=1, W, C]
         if self.npu_spec.mask_input == "keep":
             inputs.append(keep.astype(np.float32).reshape(n, 1, width, 1))
