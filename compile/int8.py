@@ -45,7 +45,8 @@ class Int8Options:
     symmetric_ranges: calibrate on |x| and use [-t, t] (ORT's default for Percentile); False cuts
         (100 - percentile) / 2 % off each tail of the signed values instead.
     activation_type: "uint8" or "int8" for activations; weights are always symmetric int8.
-    reduce_range: 7-bit weights, ORT's advice for x86 CPUs without VNNI (u8s8 products can saturate).
+    reduce_range: 7-bit weights, ORT's advice for x86 CPUs without VNNI, where the u8 x s8 kernel
+        adds pairs of products in int16 and can saturate; measured more accurate at equal speed here.
     quantize_roles: which MatMul roles (MATMUL_ROLES) get int8; the others stay float32.
     exclude_layers: {role: layer indices} kept in float32 although their role is quantized.
     other_op_types: further ONNX op types to quantize (e.g. "Add"); LayerNorm/Softmax/GELU stay float.
@@ -62,7 +63,7 @@ class Int8Options:
     percentile: float = 99.999
     symmetric_ranges: bool = True
     activation_type: str = "uint8"
-    reduce_range: bool = False
+    reduce_range: bool = True
     quantize_roles: tuple[str, ...] = (QKV, ATTENTION_OUTPUT, FFN_UP, FFN_DOWN)
     exclude_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
     other_op_types: tuple[str, ...] = ()
