@@ -183,10 +183,12 @@ class NpuEncoder:
         lengths = _check_batch(hidden, attention_mask, self.hidden_size)  # [batch]
         calls = self._plan(lengths)
         output = np.zeros_like(hidden)  # [batch, seq, hidden]
-        futures = [self._pool.submit(self._run_call, hidden, lengths, rows, width) for rows, width in calls]
+        # Inputs are built here, so a core's worker thread does nothing but infer: between two calls it
+        # needs the GIL only briefly, and the NPU stays busy.
+        futures = [self._pool.submit(self._infer, self._call_inputs(hidden, lengths, rows, width)) for rows, width in calls]
         seq = hidden.shape[1]
         for future, (rows, width) in zip(futures, calls):
-            output[rows, : min(width, seq)] = future.result()[:, :seq]  # [n, width, hidden] -> rows
+            output[rows, : min(width, seq)] = self._call_output(future.result(), len(rows), width)[:, :seq]
         return output
 
     def _plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -218,8 +220,8 @@ class NpuEncoder:
             )
         return min(fits)
 
-    def _run_call(self, hidden: np.ndarray, lengths: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
-        """One infer call for `rows`, padded to `width`: returns [n, width, hidden]."""
+    def _call_inputs(self, hidden: np.ndarray, lengths: np.ndarray, rows: np.ndarray, width: int) -> list[np.ndarray]:
+        """The infer inputs for `rows`, padded to `width`: [n, 1, width, hidden] (+ mask), or 3-D for one sentence."""
         n, seq = len(rows), hidden.shape[1]
         keep = np.arange(width)[None, :] < lengths[rows][:, None]  # [n, width]
         if width <= seq:
@@ -237,17 +239,23 @@ class NpuEncoder:
             inputs.append(bias.reshape(n, 1, width, 1))
         if n == 1:
             inputs = [a[0] for a in inputs]  # 3-D (H, W, C), the form Mobilint's tutorial uses
+        return inputs
 
+    def _infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """One infer call on whichever core is free."""
         model = self._free_models.get()
         try:
-            result = model.infer(inputs)
+            return model.infer(inputs)[0]
         finally:
             self._free_models.put(model)
-        out = np.asarray(result[0], dtype=np.float32)
+
+    def _call_output(self, result: np.ndarray, n: int, width: int) -> np.ndarray:
+        """An infer result as [n, width, hidden], checked to hold that many values."""
+        out = np.asarray(result, dtype=np.float32)
         if out.size != n * width * self.hidden_size:
             raise BundleError(
                 self.mxq_path,
-                f"infer returned shape {out.shape} for input {inputs[0].shape}; expected "
+                f"infer returned shape {out.shape} for {n} sentence(s) of width {width}; expected "
                 f"{n * width * self.hidden_size} values ({n} x {width} x {self.hidden_size})",
             )
         return out.reshape(n, width, self.hidden_size)
