@@ -36,7 +36,9 @@ class SentenceEncoder:
 
     Args:
         bundle_dir: a folder written by `python -m compile`.
-        backend: "auto" (NPU when a device and a model.mxq are present, else ONNX), "npu" or "onnx".
+        backend: "auto" (NPU when a device and a model.mxq are present, else ONNX), "npu" or "onnx";
+            or an already-open EncoderBackend (for example an OnnxEncoder on another graph), which
+            the SentenceEncoder then owns and closes.
         precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend only).
         device_no: which NPU device to open.
         npu_cores: NPU cores to launch model instances on: a count, or (cluster, core) pairs.
@@ -48,7 +50,7 @@ class SentenceEncoder:
     def __init__(
         self,
         bundle_dir: str | Path,
-        backend: str = "auto",
+        backend: str | EncoderBackend = "auto",
         *,
         precision: str = "float32",
         device_no: int = 0,
@@ -61,15 +63,17 @@ class SentenceEncoder:
         self.manifest = bundle.manifest
         self._tables = bundle.load_embeddings()
         self._tokenizer = Tokenizer(bundle.path(TOKENIZER_FILE), self.manifest.max_seq_length)
-        self._encoder: EncoderBackend | None = open_backend(
-            bundle,
-            backend,
-            precision=precision,
-            device_no=device_no,
-            npu_cores=npu_cores,
-            num_threads=num_threads,
-            qbruntime_module=qbruntime_module,
-        )
+        if isinstance(backend, str):
+            backend = open_backend(
+                bundle,
+                backend,
+                precision=precision,
+                device_no=device_no,
+                npu_cores=npu_cores,
+                num_threads=num_threads,
+                qbruntime_module=qbruntime_module,
+            )
+        self._encoder: EncoderBackend | None = backend
         self.backend: str = self._encoder.name
         self.precision = precision
 

@@ -197,3 +197,20 @@ def test_many_chunks_keep_order_and_report_truncation(encoder, caplog):
     assert "1 of 70 texts were longer than" in caplog.text and "index 41" in caplog.text
     alone = np.stack([encoder.encode(t) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_an_open_backend_can_be_passed_in(tiny_bundle):
+    from bertnpu_runtime.backends.onnx import OnnxEncoder
+
+    class Counting(OnnxEncoder):
+        calls = 0
+
+        def run(self, hidden, attention_mask):
+            Counting.calls += 1
+            return super().run(hidden, attention_mask)
+
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode(SENTENCES)
+    with SentenceEncoder(tiny_bundle, backend=Counting(tiny_bundle / "encoder.onnx")) as enc:
+        np.testing.assert_allclose(enc.encode(SENTENCES), expected, atol=1e-6)
+    assert Counting.calls == 1 and enc._encoder is None  # used, then closed with the SentenceEncoder
