@@ -7,34 +7,29 @@ bundle's calib/), then report on STS-B dev pairs
   - throughput (sentences/s, whole pipeline: tokenize, embed, encoder, pool) relative to float32,
     timed alternately in the same process with the same thread count.
 
-    python benchmarks/int8_sweep.py --bundle BUNDLE [--pairs 500] [--threads 2] [--configs NAME ...]
-    python benchmarks/int8_sweep.py --bundle BUNDLE --pairs 0 --configs chosen --st   # final numbers
+    python -m benchmarks.int8_sweep --bundle BUNDLE [--pairs 500] [--threads 2] [--configs NAME ...]
+    python -m benchmarks.int8_sweep --bundle BUNDLE --pairs 0 --configs chosen --st   # final numbers
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bertnpu_runtime import SentenceEncoder
+from bertnpu_runtime.backends.onnx import OnnxEncoder
+from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, Bundle
+from compile.int8 import ATTENTION_OUTPUT, DEFAULT_OPTIONS, FFN_UP, MATMUL_ROLES, QKV, Int8Options, quantize_encoder
 
-from bertnpu_runtime.backends.onnx import OnnxEncoder  # noqa: E402
-from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, TOKENIZER_FILE, Bundle  # noqa: E402
-from bertnpu_runtime.embedding import embed  # noqa: E402
-from bertnpu_runtime.pooling import l2_normalize, pool  # noqa: E402
-from bertnpu_runtime.tokenization import Tokenizer  # noqa: E402
-from compile.int8 import ATTENTION_OUTPUT, DEFAULT_OPTIONS, FFN_UP, MATMUL_ROLES, QKV, Int8Options, quantize_encoder  # noqa: E402
+from .accuracy import spearman as rank_correlation
+from .common import load_stsb_dev
 
-STSB_DEV = Path("/work/shared/data/stsb/stsb-en-dev.csv")
 BATCH_SIZE = 32
 
 # name -> Int8Options, or "dynamic" for ORT's plain dynamic quantization (the baseline to beat).
@@ -59,33 +54,22 @@ CONFIGS = {
 }
 
 
-def read_stsb(path: Path, pairs: int) -> tuple[list[str], list[str], np.ndarray]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if len(r) == 3]
+def read_stsb(pairs: int) -> tuple[list[str], list[str], np.ndarray]:
+    """The first `pairs` STS-B dev pairs (all when 0): first sentences, second sentences, gold scores."""
+    rows = load_stsb_dev(None)
     if pairs:
         rows = rows[:pairs]
-    return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows])
 
 
 class Pipeline:
-    """tokenize -> embed -> encoder -> mean pool -> normalize, batches sorted by length."""
+    """The runtime's own encode() on the bundle, with the encoder graph at `onnx_path`."""
 
-    def __init__(self, bundle: Bundle, encoder: OnnxEncoder) -> None:
-        self.tables = bundle.load_embeddings()
-        self.tokenizer = Tokenizer(bundle.path(TOKENIZER_FILE), bundle.manifest.max_seq_length)
-        self.encoder = encoder
+    def __init__(self, bundle: Bundle, onnx_path: Path, threads: int) -> None:
+        self._encoder = SentenceEncoder(bundle.directory, backend=OnnxEncoder(onnx_path, num_threads=threads))
 
     def encode(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-        lengths = [len(t) for t in texts]
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.tables.hidden_size), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.tokenizer.encode([texts[i] for i in rows])
-            hidden = embed(self.tables, batch.input_ids)  # [batch, seq, hidden]
-            last = self.encoder.run(hidden, batch.attention_mask)
-            out[rows] = l2_normalize(pool(last, batch.attention_mask))
-        return out
+        return self._encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True)
 
 
 def quantize_dynamic_baseline(onnx_path: Path, out_path: Path) -> dict:
@@ -97,7 +81,7 @@ def quantize_dynamic_baseline(onnx_path: Path, out_path: Path) -> dict:
 
 def spearman(vectors: np.ndarray, n_pairs: int, gold: np.ndarray) -> float:
     cos = np.einsum("ph,ph->p", vectors[:n_pairs], vectors[n_pairs:])
-    return float(spearmanr(cos, gold).statistic)
+    return rank_correlation(cos, gold)
 
 
 def time_alternating(encoders: dict[str, object], texts: list[str], repeats: int) -> dict[str, float]:
@@ -128,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     bundle = Bundle(args.bundle)
-    first, second, gold = read_stsb(STSB_DEV, args.pairs)
+    first, second, gold = read_stsb(args.pairs)
     texts = first + second
     unique = list(dict.fromkeys(texts))
-    float_pipe = Pipeline(bundle, OnnxEncoder(bundle.path(ONNX_ENCODER_FILE), num_threads=args.threads))
+    float_pipe = Pipeline(bundle, bundle.path(ONNX_ENCODER_FILE), args.threads)
     reference = float_pipe.encode(texts)
     results = {"float32": {"spearman": spearman(reference, len(first), gold)}}
     print(f"{len(first)} pairs, {len(unique)} unique sentences, {args.threads} threads")
@@ -149,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 info = quantize_encoder(bundle.path(ONNX_ENCODER_FILE), bundle.directory / CALIB_DIR, out, CONFIGS[name])
             build_s = time.perf_counter() - start
-            pipe = Pipeline(bundle, OnnxEncoder(out, num_threads=args.threads))
+            pipe = Pipeline(bundle, out, args.threads)
             vectors = pipe.encode(texts)
             cos = np.einsum("nh,nh->n", vectors, reference)
             speed = time_alternating({"float32": float_pipe.encode, name: pipe.encode}, unique, args.repeats)
@@ -203,7 +187,7 @@ def sensitivity(
         for label, options in trials:
             out = Path(tmp) / "model.onnx"
             quantize_encoder(bundle.path(ONNX_ENCODER_FILE), bundle.directory / CALIB_DIR, out, options, cache)
-            vectors = Pipeline(bundle, OnnxEncoder(out, num_threads=threads)).encode(texts)
+            vectors = Pipeline(bundle, out, threads).encode(texts)
             cos = np.einsum("nh,nh->n", vectors, reference)
             print(
                 f"{label:28s} spearman {spearman(vectors, n_pairs, gold):.4f}  cos min {cos.min():.4f} mean {cos.mean():.4f}",
