@@ -59,6 +59,8 @@ def build_bundle(
     _check_out_dir(out, force)
     calib_path = Path(calib_data).expanduser() if calib_data is not None else default_calib_data()
     sentences = sample_sentences(calib_path, calib_samples, seed)  # bad data fails before the slow steps
+    if target_device is not None:
+        qb.inference_scheme(target_device)  # so does an unknown device name
     source = load_source_model(model, max_seq_length)
 
     staging = _make_staging_dir(out)

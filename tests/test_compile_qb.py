@@ -165,10 +165,11 @@ def test_regulus_gets_the_single_scheme(stand_in, tiny_model_dir: Path, tmp_path
     assert calls[0][1]["inference_scheme"] == "single"
 
 
-def test_unknown_target_device_is_named(stand_in, tiny_model_dir: Path, tmp_path: Path):
-    stand_in()
+def test_unknown_target_device_is_named_before_any_work(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
     with pytest.raises(CompileError, match="'tpu-9'"):
         build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="tpu-9")
+    assert calls == [] and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("api", ["calibration", "quantization"])
