@@ -151,3 +151,21 @@ def test_bad_calibration_folder_is_named(tiny_bundle: Path, tmp_path: Path, prob
     with pytest.raises(CompileError, match=str(named)):
         quantize_encoder(tiny_bundle / ONNX_ENCODER_FILE, calib, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_compile_int8_then_encode_with_precision_int8(tiny_model_dir: Path, tmp_path: Path):
+    """End to end: build_bundle(int8=True) really quantizes, and the runtime serves it only when asked."""
+    from bertnpu_runtime import SentenceEncoder
+    from compile import build_bundle
+
+    bundle = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=8, int8=True)
+    assert Bundle(bundle).manifest.int8["weights"]["per_channel"] is True
+    texts = ["A man is playing a guitar.", "Hi", "", "Two dogs run through a field of tall grass."]
+    with SentenceEncoder(bundle, backend="onnx") as fp32, SentenceEncoder(bundle, backend="onnx", precision="int8") as q:
+        assert q.precision == "int8"
+        reference, quantized = fp32.encode(texts), q.encode(texts)
+        assert not np.allclose(quantized, reference, atol=1e-6)  # really the int8 graph
+        cosine = np.sum(quantized * reference, axis=1) / (np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1))
+        assert cosine.min() > 0.99
+        for batch_size in (1, 3):  # static ranges: a vector does not depend on its batch
+            np.testing.assert_allclose(q.encode(texts, batch_size=batch_size), quantized, atol=1e-5)
