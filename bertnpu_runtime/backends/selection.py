@@ -43,30 +43,24 @@ def open_backend(
             "quantization. Use backend='onnx' with precision='int8' to preview it on the CPU."
         )
 
-    if backend == "auto":
+    if backend != "onnx":  # "auto" or "npu": probe the NPU once
         reason = _npu_unusable_reason(bundle, qbruntime_module) if precision == "float32" else (
             f"precision={precision!r} was asked for"
         )
         if reason is None:
-            backend = "npu"
-        else:
-            logger.info("backend='auto' runs the encoder on ONNX Runtime (CPU): %s", reason)
-            backend = "onnx"
+            from .npu import NpuEncoder
 
-    if backend == "npu":
-        reason = _npu_unusable_reason(bundle, qbruntime_module)
-        if reason is not None:
+            return NpuEncoder(
+                bundle.path(MXQ_FILE),
+                bundle.manifest.npu,
+                bundle.manifest.hidden_size,
+                device_no=device_no,
+                cores=npu_cores,
+                qbruntime_module=qbruntime_module,
+            )
+        if backend == "npu":
             raise BackendUnavailableError(f"backend='npu' cannot run: {reason}")
-        from .npu import NpuEncoder
-
-        return NpuEncoder(
-            bundle.path(MXQ_FILE),
-            bundle.manifest.npu,
-            bundle.manifest.hidden_size,
-            device_no=device_no,
-            cores=npu_cores,
-            qbruntime_module=qbruntime_module,
-        )
+        logger.info("backend='auto' runs the encoder on ONNX Runtime (CPU): %s", reason)
 
     from .onnx import OnnxEncoder
 
