@@ -28,7 +28,7 @@ from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, Bundle
 from compile.int8 import ATTENTION_OUTPUT, DEFAULT_OPTIONS, FFN_UP, MATMUL_ROLES, QKV, Int8Options, quantize_encoder
 
 from .accuracy import spearman as rank_correlation
-from .common import load_stsb_dev
+from .common import interleave, load_stsb_dev
 
 BATCH_SIZE = 32
 
@@ -86,13 +86,8 @@ def spearman(vectors: np.ndarray, n_pairs: int, gold: np.ndarray) -> float:
 
 def time_alternating(encoders: dict[str, object], texts: list[str], repeats: int) -> dict[str, float]:
     """Best-of-`repeats` sentences/s per encoder, run in turn so load changes hit all alike."""
-    best = {name: float("inf") for name in encoders}
-    for _ in range(repeats):
-        for name, encode in encoders.items():
-            start = time.perf_counter()
-            encode(texts)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: len(texts) / seconds for name, seconds in best.items()}
+    seconds = interleave({name: (lambda _, encode=encode: encode(texts)) for name, encode in encoders.items()}, repeats, warmup=0)
+    return {name: len(texts) / min(times) for name, times in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
