@@ -27,6 +27,8 @@ EDGE_CASES = [
     "don't stop-believing; e.g. U.S.A. $5.00 50% a+b=c <tag> {x} ~`^|\\",
     "word " * 40,
     "unbelievably antidisestablishmentarianism",
+    "see https://example.com/a-very/long_path?with=query&and=more#frag and https://example.com/a-very/long_path?with=query&and=more#frag",
+    "tab-joined\tchunks\tand.punctuation,inside\x00chunks",
 ]
 
 
