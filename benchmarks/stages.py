@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertnpu_runtime.embedding import embed
 from bertnpu_runtime.pooling import l2_normalize, pool
 
 from .common import summarize
@@ -40,7 +39,7 @@ def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bo
         start = clock()
         seq_len = int(tokens.lengths[rows].max())
         mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
-        hidden = embed(encoder._tables, tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
+        hidden = encoder._embedding(tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
         after_embed = clock()
         output = encoder._encoder.run(hidden, mask) if run_encoder else hidden
         after_encoder = clock()

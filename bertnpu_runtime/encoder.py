@@ -20,7 +20,7 @@ import numpy as np
 from .backends.base import EncoderBackend
 from .backends.selection import open_backend
 from .bundle import TOKENIZER_FILE, Bundle
-from .embedding import embed
+from .embedding import EmbeddingLayer
 from .pooling import l2_normalize, pool
 from .tokenization import TokenizedBatch, Tokenizer, validate_texts
 
@@ -61,7 +61,7 @@ class SentenceEncoder:
     ) -> None:
         bundle = Bundle(bundle_dir, verify=verify_bundle)
         self.manifest = bundle.manifest
-        self._tables = bundle.load_embeddings()
+        self._embedding = EmbeddingLayer(bundle.load_embeddings(), self.manifest.max_seq_length)
         self._tokenizer = Tokenizer(bundle.path(TOKENIZER_FILE), self.manifest.max_seq_length)
         if isinstance(backend, str):
             backend = open_backend(
@@ -144,7 +144,7 @@ class SentenceEncoder:
                 rows = order[start : start + batch_size]
                 seq_len = int(tokens.lengths[rows].max())
                 mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
-                hidden = embed(self._tables, tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
+                hidden = self._embedding(tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
                 yield first + rows, hidden, mask
 
     def _pooled_batches(

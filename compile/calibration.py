@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bertnpu_runtime.embedding import EmbeddingTables, embed
+from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.tokenization import Tokenizer
 
 from .data import STSB_TRAIN_FILE, default_stsb_dir, read_sentences
@@ -38,14 +38,14 @@ def sample_sentences(path: Path, samples: int, seed: int) -> list[str]:
     return [sentences[i] for i in chosen]
 
 
-def write_calibration(sentences: list[str], tables: EmbeddingTables, tokenizer: Tokenizer, calib_dir: Path) -> list[Path]:
+def write_calibration(sentences: list[str], embedding: EmbeddingLayer, tokenizer: Tokenizer, calib_dir: Path) -> list[Path]:
     """Embed each sentence alone (unpadded) and save it as calib_dir/NNNN.npy, float32 [1, seq, hidden]."""
     calib_dir.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(sentences) - 1)))
     paths = []
     for index, sentence in enumerate(tqdm(sentences, desc="calibration", unit="sentence", leave=False)):
         batch = tokenizer.encode([sentence])  # one sentence: no padding
-        hidden = embed(tables, batch.input_ids)  # [1, seq, hidden]
+        hidden = embedding(batch.input_ids)  # [1, seq, hidden]
         path = calib_dir / f"{index:0{width}d}.npy"
         np.save(path, np.ascontiguousarray(hidden, dtype=np.float32))
         paths.append(path)

@@ -19,6 +19,7 @@ from bertnpu_runtime.bundle import (
     TOKENIZER_FILE,
     load_embedding_tables,
 )
+from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.tokenization import Tokenizer
 
 from . import qb
@@ -117,9 +118,10 @@ def _write_files(
     _log_wrote(staging, ONNX_ENCODER_FILE)
 
     # Calibration reads back the files just written, so it embeds exactly as the runtime will.
-    tables = load_embedding_tables(staging / EMBEDDINGS_FILE)
-    tokenizer = Tokenizer(staging / TOKENIZER_FILE, source.settings.max_seq_length)
-    write_calibration(sentences, tables, tokenizer, staging / CALIB_DIR)
+    max_seq_length = source.settings.max_seq_length
+    embedding = EmbeddingLayer(load_embedding_tables(staging / EMBEDDINGS_FILE), max_seq_length)
+    tokenizer = Tokenizer(staging / TOKENIZER_FILE, max_seq_length)
+    write_calibration(sentences, embedding, tokenizer, staging / CALIB_DIR)
     _log_wrote(staging, CALIB_DIR, f"{len(sentences)} sentences")
 
     int8_info = None

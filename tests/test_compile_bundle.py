@@ -28,7 +28,7 @@ from bertnpu_runtime.bundle import (
     load_embedding_tables,
     sha256_of,
 )
-from bertnpu_runtime.embedding import embed
+from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.tokenization import Tokenizer
 from compile import build_bundle
 from compile.calibration import sample_sentences
@@ -94,7 +94,7 @@ def test_calibration_files_are_host_embedded_unpadded_sentences(tiny_bundle: Pat
     files = sorted((tiny_bundle / CALIB_DIR).glob("*.npy"))
     assert len(files) == 8
     sentences = sample_sentences(stsb_dir / STSB_TRAIN_FILE, 8, 42)
-    tables = load_embedding_tables(tiny_bundle / EMBEDDINGS_FILE)
+    embedding = EmbeddingLayer(load_embedding_tables(tiny_bundle / EMBEDDINGS_FILE), TINY_MAX_SEQ_LENGTH)
     tokenizer = Tokenizer(tiny_bundle / TOKENIZER_FILE, TINY_MAX_SEQ_LENGTH)
     lengths = set()
     for path, sentence in zip(files, sentences):
@@ -102,7 +102,7 @@ def test_calibration_files_are_host_embedded_unpadded_sentences(tiny_bundle: Pat
         ids = tokenizer.encode([sentence]).input_ids
         assert array.dtype == np.float32 and array.shape == (1, ids.shape[1], TINY_HIDDEN)
         assert ids[0, -1] == tiny_vocab().index("[SEP]"), "calibration input is padded"
-        np.testing.assert_array_equal(array, embed(tables, ids))
+        np.testing.assert_array_equal(array, embedding(ids))
         lengths.add(array.shape[1])
     assert len(lengths) > 1, "sentences of different lengths should give different seq sizes"
 
@@ -152,10 +152,10 @@ def _onnx_vs_torch(bundle: Path, model_dir: Path, bert: BertModel, max_seq_lengt
     """Cosines between mean-pooled vectors of host embedding + encoder.onnx and of BertModel, on a padded batch."""
     tokenizer = Tokenizer(bundle / TOKENIZER_FILE, max_seq_length)
     batch = tokenizer.encode(SENTENCES)
-    tables = load_embedding_tables(bundle / EMBEDDINGS_FILE)
+    embedding = EmbeddingLayer(load_embedding_tables(bundle / EMBEDDINGS_FILE))
     session = ort.InferenceSession(str(bundle / ONNX_ENCODER_FILE), providers=["CPUExecutionProvider"])
     (ours,) = session.run(
-        [ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: embed(tables, batch.input_ids), ONNX_MASK_INPUT: batch.attention_mask}
+        [ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: embedding(batch.input_ids), ONNX_MASK_INPUT: batch.attention_mask}
     )
     with torch.no_grad():
         reference = bert(

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, TOKENIZER_FILE, Bundle
-from bertnpu_runtime.embedding import embed
+from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.pooling import l2_normalize, pool
 from bertnpu_runtime.tokenization import Tokenizer
 from compile.errors import CompileError
@@ -39,7 +39,7 @@ def int8_model(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def _inputs(bundle_dir: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     bundle = Bundle(bundle_dir)
     tokens = Tokenizer(bundle.path(TOKENIZER_FILE), bundle.manifest.max_seq_length).encode(texts)
-    return embed(bundle.load_embeddings(), tokens.input_ids), tokens.attention_mask
+    return EmbeddingLayer(bundle.load_embeddings())(tokens.input_ids), tokens.attention_mask
 
 
 def test_int8_model_keeps_the_encoder_interface(tiny_bundle: Path, int8_model: tuple[Path, dict]):
