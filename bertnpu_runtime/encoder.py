@@ -2,22 +2,22 @@
 
 One text goes tokenize -> embed (host) -> encoder (NPU or ONNX) -> pool -> normalize. Texts are
 tokenized a chunk at a time and sorted by token length within it, so each batch carries little
-padding, and the host prepares the next batch while the encoder works on the current ones.
+padding (none on the NPU, whose batches hold sentences of one width), and the host prepares the
+next batches while the encoder works on the ones submitted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
 
-from .backends.base import EncoderBackend
+from .backends.base import EncoderBackend, PendingOutput
 from .backends.selection import open_backend
 from .bundle import TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
@@ -26,8 +26,8 @@ from .tokenization import TokenizedBatch, Tokenizer, validate_texts
 
 logger = logging.getLogger("bertnpu")
 
-# Texts are tokenized this many batches at a time (see SentenceEncoder._host_batches).
-_BATCHES_PER_CHUNK = 8
+# Texts are tokenized this many batches at a time (see _chunks).
+_BATCHES_PER_CHUNK = 32
 _T = TypeVar("_T")
 
 
@@ -117,7 +117,7 @@ class SentenceEncoder:
         batches = self._host_batches(texts, batch_size, truncated)
         if _wants_progress(show_progress_bar):
             batches = _progress(batches, total=-(-len(texts) // batch_size))
-        for rows, pooled in self._pooled_batches(batches, single_batch=len(texts) <= batch_size):
+        for rows, pooled in self._pooled_batches(batches):
             vectors[rows] = pooled
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
 
@@ -135,39 +135,36 @@ class SentenceEncoder:
         holds sentences of similar length and carries little padding. Truncated rows are appended
         to `truncated`.
         """
-        chunk_size = batch_size * _BATCHES_PER_CHUNK
-        for first in range(0, len(texts), chunk_size):
-            tokens = self._tokenizer.encode(texts[first : first + chunk_size])
+        for first, last in _chunks(len(texts), batch_size):
+            tokens = self._tokenizer.encode(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             order = np.argsort(-tokens.lengths, kind="stable")
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                seq_len = int(tokens.lengths[rows].max())
+            for start, stop in _batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket):
+                rows = order[start:stop]
+                seq_len = int(tokens.lengths[rows[0]])  # longest first
                 mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
                 hidden = self._embedding(tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
                 yield first + rows, hidden, mask
 
     def _pooled_batches(
-        self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], single_batch: bool
+        self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (row indices, pooled vectors), with up to pipeline_depth batches in the encoder while
-        the host prepares the next one."""
+        """Yield (row indices, pooled vectors). Batches are submitted as soon as they are embedded; the
+        oldest is collected when it is done, or waited for once the encoder has `queued_tokens` of
+        work after it, so the host tokenizes, embeds and pools while the encoder runs."""
         encoder, mode = self._encoder, self.manifest.pooling
-        if single_batch:  # no thread hand-off on the latency path
-            for rows, hidden, mask in host_batches:
-                yield rows, pool(encoder.run(hidden, mask), mask, mode)
-            return
-
-        in_flight: deque[tuple[np.ndarray, np.ndarray, Future]] = deque()
-        with ThreadPoolExecutor(max_workers=encoder.pipeline_depth, thread_name_prefix="bertnpu-encoder") as workers:
-            for rows, hidden, mask in host_batches:  # tokenizing and embedding here overlaps the encoder
-                in_flight.append((rows, mask, workers.submit(encoder.run, hidden, mask)))
-                if len(in_flight) > encoder.pipeline_depth:
-                    rows, mask, future = in_flight.popleft()
-                    yield rows, pool(future.result(), mask, mode)
-            while in_flight:
-                rows, mask, future = in_flight.popleft()
-                yield rows, pool(future.result(), mask, mode)
+        in_flight: deque[tuple[np.ndarray, np.ndarray, PendingOutput]] = deque()
+        queued = 0  # padded tokens submitted after the oldest batch in flight
+        for rows, hidden, mask in host_batches:  # tokenizing and embedding here overlaps the encoder
+            in_flight.append((rows, mask, encoder.submit(hidden, mask)))
+            queued += mask.size if len(in_flight) > 1 else 0
+            while len(in_flight) > 1 and (queued >= encoder.queued_tokens or in_flight[0][2].done()):
+                rows, mask, pending = in_flight.popleft()
+                queued -= in_flight[0][1].size
+                yield rows, pool(pending.result(), mask, mode)
+        while in_flight:
+            rows, mask, pending = in_flight.popleft()
+            yield rows, pool(pending.result(), mask, mode)
 
     def close(self) -> None:
         """Release the encoder backend (the NPU models and device). Safe to call twice."""
@@ -186,6 +183,31 @@ class SentenceEncoder:
             f"SentenceEncoder(model={self.manifest.source_model!r}, backend={self.backend!r}, "
             f"precision={self.precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
         )
+
+
+def _chunks(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(first, last) text index of each tokenization chunk. The first is one batch, so the encoder
+    starts soon; each next one is twice as large, up to _BATCHES_PER_CHUNK batches (large chunks
+    give batches of equal lengths that fill up), so the encoder always has the previous chunk's
+    batches to work on while the host tokenizes the next."""
+    first, size = 0, batch_size
+    while first < count:
+        yield first, min(first + size, count)
+        first += size
+        size = min(2 * size, batch_size * _BATCHES_PER_CHUNK)
+
+
+def _batch_bounds(
+    lengths_longest_first: np.ndarray, batch_size: int, bucket: Callable[[int], int | None]
+) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each batch over sentences sorted longest first: at most batch_size sentences,
+    and only sentences of one bucket together (see EncoderBackend.batch_bucket)."""
+    buckets = {length: bucket(length) for length in np.unique(lengths_longest_first).tolist()}
+    keys = [buckets[length] for length in lengths_longest_first.tolist()]
+    run_starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    for run_start, run_stop in zip(run_starts, run_starts[1:] + [len(keys)]):
+        for start in range(run_start, run_stop, batch_size):
+            yield start, min(start + batch_size, run_stop)
 
 
 def _warn_if_truncated(truncated: list[int], total: int, max_seq_length: int) -> None:

@@ -1,5 +1,6 @@
 """SentenceEncoder on the tiny bundle: shapes, conventions, bad input, batching, threads."""
 
+import itertools
 import logging
 import threading
 import time
@@ -214,3 +215,46 @@ def test_an_open_backend_can_be_passed_in(tiny_bundle):
     with SentenceEncoder(tiny_bundle, backend=Counting(tiny_bundle / "encoder.onnx")) as enc:
         np.testing.assert_allclose(enc.encode(SENTENCES), expected, atol=1e-6)
     assert Counting.calls == 1 and enc._encoder is None  # used, then closed with the SentenceEncoder
+
+
+# --- how texts become batches --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count, batch_size", [(0, 4), (1, 4), (5, 4), (300, 8), (5000, 32)])
+def test_chunks_cover_every_text_once_growing_from_one_batch(count, batch_size):
+    from bertnpu_runtime.encoder import _BATCHES_PER_CHUNK, _chunks
+
+    chunks = list(_chunks(count, batch_size))
+    assert [i for first, last in chunks for i in range(first, last)] == list(range(count))
+    sizes = [last - first for first, last in chunks]
+    if sizes:
+        assert sizes[0] == min(batch_size, count)
+        assert max(sizes) <= batch_size * _BATCHES_PER_CHUNK
+        assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
+
+
+@pytest.mark.parametrize("bucket", [lambda n: None, lambda n: n, lambda n: -(-n // 4) * 4], ids=["none", "exact", "by4"])
+def test_batches_hold_one_bucket_and_at_most_batch_size(bucket):
+    from bertnpu_runtime.encoder import _batch_bounds
+
+    lengths = np.sort(np.random.default_rng(0).integers(1, 30, size=200))[::-1]
+    bounds = list(_batch_bounds(lengths, 8, bucket))
+    assert [i for start, stop in bounds for i in range(start, stop)] == list(range(200))
+    for start, stop in bounds:
+        assert 1 <= stop - start <= 8
+        assert len({bucket(int(n)) for n in lengths[start:stop]}) == 1
+    if bucket(1) is None:
+        assert len(bounds) == 25  # no bucket: plain batches of 8
+
+
+def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
+    from bertnpu_runtime.backends.onnx import OnnxEncoder
+
+    encoder = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1)
+    hidden = np.random.default_rng(0).standard_normal((2, 5, 32)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(encoder.submit(hidden, mask).result(), encoder.run(hidden, mask))
+    assert encoder.batch_bucket(7) is None
+    encoder.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        encoder.submit(hidden, mask)

@@ -113,7 +113,7 @@ def test_grouping_can_be_turned_off(mxq):
 
 
 def test_work_is_spread_over_all_cores(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN)
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.01)  # busy cores: each call waits for a free one
     with npu(mxq, fake, cores=4) as encoder:
         encoder.run(*batch([6] * 8))  # one length: split into 4 calls of 2, one per core
     assert sorted(call.shapes for call in fake.calls) == [((2, 1, 6, HIDDEN),)] * 4
@@ -269,3 +269,37 @@ def test_probe_npu():
 def test_probe_npu_without_qbruntime(monkeypatch):
     monkeypatch.setitem(sys.modules, "qbruntime", None)  # makes `import qbruntime` raise ImportError
     assert probe_npu() == "qbruntime is not installed (pip install 'bertnpu[npu]')"
+
+
+def test_busy_cores_take_a_group_as_one_call(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.02)
+    with npu(mxq, fake, cores=4) as encoder:
+        first = encoder.submit(*batch([6] * 8))  # idle NPU: split over the 4 cores
+        second = encoder.submit(*batch([5] * 8))  # cores busy: one call, no extra per-call cost
+        first.result(), second.result()
+    assert sorted(call.shapes for call in fake.calls) == [((2, 1, 6, HIDDEN),)] * 4 + [((8, 1, 5, HIDDEN),)]
+
+
+def test_an_infer_error_reaches_the_caller_and_the_encoder_goes_on(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN)
+    with npu(mxq, fake, cores=2) as encoder:
+        model = fake.models[0]
+        real_infer = model.infer
+        model.infer = lambda inputs: (_ for _ in ()).throw(RuntimeError("Model_InferFailed"))
+        with pytest.raises(RuntimeError, match="Model_InferFailed"):
+            for _ in range(4):  # until a call lands on the failing core
+                encoder.run(*batch([4, 4, 3, 3]))
+        model.infer = real_infer
+        out = encoder.run(*batch([4, 4, 3, 3]))
+    assert out.shape == (4, 4, HIDDEN)
+
+
+def test_submit_returns_before_the_npu_is_done(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.05)
+    with npu(mxq, fake, cores=1) as encoder:
+        start = time.perf_counter()
+        pending = encoder.submit(*batch([3, 3]))
+        assert time.perf_counter() - start < 0.05 and not pending.done()
+        out = pending.result()
+        assert pending.done() and time.perf_counter() - start >= 0.1
+    np.testing.assert_array_equal(out, np.zeros((2, 3, HIDDEN), np.float32))

@@ -1,7 +1,9 @@
 """Mobilint NPU encoder backend: runs the bundle's model.mxq through `qbruntime`.
 
-One `qbruntime.Model` is launched per selected NPU core (explicit single-core mode), and a thread
-pool drives them, so the sentences of a batch run on several cores at once (`infer` blocks).
+One `qbruntime.Model` is launched per selected NPU core (explicit single-core mode), each driven by
+a worker thread of its own that takes calls from one shared queue, so the sentences of a batch, and
+the calls of several batches, run on all cores at once (`infer` blocks). `submit` only queues the
+calls and returns, so the host embeds and pools other batches meanwhile.
 
 How a padded batch becomes NPU calls depends on the .mxq (bundle.json's npu.mask_input):
 - no mask input (Mobilint's BERT recipe): the NPU cannot mask padding, so every sentence runs at
@@ -10,6 +12,7 @@ How a padded batch becomes NPU calls depends on the .mxq (bundle.json's npu.mask
 - a mask input ("keep" / "additive"): each sentence is zero-padded to the smallest width a model
   variant accepts, a second float32 input (1, width, 1) carries the mask (see bundle.NpuSpec), and
   the padded rows are sliced off after. Sentences padded to the same width share one call.
+`batch_bucket` tells SentenceEncoder that width, so it can form batches that need a single call.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import importlib
 import logging
 import math
 import queue
+import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +39,7 @@ CLUSTERS = 2
 CORES_PER_CLUSTER = 4
 # Local cores per device family (checked: ARIES 2 clusters x 4 cores, REGULUS 1 core).
 _LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
+_QUEUED_TOKENS = 16_384
 
 
 def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
@@ -95,8 +99,6 @@ class NpuEncoder:
     """
 
     name = "npu"
-    # Two batches in flight: the host embeds/pools one while the NPU cores run the other.
-    pipeline_depth = 2
 
     def __init__(
         self,
@@ -124,7 +126,10 @@ class NpuEncoder:
         self.device_no = device_no
         self._group = group_equal_lengths
         self._models: list[Any] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (inputs, results queue, call index); None stops a worker
+        self._outstanding = 0  # calls queued or running
+        self._outstanding_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
         self._closed = False
 
         try:
@@ -143,10 +148,13 @@ class NpuEncoder:
         except BaseException:
             self.close()
             raise
-        self._free_models: queue.SimpleQueue = queue.SimpleQueue()
-        for model in self._models:
-            self._free_models.put(model)
-        self._pool = ThreadPoolExecutor(max_workers=len(self._models), thread_name_prefix="bertnpu-npu")
+        for model, (cluster, core) in zip(self._models, self.cores):
+            worker = threading.Thread(target=self._serve, args=(model,), name=f"bertnpu-npu-{cluster}-{core}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        # SentenceEncoder keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
+        # (16 tokens a sentence) ~1,000 sentences, which outlasts tokenizing the next chunk of texts.
+        self.queued_tokens = _QUEUED_TOKENS
         logger.info(
             "npu backend: %s on device %d, cores %s, variants %s",
             self.mxq_path.name, device_no, self.cores, [str(v) for v in self._variants],
@@ -178,23 +186,38 @@ class NpuEncoder:
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """hidden float32 [batch, seq, hidden], attention_mask int64 [batch, seq] (right-padded)
         -> float32 [batch, seq, hidden]; padding rows of the output are zeros."""
+        return self.submit(hidden, attention_mask).result()
+
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> PendingBatch:
+        """Queue a batch's calls on the cores and return at once; `.result()` waits for the output.
+
+        The inputs are built here, so a core's worker thread does nothing but infer: between two
+        calls it needs the GIL only briefly, and the NPU stays busy.
+        """
         if self._closed:
-            raise RuntimeError("NpuEncoder.run() called after close()")
+            raise RuntimeError("NpuEncoder.submit() called after close()")
         lengths = _check_batch(hidden, attention_mask, self.hidden_size)  # [batch]
         calls = self._plan(lengths)
-        output = np.zeros_like(hidden)  # [batch, seq, hidden]
-        # Inputs are built here, so a core's worker thread does nothing but infer: between two calls it
-        # needs the GIL only briefly, and the NPU stays busy.
-        futures = [self._pool.submit(self._infer, self._call_inputs(hidden, lengths, rows, width)) for rows, width in calls]
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        with self._outstanding_lock:
+            self._outstanding += len(calls)
+        for index, (rows, width) in enumerate(calls):
+            self._calls.put((self._call_inputs(hidden, lengths, rows, width), results, index))
         seq = hidden.shape[1]
-        for future, (rows, width) in zip(futures, calls):
-            output[rows, : min(width, seq)] = self._call_output(future.result(), len(rows), width)[:, :seq]
-        return output
+        whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
+        return PendingBatch(self, hidden.shape, calls, results, whole)
+
+    def batch_bucket(self, length: int) -> int:
+        """The width a sentence of `length` tokens runs at: sentences of one bucket can share a call."""
+        return self._width_for(length, self.npu_spec.mask_input is not None)
 
     def _plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """Group the sentences into NPU calls: (row indices, width), longest first.
 
-        Groups are split so that every core gets work: at most ceil(sentences / cores) per call.
+        When the NPU is idle, groups are split so that every core gets work (at most
+        ceil(sentences / cores) per call): the batch finishes soonest. When calls are already
+        queued or running, the cores have work, and each group goes as one call, which costs the
+        host less per sentence.
         """
         pad = self.npu_spec.mask_input is not None
         by_width: dict[int, list[int]] = defaultdict(list)
@@ -202,7 +225,12 @@ class NpuEncoder:
             if length > 0:
                 by_width[self._width_for(length, pad)].append(row)
         real = sum(len(rows) for rows in by_width.values())
-        per_call = max(1, math.ceil(real / len(self._models))) if self._group else 1
+        if not self._group:
+            per_call = 1
+        elif self._outstanding == 0:
+            per_call = max(1, math.ceil(real / len(self._models)))
+        else:
+            per_call = real
         return [
             (np.asarray(rows[start : start + per_call]), width)
             for width, rows in sorted(by_width.items(), reverse=True)
@@ -224,7 +252,9 @@ class NpuEncoder:
         """The infer inputs for `rows`, padded to `width`: [n, 1, width, hidden] (+ mask), or 3-D for one sentence."""
         n, seq = len(rows), hidden.shape[1]
         keep = np.arange(width)[None, :] < lengths[rows][:, None]  # [n, width]
-        if width <= seq:
+        if width == seq and keep.all() and rows[-1] - rows[0] == n - 1:
+            x = hidden[rows[0] : rows[-1] + 1]  # consecutive unpadded rows: a C-contiguous view, no copy
+        elif width <= seq:
             x = hidden[rows, :width]  # fancy indexing copies: a fresh C-contiguous [n, width, hidden]
         else:
             x = np.zeros((n, width, self.hidden_size), np.float32)
@@ -241,13 +271,17 @@ class NpuEncoder:
             inputs = [a[0] for a in inputs]  # 3-D (H, W, C), the form Mobilint's tutorial uses
         return inputs
 
-    def _infer(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """One infer call on whichever core is free."""
-        model = self._free_models.get()
-        try:
-            return model.infer(inputs)[0]
-        finally:
-            self._free_models.put(model)
+    def _serve(self, model: Any) -> None:
+        """A core's worker: run queued calls on `model` until told to stop."""
+        while (call := self._calls.get()) is not None:
+            inputs, results, index = call
+            try:
+                output = model.infer(inputs)[0]
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
+                output = exc
+            with self._outstanding_lock:
+                self._outstanding -= 1
+            results.put((index, output))
 
     def _call_output(self, result: np.ndarray, n: int, width: int) -> np.ndarray:
         """An infer result as [n, width, hidden], checked to hold that many values."""
@@ -263,9 +297,11 @@ class NpuEncoder:
     def close(self) -> None:
         """Dispose every launched model and stop the worker threads. Safe to call twice."""
         self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for _ in self._workers:
+            self._calls.put(None)
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
         models, self._models = self._models, []
         for model in models:
             try:
@@ -279,6 +315,57 @@ class NpuEncoder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class PendingBatch:
+    """A batch whose calls are queued on the NPU cores; `result()` waits for them and assembles the output."""
+
+    def __init__(
+        self,
+        encoder: NpuEncoder,
+        shape: tuple[int, ...],
+        calls: list[tuple[np.ndarray, int]],
+        results: queue.SimpleQueue,
+        whole: bool,
+    ) -> None:
+        self._encoder = encoder
+        self._shape = shape
+        self._calls = calls
+        self._results = results
+        self._whole = whole  # one call of every row, unpadded: its output is the batch's, no copy
+        self._collected = False
+        self._output: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether every call has finished, so that result() will not wait."""
+        return self._collected or self._results.qsize() == len(self._calls)
+
+    def result(self) -> np.ndarray:
+        """float32 [batch, seq, hidden], as NpuEncoder.run returns it. Raises what a call raised."""
+        if not self._collected:
+            self._output, self._error = self._collect()
+            self._collected = True
+        if self._error is not None:
+            raise self._error
+        return self._output
+
+    def _collect(self) -> tuple[np.ndarray | None, BaseException | None]:
+        seq = self._shape[1]
+        output = None if self._whole else np.zeros(self._shape, np.float32)
+        error: BaseException | None = None
+        for _ in self._calls:  # every call reports, even after one failed, so none is left behind
+            index, result = self._results.get()
+            if isinstance(result, BaseException):
+                error = error or result
+                continue
+            rows, width = self._calls[index]
+            out = self._encoder._call_output(result, len(rows), width)
+            if output is None:
+                output = out
+            else:
+                output[rows, : min(width, seq)] = out[:, :seq]
+        return output, error
 
 
 def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: int) -> np.ndarray:

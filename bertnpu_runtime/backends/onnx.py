@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,14 @@ from ..errors import BackendUnavailableError, BundleError
 
 
 class OnnxEncoder:
-    """The encoder on ONNX Runtime's CPU provider. Thread-safe: ORT sessions allow concurrent `run`."""
+    """The encoder on ONNX Runtime's CPU provider. Thread-safe: ORT sessions allow concurrent `run`.
+
+    `submit` runs batches one at a time on a thread of this encoder's own: ONNX Runtime already uses
+    every core it is given for one batch, so one batch in flight is enough to overlap the host's work.
+    """
 
     name = "onnx"
-    pipeline_depth = 1
+    queued_tokens = 1  # one batch waits while another runs
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None) -> None:
         try:
@@ -37,11 +42,22 @@ class OnnxEncoder:
             raise BundleError(
                 model_path, f"expected inputs {ONNX_HIDDEN_INPUT!r} and {ONNX_MASK_INPUT!r}, found {sorted(input_names)}"
             )
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertnpu-onnx")
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """hidden float32 [batch, seq, hidden], attention_mask int64 [batch, seq] -> float32 [batch, seq, hidden]."""
         (output,) = self._session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: attention_mask})
         return output
 
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> Future:
+        """Run the batch on this encoder's worker thread; the Future's `result()` is run()'s output."""
+        if self._session is None:
+            raise RuntimeError("OnnxEncoder.submit() called after close()")
+        return self._worker.submit(self.run, hidden, attention_mask)
+
+    def batch_bucket(self, length: int) -> None:
+        """Any lengths can share a batch: padding is masked."""
+
     def close(self) -> None:
+        self._worker.shutdown(wait=True)
         self._session = None
