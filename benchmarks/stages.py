@@ -1,16 +1,14 @@
 """Time bertnpu's pipeline stage by stage: tokenize, host embedding + LayerNorm, encoder, pool (+ normalize).
 
-The stages run one after another here, batch by batch in encode()'s order (longest first), without
-encode()'s overlap of host and encoder work, so each stage's cost is seen alone. The host stages
-(tokenize, embed, pool) are what an NPU deployment pays on its CPU.
+The stages run one after another here, on the batches encode() forms (its chunks, its order), but
+without encode()'s overlap of host and encoder work, so each stage's cost is seen alone. The host
+stages (tokenize, embed, pool) are what an NPU deployment pays on its CPU.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-import numpy as np
 
 from bertnpu_runtime.pooling import l2_normalize, pool
 
@@ -28,29 +26,27 @@ def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bo
     """
     spent = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
-    start = clock()
-    tokens = encoder._tokenizer.encode(texts)
-    spent["tokenize"] = clock() - start
-
-    order = np.argsort(-tokens.lengths, kind="stable")
     normalize = encoder.manifest.normalize
-    for first in range(0, len(order), batch_size):
-        rows = order[first : first + batch_size]
+    batches = encoder._token_batches(texts, batch_size, truncated=[])  # tokenizes a chunk when it needs one
+    while True:
         start = clock()
-        seq_len = int(tokens.lengths[rows].max())
-        mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
-        hidden = encoder._embedding(tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
+        item = next(batches, None)
+        after_tokenize = clock()
+        spent["tokenize"] += after_tokenize - start
+        if item is None:
+            return spent
+        _, tokens = item
+        hidden = encoder._embedding(tokens.input_ids)  # [batch, seq, hidden]
         after_embed = clock()
-        output = encoder._encoder.run(hidden, mask) if run_encoder else hidden
+        output = encoder._encoder.run(hidden, tokens.attention_mask) if run_encoder else hidden
         after_encoder = clock()
-        vectors = pool(output, mask, encoder.manifest.pooling)  # [batch, hidden]
+        vectors = pool(output, tokens.attention_mask, encoder.manifest.pooling)  # [batch, hidden]
         if normalize:
             vectors = l2_normalize(vectors)
         end = clock()
-        spent["embed"] += after_embed - start
+        spent["embed"] += after_embed - after_tokenize
         spent["encoder"] += after_encoder - after_embed
         spent["pool"] += end - after_encoder
-    return spent
 
 
 def stage_breakdown(

@@ -128,7 +128,14 @@ class SentenceEncoder:
     def _host_batches(
         self, texts: list[str], batch_size: int, truncated: list[int]
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (row indices, hidden [batch, seq, hidden], mask [batch, seq]) per batch.
+        """Yield (row indices, hidden [batch, seq, hidden], mask [batch, seq]) per batch of _token_batches."""
+        for rows, batch in self._token_batches(texts, batch_size, truncated):
+            yield rows, self._embedding(batch.input_ids), batch.attention_mask
+
+    def _token_batches(
+        self, texts: list[str], batch_size: int, truncated: list[int]
+    ) -> Iterator[tuple[np.ndarray, TokenizedBatch]]:
+        """Yield (row indices, padded token ids) per batch.
 
         Texts are tokenized a chunk at a time, so the encoder starts on the first batches while later
         ones are tokenized and memory stays bounded; each chunk is sorted longest first so a batch
@@ -136,15 +143,12 @@ class SentenceEncoder:
         to `truncated`.
         """
         for first, last in _chunks(len(texts), batch_size):
-            tokens = self._tokenizer.encode(texts[first:last])
+            tokens = self._tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             order = np.argsort(-tokens.lengths, kind="stable")
             for start, stop in _batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket):
                 rows = order[start:stop]
-                seq_len = int(tokens.lengths[rows[0]])  # longest first
-                mask = tokens.attention_mask[rows, :seq_len]  # [batch, seq]
-                hidden = self._embedding(tokens.input_ids[rows, :seq_len])  # [batch, seq, hidden]
-                yield first + rows, hidden, mask
+                yield first + rows, tokens.padded(rows)
 
     def _pooled_batches(
         self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]

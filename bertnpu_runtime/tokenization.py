@@ -6,7 +6,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,29 @@ class TokenizedBatch:
     attention_mask: np.ndarray  # int64 [batch, seq], 1 = real token
     lengths: np.ndarray  # int64 [batch], real tokens per sentence (with [CLS]/[SEP])
     truncated: np.ndarray  # bool [batch], True where the text had more than max_seq_length tokens
+
+
+@dataclass(frozen=True)
+class UnpaddedTokens:
+    """Token ids of several texts back to back, unpadded; `padded(rows)` makes a batch of some of them."""
+
+    ids: np.ndarray  # int64 [total tokens], text after text
+    lengths: np.ndarray  # int64 [texts], tokens per text (with [CLS]/[SEP])
+    truncated: np.ndarray  # bool [texts], True where the text had more than max_seq_length tokens
+    starts: np.ndarray = field(init=False, repr=False)  # int64 [texts], where each text's ids begin
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", np.cumsum(self.lengths) - self.lengths)
+
+    def padded(self, rows: np.ndarray | None = None) -> TokenizedBatch:
+        """The texts `rows` (default: all, in order), right-padded to the longest of them."""
+        every = slice(None)
+        lengths, starts, truncated = (a[every if rows is None else rows] for a in (self.lengths, self.starts, self.truncated))
+        seq_len = int(lengths.max()) if len(lengths) else 0
+        keep = np.arange(seq_len) < lengths[:, None]  # [batch, seq]
+        positions = np.where(keep, starts[:, None] + np.arange(seq_len), 0)  # index into ids; 0 where padding
+        input_ids = np.where(keep, self.ids[positions], 0)
+        return TokenizedBatch(input_ids, keep.astype(np.int64), lengths, truncated)
 
 
 def validate_texts(texts: Iterable[str]) -> list[str]:
@@ -63,13 +86,20 @@ class Tokenizer:
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
-        """Tokenize already-validated texts. An empty list gives arrays with zero rows."""
+        """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
+        return self.encode_unpadded(texts).padded()
+
+    def encode_unpadded(self, texts: list[str]) -> UnpaddedTokens:
+        """Tokenize already-validated texts, without padding them to a common length."""
         rows = self._fast_rows(texts) if self._fast else [None] * len(texts)
         slow = [i for i, row in enumerate(rows) if row is None]
         if slow:
             for i, row in zip(slow, self._library_ids([texts[i] for i in slow])):
                 rows[i] = row
-        return _padded(rows)
+        lengths = np.fromiter(map(len, (ids for ids, _ in rows)), dtype=np.int64, count=len(rows))
+        ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in rows), dtype=np.int64, count=int(lengths.sum()))
+        truncated = np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
+        return UnpaddedTokens(ids, lengths, truncated)
 
     def _fast_rows(self, texts: list[str]) -> list[tuple[list[int], bool] | None]:
         """The fast path over texts, pausing every _TEXTS_PER_GIL_YIELD texts to let other threads run.
@@ -112,18 +142,6 @@ class Tokenizer:
             return text
         cut = text.rfind(" ", 0, self._char_bound)
         return text[:cut] if cut > 0 else text
-
-
-def _padded(rows: list[tuple[list[int], bool]]) -> TokenizedBatch:
-    lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
-    seq_len = int(lengths.max()) if len(rows) else 0
-    attention_mask = (np.arange(seq_len) < lengths[:, None]).astype(np.int64)  # [batch, seq]
-    input_ids = np.zeros((len(rows), seq_len), dtype=np.int64)
-    input_ids[attention_mask.astype(bool)] = np.fromiter(
-        itertools.chain.from_iterable(ids for ids, _ in rows), dtype=np.int64, count=int(lengths.sum())
-    )
-    truncated = np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
-    return TokenizedBatch(input_ids, attention_mask, lengths, truncated)
 
 
 def _replace_surrogates(text: str) -> str:

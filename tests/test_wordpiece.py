@@ -3,6 +3,7 @@
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,3 +81,16 @@ def test_non_bert_tokenizer_has_no_fast_path():
     tokenizer = LibraryTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     assert AsciiWordPiece.from_tokenizer(tokenizer) is None
+
+
+def test_unpadded_tokens_pad_any_subset_like_encode(default_bundle):
+    tokenizer = Tokenizer(default_bundle / "tokenizer.json", MAX_LENGTH)
+    texts = EDGE_CASES + ["a", "two words", "Ünïcode text, slow path"]
+    tokens = tokenizer.encode_unpadded(texts)
+    assert tokens.ids.ndim == 1 and len(tokens.ids) == tokens.lengths.sum()
+    for rows in ([3, 0, 7], [len(texts) - 1], list(range(len(texts)))[::-1]):
+        got, expected = tokens.padded(np.array(rows)), tokenizer.encode([texts[i] for i in rows])
+        for name in ("input_ids", "attention_mask", "lengths", "truncated"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    empty = tokenizer.encode([])
+    assert empty.input_ids.shape == (0, 0) and empty.lengths.shape == (0,)
