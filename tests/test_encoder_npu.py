@@ -38,7 +38,7 @@ def cosine_rows(a, b):
 
 @pytest.mark.parametrize("cores, batch_size", [(1, 32), (4, 32), (4, 2), (8, 1)])
 def test_npu_backend_gives_onnx_vectors(npu_bundle, onnx_vectors, cores, batch_size):
-    fake = FakeNpu(npu_bundle / "encoder.onnx", latency_s=0.005)  # busy cores: calls go to the free ones
+    fake = FakeNpu(npu_bundle / "encoder.onnx", latency_s=0.02)  # busy cores: calls go to the free ones
     with SentenceEncoder(npu_bundle, backend="npu", npu_cores=cores, qbruntime_module=fake) as enc:
         assert enc.backend == "npu"
         vectors = enc.encode(SENTENCES, batch_size=batch_size)

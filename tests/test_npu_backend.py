@@ -113,7 +113,7 @@ def test_grouping_can_be_turned_off(mxq):
 
 
 def test_work_is_spread_over_all_cores(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.01)  # busy cores: each call waits for a free one
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.05)  # busy cores: each call waits for a free one
     with npu(mxq, fake, cores=4) as encoder:
         encoder.run(*batch([6] * 8))  # one length: split into 4 calls of 2, one per core
     assert sorted(call.shapes for call in fake.calls) == [((2, 1, 6, HIDDEN),)] * 4
@@ -283,13 +283,13 @@ def test_busy_cores_take_a_group_as_one_call(mxq):
 def test_an_infer_error_reaches_the_caller_and_the_encoder_goes_on(mxq):
     fake = FakeNpu(hidden_size=HIDDEN)
     with npu(mxq, fake, cores=2) as encoder:
-        model = fake.models[0]
-        real_infer = model.infer
-        model.infer = lambda inputs: (_ for _ in ()).throw(RuntimeError("Model_InferFailed"))
+        real_infer = {model: model.infer for model in fake.models}
+        for model in fake.models:
+            model.infer = lambda inputs: (_ for _ in ()).throw(RuntimeError("Model_InferFailed"))
         with pytest.raises(RuntimeError, match="Model_InferFailed"):
-            for _ in range(4):  # until a call lands on the failing core
-                encoder.run(*batch([4, 4, 3, 3]))
-        model.infer = real_infer
+            encoder.run(*batch([4, 4, 3, 3]))
+        for model, infer in real_infer.items():
+            model.infer = infer
         out = encoder.run(*batch([4, 4, 3, 3]))
     assert out.shape == (4, 4, HIDDEN)
 

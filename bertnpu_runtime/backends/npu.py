@@ -127,6 +127,7 @@ class NpuEncoder:
         self._group = group_equal_lengths
         self._models: list[Any] = []
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (inputs, results queue, call index); None stops a worker
+        self._widths: dict[int, int] = {}  # sentence length -> width it runs at
         self._outstanding = 0  # calls queued or running
         self._outstanding_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
@@ -209,7 +210,7 @@ class NpuEncoder:
 
     def batch_bucket(self, length: int) -> int:
         """The width a sentence of `length` tokens runs at: sentences of one bucket can share a call."""
-        return self._width_for(length, self.npu_spec.mask_input is not None)
+        return self._width_for(length)
 
     def _plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """Group the sentences into NPU calls: (row indices, width), longest first.
@@ -219,11 +220,10 @@ class NpuEncoder:
         queued or running, the cores have work, and each group goes as one call, which costs the
         host less per sentence.
         """
-        pad = self.npu_spec.mask_input is not None
         by_width: dict[int, list[int]] = defaultdict(list)
         for row, length in enumerate(lengths.tolist()):
             if length > 0:
-                by_width[self._width_for(length, pad)].append(row)
+                by_width[self._width_for(length)].append(row)
         real = sum(len(rows) for rows in by_width.values())
         if not self._group:
             per_call = 1
@@ -237,7 +237,15 @@ class NpuEncoder:
             for start in range(0, len(rows), per_call)
         ]
 
-    def _width_for(self, length: int, pad: bool) -> int:
+    def _width_for(self, length: int) -> int:
+        """The width a sentence of `length` tokens is sent with (remembered: this runs per sentence)."""
+        width = self._widths.get(length)
+        if width is None:
+            width = self._widths[length] = self._smallest_width(length)
+        return width
+
+    def _smallest_width(self, length: int) -> int:
+        pad = self.npu_spec.mask_input is not None
         fits = [fit for v in self._variants if (fit := v.smallest_fit(length)) is not None and (pad or fit == length)]
         if not fits:
             accepted = "; ".join(str(v) for v in self._variants)
