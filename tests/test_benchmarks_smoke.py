@@ -58,6 +58,8 @@ def test_speed_writes_every_workload(common_args, tmp_path):
     stages = result["stages"][ONNX]
     assert set(stages) == {"tokenize", "embed", "encoder", "pool", "host", "total"}
     assert stages["host"]["us_per_sentence_median"] > 0
+    alone = result["stages"][speed.HOST_ONLY]
+    assert set(alone) == {"tokenize", "embed", "pool", "host"} and alone["host"]["us_per_sentence_median"] > 0
 
 
 def test_accuracy_reports_spearman_and_cosines(common_args, tmp_path):
