@@ -263,6 +263,30 @@ def interleave(
     return seconds
 
 
+def interleave_blocks(
+    tasks: dict[str, Callable[[int], object]], calls: int, rounds: int = 2, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each task, for short calls: `calls` calls in a row per task and round.
+
+    A task's calls run back to back, so the threads one contender leaves spinning after a call
+    (PyTorch's OpenMP workers, ONNX Runtime's pool) do not slow the next contender's short call;
+    the rounds start at a different task each, as in interleave(). Call i of round r gets r * calls + i.
+    """
+    names = list(tasks)
+    for name in names:
+        for i in range(warmup):
+            tasks[name](i)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(rounds):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            for i in range(round_no * calls, (round_no + 1) * calls):
+                start = time.perf_counter()
+                tasks[name](i)
+                seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def summarize(seconds: Sequence[float]) -> dict[str, float]:
     """Median, p95, mean and min of a list of durations, in seconds."""
     values = np.asarray(seconds, dtype=np.float64)

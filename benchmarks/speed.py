@@ -22,6 +22,7 @@ from .common import (
     base_parser,
     build_contenders,
     interleave,
+    interleave_blocks,
     print_table,
     ratio,
     reference_model_folder,
@@ -92,8 +93,8 @@ def stsb_dev(contenders: Contenders, sentences: list[str], repeats: int) -> list
 def single_sentence(contenders: Contenders, sentences: list[str], count: int) -> list[dict[str, Any]]:
     """Latency of encode(one str), over `count` different STS-B sentences."""
     picked = sentences[:count]
-    tasks = {c.name: (lambda i, c=c: c.encode(picked[i], 1)) for c in contenders}
-    seconds = interleave(tasks, len(picked), warmup=min(5, len(picked)))
+    tasks = {c.name: (lambda i, c=c: c.encode(picked[i % len(picked)], 1)) for c in contenders}
+    seconds = interleave_blocks(tasks, len(picked))
     rows = _latency_rows(seconds, {"sentences": len(picked)})
     print_table(
         f"Single-sentence latency: {len(picked)} STS-B sentences, one encode() call each",
@@ -111,7 +112,7 @@ def batch_sizes(contenders: Contenders, sentences: list[str], sentence_budget: i
         batches = [sentences[i : i + size] for i in range(0, len(sentences) - size + 1, size)] or [sentences[:size]]
         calls = max(2, min(len(batches), sentence_budget // size))
         tasks = {c.name: (lambda i, c=c, b=batches: c.encode(b[i % len(b)], size)) for c in contenders}
-        seconds = interleave(tasks, calls)
+        seconds = interleave_blocks(tasks, max(1, calls // 2))
         extra = {"batch_size": size, "sentences_per_batch": len(batches[0])}
         for row in _latency_rows(seconds, extra):
             row["sentences_per_s"] = row["sentences_per_batch"] / (row["p50_ms"] / 1e3)
@@ -136,7 +137,7 @@ def length_sweep(
     for tokens in lengths:
         texts = texts_of_length(tokenizer, words, tokens, batch_size)
         measured = int(tokenizer.tokenize(texts).lengths.max())
-        singles = interleave({c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 4)
+        singles = interleave_blocks({c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 2)
         batched = interleave({c.name: (lambda _, c=c: c.encode(texts, batch_size)) for c in contenders}, repeats)
         for contender in contenders:
             single, batch = summarize(singles[contender.name]), summarize(batched[contender.name])

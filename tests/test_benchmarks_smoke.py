@@ -87,3 +87,14 @@ def test_footprint_runs_fresh_processes(common_args, tmp_path):
     assert set(rows) == {"python (interpreter only)", BASELINE, ONNX}
     assert rows[BASELINE]["torch_imported"] and not rows[ONNX]["torch_imported"]
     assert rows[ONNX]["peak_rss_mib"] > rows["python (interpreter only)"]["peak_rss_mib"] > 0
+
+
+def test_interleave_blocks_runs_each_task_in_blocks_and_rotates():
+    from benchmarks.common import interleave_blocks
+
+    log: list[tuple[str, int]] = []
+    tasks = {name: (lambda i, name=name: log.append((name, i))) for name in ("a", "b")}
+    seconds = interleave_blocks(tasks, calls=3, rounds=2, warmup=1)
+    assert {name: len(values) for name, values in seconds.items()} == {"a": 3 * 2, "b": 3 * 2}
+    timed = log[2:]  # after one warm-up call each
+    assert timed == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("b", 4), ("b", 5), ("a", 3), ("a", 4), ("a", 5)]
