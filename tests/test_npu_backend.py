@@ -303,3 +303,29 @@ def test_submit_returns_before_the_npu_is_done(mxq):
         out = pending.result()
         assert pending.done() and time.perf_counter() - start >= 0.1
     np.testing.assert_array_equal(out, np.zeros((2, 3, HIDDEN), np.float32))
+
+
+def test_close_while_others_submit_never_leaves_a_call_unrun(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.001)
+    encoder = npu(mxq, fake, cores=2)
+    outcomes: list[str] = []
+
+    def work() -> None:
+        for _ in range(50):
+            try:
+                pending = encoder.submit(*batch([3, 3, 2]))
+            except RuntimeError:
+                outcomes.append("refused")
+                return
+            pending.result()  # would hang if a call were queued after the workers stopped
+            outcomes.append("done")
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.02)
+    encoder.close()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads), "a submit() was left waiting"
+    assert "refused" in outcomes and "done" in outcomes

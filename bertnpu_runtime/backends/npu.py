@@ -129,7 +129,7 @@ class NpuEncoder:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (inputs, results queue, call index); None stops a worker
         self._widths: dict[int, int] = {}  # sentence length -> width it runs at
         self._outstanding = 0  # calls queued or running
-        self._outstanding_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _outstanding, and _closed against queueing
         self._workers: list[threading.Thread] = []
         self._closed = False
 
@@ -199,11 +199,14 @@ class NpuEncoder:
             raise RuntimeError("NpuEncoder.submit() called after close()")
         lengths = _check_batch(hidden, attention_mask, self.hidden_size)  # [batch]
         calls = self._plan(lengths)
+        inputs = [self._call_inputs(hidden, lengths, rows, width) for rows, width in calls]
         results: queue.SimpleQueue = queue.SimpleQueue()
-        with self._outstanding_lock:
+        with self._lock:  # so that close() cannot slip in between: no call is queued behind the workers' stop
+            if self._closed:
+                raise RuntimeError("NpuEncoder.submit() called after close()")
             self._outstanding += len(calls)
-        for index, (rows, width) in enumerate(calls):
-            self._calls.put((self._call_inputs(hidden, lengths, rows, width), results, index))
+            for index, call_inputs in enumerate(inputs):
+                self._calls.put((call_inputs, results, index))
         seq = hidden.shape[1]
         whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
         return PendingBatch(self, hidden.shape, calls, results, whole)
@@ -287,7 +290,7 @@ class NpuEncoder:
                 output = model.infer(inputs)[0]
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
                 output = exc
-            with self._outstanding_lock:
+            with self._lock:
                 self._outstanding -= 1
             results.put((index, output))
 
@@ -304,9 +307,10 @@ class NpuEncoder:
 
     def close(self) -> None:
         """Dispose every launched model and stop the worker threads. Safe to call twice."""
-        self._closed = True
-        for _ in self._workers:
-            self._calls.put(None)
+        with self._lock:
+            self._closed = True
+            for _ in self._workers:
+                self._calls.put(None)  # behind every call already queued: those still run
         for worker in self._workers:
             worker.join()
         self._workers = []
