@@ -28,7 +28,7 @@ logger = logging.getLogger("bertnpu")
 
 # Texts are tokenized this many batches at a time (see _chunks).
 _BATCHES_PER_CHUNK = 32
-_T = TypeVar("_T")
+_Batch = TypeVar("_Batch", bound=tuple)  # (row indices, ...)
 
 
 class SentenceEncoder:
@@ -116,7 +116,7 @@ class SentenceEncoder:
         truncated: list[int] = []
         batches = self._host_batches(texts, batch_size, truncated)
         if _wants_progress(show_progress_bar):
-            batches = _progress(batches, total=-(-len(texts) // batch_size))
+            batches = _progress(batches, total=len(texts))
         for rows, pooled in self._pooled_batches(batches):
             vectors[rows] = pooled
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
@@ -137,10 +137,11 @@ class SentenceEncoder:
     ) -> Iterator[tuple[np.ndarray, TokenizedBatch]]:
         """Yield (row indices, padded token ids) per batch.
 
-        Texts are tokenized a chunk at a time, so the encoder starts on the first batches while later
-        ones are tokenized and memory stays bounded; each chunk is sorted longest first so a batch
-        holds sentences of similar length and carries little padding. Truncated rows are appended
-        to `truncated`.
+        Texts are tokenized a chunk at a time (see _chunks), so the encoder starts on the first
+        batches while later ones are tokenized and memory stays bounded; each chunk is sorted
+        longest first so a batch holds sentences of similar length and carries little padding, and
+        only sentences of one bucket where the backend has buckets (the NPU: one length). Truncated
+        rows are appended to `truncated`.
         """
         for first, last in _chunks(len(texts), batch_size):
             tokens = self._tokenizer.encode_unpadded(texts[first:last])
@@ -232,10 +233,15 @@ def _wants_progress(show_progress_bar: bool | None) -> bool:
     return show_progress_bar
 
 
-def _progress(batches: Iterator[_T], total: int) -> Iterator[_T]:
+def _progress(batches: Iterator[_Batch], total: int) -> Iterator[_Batch]:
+    """Pass the batches through, counting their sentences on a tqdm bar (batches vary in size)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         logger.warning("show_progress_bar needs tqdm: pip install tqdm")
-        return batches
-    return tqdm(batches, total=total, desc="Batches", unit="batch")
+        yield from batches
+        return
+    with tqdm(total=total, desc="Sentences", unit="sentence") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch[0]))

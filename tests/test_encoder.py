@@ -258,3 +258,8 @@ def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
     encoder.close()
     with pytest.raises(RuntimeError, match="after close"):
         encoder.submit(hidden, mask)
+
+
+def test_progress_bar_counts_sentences(encoder, capsys):
+    encoder.encode(["a b c", "hello there", "x"] * 30, batch_size=8, show_progress_bar=True)
+    assert "90/90" in capsys.readouterr().err
