@@ -19,7 +19,8 @@ class EncoderBackend(Protocol):
     """Runs the BERT encoder (everything after the embedding LayerNorm).
 
     `run` takes one padded batch and returns the last hidden states of the same shape; `submit`
-    does the same without waiting, so the host can prepare the next batches meanwhile.
+    does the same without waiting, so the host can prepare the next batches meanwhile (the arrays
+    handed to `submit` may be read until its result is ready: do not change them before).
     hidden: float32 [batch, seq, hidden], C-contiguous; attention_mask: int64 [batch, seq], 1 = real token.
     Rows of padding (mask 0) may hold anything in the output; pooling ignores them.
     Implementations must be safe to call from several threads at once.

@@ -193,7 +193,8 @@ class NpuEncoder:
         """Queue a batch's calls on the cores and return at once; `.result()` waits for the output.
 
         The inputs are built here, so a core's worker thread does nothing but infer: between two
-        calls it needs the GIL only briefly, and the NPU stays busy.
+        calls it needs the GIL only briefly, and the NPU stays busy. Unpadded rows go to the NPU as
+        views of `hidden`, not copies: leave it unchanged until the result is ready.
         """
         if self._closed:
             raise RuntimeError("NpuEncoder.submit() called after close()")
