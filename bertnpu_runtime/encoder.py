@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .backends.base import EncoderBackend, PendingOutput
+from .backends.base import EncoderBackend, PendingOutput, as_encoder_backend
 from .backends.selection import open_backend
 from .bundle import TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
@@ -37,8 +37,9 @@ class SentenceEncoder:
     Args:
         bundle_dir: a folder written by `python -m compile`.
         backend: "auto" (NPU when a device and a model.mxq are present, else ONNX), "npu" or "onnx";
-            or an already-open EncoderBackend (for example an OnnxEncoder on another graph), which
-            the SentenceEncoder then owns and closes.
+            or an already-open EncoderBackend (for example an OnnxEncoder on another graph; an
+            object with just `run(hidden, attention_mask)` works too, run one batch at a time),
+            which the SentenceEncoder then owns and closes.
         precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend only).
         device_no: which NPU device to open.
         npu_cores: NPU cores to launch model instances on: a count, or (cluster, core) pairs.
@@ -73,7 +74,7 @@ class SentenceEncoder:
                 num_threads=num_threads,
                 qbruntime_module=qbruntime_module,
             )
-        self._encoder: EncoderBackend | None = backend
+        self._encoder: EncoderBackend | None = as_encoder_backend(backend)
         self.backend: str = self._encoder.name
         self.precision = precision
 

@@ -263,3 +263,28 @@ def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
 def test_progress_bar_counts_sentences(encoder, capsys):
     encoder.encode(["a b c", "hello there", "x"] * 30, batch_size=8, show_progress_bar=True)
     assert "90/90" in capsys.readouterr().err
+
+
+def test_a_backend_with_only_run_works_and_a_bad_one_is_named(tiny_bundle):
+    from bertnpu_runtime.backends.onnx import OnnxEncoder
+
+    class RunOnly:
+        def __init__(self) -> None:
+            self._onnx = OnnxEncoder(tiny_bundle / "encoder.onnx")
+            self.closed = False
+
+        def run(self, hidden, attention_mask):
+            return self._onnx.run(hidden, attention_mask)
+
+        def close(self) -> None:
+            self.closed = True
+
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode(SENTENCES)
+    backend = RunOnly()
+    with SentenceEncoder(tiny_bundle, backend=backend) as enc:
+        assert enc.backend == "RunOnly"
+        np.testing.assert_allclose(enc.encode(SENTENCES, batch_size=3), expected, atol=1e-5)
+    assert backend.closed
+    with pytest.raises(TypeError, match="encoder backend with run.*found int"):
+        SentenceEncoder(tiny_bundle, backend=42)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,3 +43,45 @@ class EncoderBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def as_encoder_backend(backend: Any) -> EncoderBackend:
+    """`backend` itself when it has the whole interface; one with only `run` (and `close`, `name`),
+    wrapped so that `submit` runs the batch at once. Anything else is a TypeError."""
+    if all(hasattr(backend, attr) for attr in ("run", "submit", "batch_bucket", "queued_tokens", "close", "name")):
+        return backend
+    if not callable(getattr(backend, "run", None)):
+        raise TypeError(
+            f"backend must be 'auto', 'npu', 'onnx' or an encoder backend with run(hidden, attention_mask), "
+            f"found {type(backend).__name__}"
+        )
+    return _RunOnly(backend)
+
+
+class _RunOnly:
+    """An encoder with only `run`: submitted batches run at once, one at a time, in any length mix."""
+
+    queued_tokens = 1
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.name = str(getattr(backend, "name", type(backend).__name__))
+
+    def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._backend.run(hidden, attention_mask)
+
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(self.run(hidden, attention_mask))
+        except Exception as exc:  # noqa: BLE001 - raised again by result(), like a thread's would be
+            done.set_exception(exc)
+        return done
+
+    def batch_bucket(self, length: int) -> None:
+        return None
+
+    def close(self) -> None:
+        close = getattr(self._backend, "close", None)
+        if callable(close):
+            close()
