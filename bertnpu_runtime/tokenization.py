@@ -47,8 +47,8 @@ class UnpaddedTokens:
 
     def padded(self, rows: np.ndarray | None = None) -> TokenizedBatch:
         """The texts `rows` (default: all, in order), right-padded to the longest of them."""
-        every = slice(None)
-        lengths, starts, truncated = (a[every if rows is None else rows] for a in (self.lengths, self.starts, self.truncated))
+        pick = slice(None) if rows is None else rows
+        lengths, starts, truncated = self.lengths[pick], self.starts[pick], self.truncated[pick]
         seq_len = int(lengths.max()) if len(lengths) else 0
         keep = np.arange(seq_len) < lengths[:, None]  # [batch, seq]
         positions = np.where(keep, starts[:, None] + np.arange(seq_len), 0)  # index into ids; 0 where padding

@@ -39,7 +39,6 @@ CLUSTERS = 2
 CORES_PER_CLUSTER = 4
 # Local cores per device family (checked: ARIES 2 clusters x 4 cores, REGULUS 1 core).
 _LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
-_QUEUED_TOKENS = 16_384
 
 
 def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
@@ -99,6 +98,9 @@ class NpuEncoder:
     """
 
     name = "npu"
+    # SentenceEncoder keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
+    # (16 tokens a sentence) ~1,000 sentences, which outlasts tokenizing the next chunk of texts.
+    queued_tokens = 16_384
 
     def __init__(
         self,
@@ -153,9 +155,6 @@ class NpuEncoder:
             worker = threading.Thread(target=self._serve, args=(model,), name=f"bertnpu-npu-{cluster}-{core}", daemon=True)
             worker.start()
             self._workers.append(worker)
-        # SentenceEncoder keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
-        # (16 tokens a sentence) ~1,000 sentences, which outlasts tokenizing the next chunk of texts.
-        self.queued_tokens = _QUEUED_TOKENS
         logger.info(
             "npu backend: %s on device %d, cores %s, variants %s",
             self.mxq_path.name, device_no, self.cores, [str(v) for v in self._variants],
@@ -264,14 +263,15 @@ class NpuEncoder:
         """The infer inputs for `rows`, padded to `width`: [n, 1, width, hidden] (+ mask), or 3-D for one sentence."""
         n, seq = len(rows), hidden.shape[1]
         keep = np.arange(width)[None, :] < lengths[rows][:, None]  # [n, width]
-        if width == seq and keep.all() and rows[-1] - rows[0] == n - 1:
+        unpadded = bool(keep.all())
+        if width == seq and unpadded and rows[-1] - rows[0] == n - 1:
             x = hidden[rows[0] : rows[-1] + 1]  # consecutive unpadded rows: a C-contiguous view, no copy
         elif width <= seq:
             x = hidden[rows, :width]  # fancy indexing copies: a fresh C-contiguous [n, width, hidden]
         else:
             x = np.zeros((n, width, self.hidden_size), np.float32)
             x[:, :seq] = hidden[rows]
-        if not keep.all():
+        if not unpadded:
             x[~keep] = 0.0  # padding goes in as zeros, as in Mobilint's own padded encoders
         inputs = [x.reshape(n, 1, width, self.hidden_size)]  # [n, H=1, W, C]
         if self.npu_spec.mask_input == "keep":
