@@ -247,20 +247,10 @@ def interleave(
     """Seconds per call of each task, `repeats` calls each after `warmup` untimed ones.
 
     Round r calls every task once with argument r, starting at a different task each round,
-    so slow phases of a shared machine spread evenly over the contenders.
+    so slow phases of a shared machine spread evenly over the contenders (interleave_blocks with
+    blocks of one call).
     """
-    names = list(tasks)
-    for round_no in range(warmup):
-        for name in names:
-            tasks[name](round_no)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_no in range(repeats):
-        shift = round_no % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            tasks[name](round_no)
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+    return interleave_blocks(tasks, calls=1, rounds=repeats, warmup=warmup)
 
 
 def interleave_blocks(

@@ -53,9 +53,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bertnpu-bench-") as scratch:
         npu_bundle = bundle_with_placeholder_mxq(run.bundle, Path(scratch) / "bundle")
         fakes, encoders = {}, {}
+        hidden_size = _hidden_size(npu_bundle)
         try:
             for cores in args.cores:
-                fake = FakeNpu(hidden_size=_hidden_size(npu_bundle), latency_s=latency, num_cores=8)
+                fake = FakeNpu(hidden_size=hidden_size, latency_s=latency, num_cores=8)
                 encoders[cores] = SentenceEncoder(npu_bundle, backend="npu", npu_cores=cores, qbruntime_module=fake)
                 fakes[cores] = fake
             # The host stages alone take turns with the encode() runs, so both see the same machine.
