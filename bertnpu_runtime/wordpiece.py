@@ -6,7 +6,7 @@ lower-casing; it is pre-tokenized into runs of letters and digits and single pun
 each word maps to the same word pieces wherever it occurs. Pre-tokenization never joins across a
 space, so the same holds for each space-separated chunk ("guitar." -> guitar, .): the ids of each
 chunk are cached, and a sentence costs one `str.split` and a dict lookup per chunk instead of a pass
-through the whole `tokenizers` pipeline (about 4x faster on STS-B). Text that is not ASCII, or that
+through the whole `tokenizers` pipeline (3-4x faster on STS-B). Text that is not ASCII, or that
 contains a special token such as "[MASK]", goes through `tokenizers` as usual.
 tests/test_wordpiece.py checks the two paths give identical ids.
 """
