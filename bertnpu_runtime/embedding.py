@@ -5,10 +5,12 @@ embeds as x = word[id] + position[p] + token_type[0], and LayerNorm(x) = (x - me
 + bias. Done literally, that is about eight passes over the [batch, seq, hidden] array. Every term
 the mean and variance need can be prepared once, when the tables are loaded:
 - centering each table row makes x centered: its mean is 0, with no pass to compute or subtract it;
-- the variance is (|w|^2 + 2 w.p + |p|^2) / hidden for the centered rows w and p; the squared norms
-  are one number per row, and w.p for every (token, position) pair is one matrix product;
+- the variance is (|w|^2 + 2 w.p + |p|^2) / hidden for the centered rows w and p: the squared norms
+  are one number per row and w.p for every (token, position) pair is one matrix product, so
+  1 / std is a table over (token, position), read with one gather per batch;
 - the LayerNorm weight is folded into the centered rows.
-What is left per batch is one gather, one add, one scale and one shift.
+What is left per batch is two gathers, one add, one scale and one shift (adding whole rows of the
+LayerNorm bias, since NumPy broadcasts a [hidden] vector over many short rows at half speed).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+_WORDS_PER_BLOCK = 4096  # rows of the word table per step of the 1 / std table (8 MB of float64)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class EmbeddingLayer:
     tables: the model's weights; they are not kept, so the caller may drop them.
     max_length: the longest sequence to embed (the bundle's max_seq_length; at most the position
         rows). The prepared tables take vocab x (hidden + max_length) float32: the gamma-scaled
-        centered word rows, the size of the word table itself, plus w.p for every pair.
+        centered word rows, the size of the word table itself, plus 1 / std for every pair.
     """
 
     def __init__(self, tables: EmbeddingTables, max_length: int | None = None) -> None:
@@ -53,15 +57,12 @@ class EmbeddingLayer:
             raise ValueError(f"max_length must be 1..{tables.max_positions} (the position rows), found {max_length}")
         self.hidden_size = tables.hidden_size
         self.max_length = max_length
-        self._eps = tables.layer_norm_eps
-        self._bias = tables.layer_norm_bias.astype(np.float32)
         weight = tables.layer_norm_weight.astype(np.float32)
+        self._bias_rows = np.tile(tables.layer_norm_bias.astype(np.float32), (max_length, 1))  # [max_length, hidden]
 
         positions = _centered(tables.position[:max_length] + tables.token_type[0])  # [max_length, hidden]
         words = _centered(tables.word)  # [vocab, hidden]
-        self._word_dot_position = words @ positions.T  # [vocab, max_length] float32
-        self._word_sq = _squared_norms(words)  # [vocab] float64
-        self._position_sq = _squared_norms(positions)  # [max_length] float64
+        self._inverse_std = _inverse_std_table(words, positions, tables.layer_norm_eps)  # [vocab, max_length]
         self._positions_scaled = positions * weight  # [max_length, hidden]
         words *= weight
         self._words_scaled = words  # [vocab, hidden]
@@ -73,16 +74,27 @@ class EmbeddingLayer:
         seq_len = input_ids.shape[-1]
         if seq_len > self.max_length:
             raise ValueError(f"sequence of {seq_len} tokens is longer than this embedding's max_length {self.max_length}")
-        sum_sq = self._word_sq[input_ids]  # [batch, seq] float64: |x|^2 of the centered token vector
-        sum_sq += 2.0 * self._word_dot_position[input_ids, self._position_index[:seq_len]]
-        sum_sq += self._position_sq[:seq_len]
-        inverse_std = (1.0 / np.sqrt(sum_sq / self.hidden_size + self._eps)).astype(np.float32)
-
+        inverse_std = self._inverse_std[input_ids, self._position_index[:seq_len]]  # [batch, seq]
         hidden = np.take(self._words_scaled, input_ids, axis=0)  # [batch, seq, hidden], a fresh array
         hidden += self._positions_scaled[:seq_len]
         hidden *= inverse_std[..., None]
-        hidden += self._bias
+        hidden += self._bias_rows[:seq_len]
         return hidden
+
+
+def _inverse_std_table(words: np.ndarray, positions: np.ndarray, eps: float) -> np.ndarray:
+    """float32 [vocab, positions]: 1 / sqrt(var + eps) of every centered word row plus position row,
+    var = (|w|^2 + 2 w.p + |p|^2) / hidden, in float64 a block of words at a time (bounded memory)."""
+    hidden = words.shape[1]
+    table = np.empty((len(words), len(positions)), dtype=np.float32)
+    position_sq = _squared_norms(positions)
+    for start in range(0, len(words), _WORDS_PER_BLOCK):
+        block = words[start : start + _WORDS_PER_BLOCK]
+        sum_sq = 2.0 * (block @ positions.T).astype(np.float64)
+        sum_sq += _squared_norms(block)[:, None]
+        sum_sq += position_sq
+        table[start : start + len(block)] = 1.0 / np.sqrt(sum_sq / hidden + eps)
+    return table
 
 
 def _centered(rows: np.ndarray) -> np.ndarray:

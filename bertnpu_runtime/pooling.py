@@ -15,13 +15,13 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: str = "mean") -> 
     """
     if mode == "cls":
         return np.ascontiguousarray(hidden[:, 0, :], dtype=np.float32)
-    mask = attention_mask.astype(bool)
     if mode == "mean":
-        summed = np.einsum("bsh,bs->bh", hidden, mask.astype(hidden.dtype))  # [batch, hidden]
-        counts = np.maximum(mask.sum(axis=1, keepdims=True), 1).astype(np.float32)  # [batch, 1]
-        return (summed / counts).astype(np.float32, copy=False)
+        weights = attention_mask.astype(hidden.dtype)  # [batch, seq]: 1 / count on real tokens, 0 on padding
+        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1)
+        mean = np.matmul(weights[:, None, :], hidden)[:, 0, :]  # [batch, hidden]: one product per sentence
+        return mean.astype(np.float32, copy=False)
     if mode == "max":
-        masked = np.where(mask[:, :, None], hidden, np.float32(-np.inf))
+        masked = np.where(attention_mask.astype(bool)[:, :, None], hidden, np.float32(-np.inf))
         return masked.max(axis=1).astype(np.float32, copy=False)
     raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Set
@@ -19,8 +19,11 @@ from .wordpiece import AsciiWordPiece
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
 _CHARS_PER_TOKEN_BOUND = 32
 _SURROGATES = re.compile("[\ud800-\udfff]")
-# About 0.2 ms of tokenizing between two pauses (see Tokenizer._fast_rows).
+# Texts tokenized between two pauses (see Tokenizer._encode_plain).
 _TEXTS_PER_GIL_YIELD = 48
+# Lets a thread waiting for the GIL take it. time.sleep(0) would too, but sleeps for Linux's timer
+# slack (50 us) where sched_yield takes about 1 us.
+_release_gil = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
 @dataclass(frozen=True)
@@ -90,27 +93,40 @@ class Tokenizer:
         return self.encode_unpadded(texts).padded()
 
     def encode_unpadded(self, texts: list[str]) -> UnpaddedTokens:
-        """Tokenize already-validated texts, without padding them to a common length."""
-        rows = self._fast_rows(texts) if self._fast else [None] * len(texts)
-        slow = [i for i, row in enumerate(rows) if row is None]
-        if slow:
-            for i, row in zip(slow, self._library_ids([texts[i] for i in slow])):
-                rows[i] = row
-        lengths = np.fromiter(map(len, (ids for ids, _ in rows)), dtype=np.int64, count=len(rows))
-        ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in rows), dtype=np.int64, count=int(lengths.sum()))
-        truncated = np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
-        return UnpaddedTokens(ids, lengths, truncated)
+        """Tokenize already-validated texts, without padding them to a common length.
 
-    def _fast_rows(self, texts: list[str]) -> list[tuple[list[int], bool] | None]:
-        """The fast path over texts, pausing every _TEXTS_PER_GIL_YIELD texts to let other threads run.
-
-        This loop is pure Python: without a pause it holds the GIL for the whole switch interval
-        (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones.
+        Plain texts (see wordpiece.py) take the fast path many at a time; the others, one by one
+        or through `tokenizers`.
         """
-        rows = []
+        if self._fast is None:
+            return _unpadded_from_rows(self._library_ids(texts))
+        long = [i for i, text in enumerate(texts) if len(text) > self._char_bound]  # cut to a prefix first
+        odd = sorted(set(self._fast.not_plain(texts) + long))
+        if not odd:
+            return self._encode_plain(texts)
+        is_plain = np.ones(len(texts), dtype=bool)
+        is_plain[odd] = False
+        plain = np.flatnonzero(is_plain)
+        return _merged(len(texts), plain, self._encode_plain([texts[i] for i in plain]), odd, self._odd_rows([texts[i] for i in odd]))
+
+    def _encode_plain(self, texts: list[str]) -> UnpaddedTokens:
+        """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
+        to let other threads run: without one, this holds the GIL for the whole switch interval
+        (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones."""
+        groups = []
         for start in range(0, len(texts), _TEXTS_PER_GIL_YIELD):
-            rows += [self._fast_ids(text) for text in texts[start : start + _TEXTS_PER_GIL_YIELD]]
-            time.sleep(0)  # releases the GIL
+            groups.append(self._fast.encode_plain(texts[start : start + _TEXTS_PER_GIL_YIELD], self.max_seq_length))
+            _release_gil()
+        if len(groups) <= 1:
+            return UnpaddedTokens(*(groups[0] if groups else self._fast.encode_plain([], self.max_seq_length)))
+        return UnpaddedTokens(*(np.concatenate(arrays) for arrays in zip(*groups)))
+
+    def _odd_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """Texts that are not plain: ASCII ones on the fast path one by one, the rest through `tokenizers`."""
+        rows = [self._fast_ids(text) for text in texts]
+        slow = [i for i, row in enumerate(rows) if row is None]
+        for i, row in zip(slow, self._library_ids([texts[i] for i in slow])):
+            rows[i] = row
         return rows
 
     def _fast_ids(self, text: str) -> tuple[list[int], bool] | None:
@@ -142,6 +158,32 @@ class Tokenizer:
             return text
         cut = text.rfind(" ", 0, self._char_bound)
         return text[:cut] if cut > 0 else text
+
+
+def _unpadded_from_rows(rows: list[tuple[list[int] | np.ndarray, bool]]) -> UnpaddedTokens:
+    """UnpaddedTokens from (ids, truncated?) per text."""
+    lengths = np.array([len(ids) for ids, _ in rows], dtype=np.int64)
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in rows]) if rows else np.empty(0, np.int64)
+    truncated = np.array([cut for _, cut in rows], dtype=bool)
+    return UnpaddedTokens(ids, lengths, truncated)
+
+
+def _merged(
+    count: int, plain: np.ndarray, plain_tokens: UnpaddedTokens, odd: list[int], odd_rows: list[tuple[list[int], bool]]
+) -> UnpaddedTokens:
+    """The tokens of `count` texts, from those of texts `plain` (vectorized) and of texts `odd` (a few)."""
+    lengths = np.empty(count, dtype=np.int64)
+    truncated = np.empty(count, dtype=bool)
+    lengths[plain], truncated[plain] = plain_tokens.lengths, plain_tokens.truncated
+    lengths[odd] = [len(ids) for ids, _ in odd_rows]
+    truncated[odd] = [cut for _, cut in odd_rows]
+    starts = np.cumsum(lengths) - lengths
+    ids = np.empty(int(lengths.sum()), dtype=np.int64)
+    shift = np.repeat(starts[plain] - plain_tokens.starts, plain_tokens.lengths)  # where each plain token moves
+    ids[np.arange(len(plain_tokens.ids)) + shift] = plain_tokens.ids
+    for text, (row_ids, _) in zip(odd, odd_rows):
+        ids[starts[text] : starts[text] + len(row_ids)] = row_ids
+    return UnpaddedTokens(ids, lengths, truncated)
 
 
 def _replace_surrogates(text: str) -> str:

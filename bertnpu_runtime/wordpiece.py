@@ -5,18 +5,23 @@ ASCII text is normalized by deleting control characters, turning tab/newline/ret
 lower-casing; it is pre-tokenized into runs of letters and digits and single punctuation marks; and
 each word maps to the same word pieces wherever it occurs. Pre-tokenization never joins across a
 space, so the same holds for each space-separated chunk ("guitar." -> guitar, .): the ids of each
-chunk are cached, and a sentence costs one `str.split` and a dict lookup per chunk instead of a pass
-through the whole `tokenizers` pipeline (3-4x faster on STS-B). Text that is not ASCII, or that
-contains a special token such as "[MASK]", goes through `tokenizers` as usual.
-tests/test_wordpiece.py checks the two paths give identical ids.
+chunk are cached. Plain texts (printable ASCII without a special token such as "[MASK]") are
+tokenized many at a time: joined into one string with a break chunk between them, lower-cased,
+split and looked up in the cache by C loops (`str.split`, `map`, `np.fromiter`), with no Python
+code per text or per word once the cache is warm. Other ASCII texts take `encode`, one at a time;
+text that is not ASCII, or that contains a special token, goes through `tokenizers` as usual.
+tests/test_wordpiece.py checks the paths give identical ids.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 
+import numpy as np
 from tokenizers import Tokenizer
 
 # BertNormalizer(clean_text=True): control characters other than \t \n \r are deleted (\x0b and \x0c
@@ -34,6 +39,21 @@ _WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 ]")
 _MAX_CACHED_CHUNKS = 500_000
 _MAX_CACHED_CHUNK_CHARS = 48
 
+# Between two joined plain texts. Its chunk, "\x00", is a control character, which no plain text
+# holds; it maps to [SEP, CLS], closing one text and opening the next.
+_TEXT_BREAK = " \x00 "
+
+
+class _ChunkIds(dict):
+    """chunk -> word-piece ids; a missing chunk is computed by `compute` (which may store it)."""
+
+    def __init__(self, compute: Callable[[str], list[int]]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, chunk: str) -> list[int]:
+        return self._compute(chunk)
+
 
 class AsciiWordPiece:
     """Token ids of ASCII texts for a standard BERT tokenizer; `from_tokenizer` says whether one applies."""
@@ -48,7 +68,8 @@ class AsciiWordPiece:
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
         # A text can hold a special token only if it holds the tokens' common prefix ("[" for BERT).
         self._special_prefix = os.path.commonprefix(special)
-        self._chunk_ids: dict[str, list[int]] = {}
+        self._chunk_ids = _ChunkIds(self._ids_of_chunk)
+        self._chunk_ids[_TEXT_BREAK.strip()] = [sep_id, cls_id]
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer) -> AsciiWordPiece | None:
@@ -70,6 +91,44 @@ class AsciiWordPiece:
         special = [token["content"] for token in config.get("added_tokens", [])]
         return cls(tokenizer, bool(normalizer.get("lowercase")), *ends, special)
 
+    def not_plain(self, texts: list[str]) -> list[int]:
+        """Indices of the texts `encode_plain` cannot take: not printable ASCII, or holding a special
+        token. C loops over the texts, and a regex search only in the texts that hold the specials' prefix."""
+        count = len(texts)
+        plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=count)
+        plain &= np.fromiter(map(str.isprintable, texts), dtype=bool, count=count)
+        if self._special is not None and self._may_hold_special("".join(texts)):  # a false alarm only costs time
+            searched = list(map(str.lower, texts)) if self._lowercase else texts
+            holds_prefix = np.fromiter(map(str.__contains__, searched, itertools.repeat(self._special_prefix)), bool, count)
+            for i in np.flatnonzero(holds_prefix & plain).tolist():
+                plain[i] = self._special.search(searched[i]) is None
+        return np.flatnonzero(~plain).tolist()
+
+    def _may_hold_special(self, text: str) -> bool:
+        """False when `text` cannot hold a special token: it lacks the tokens' common prefix."""
+        return self._special_prefix in (text.lower() if self._lowercase else text)
+
+    def encode_plain(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids int64 [total], lengths int64 [texts], truncated bool [texts]) of plain texts, back to
+        back with [CLS]/[SEP], each cut to max_length tokens."""
+        if not texts:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
+        joined = _TEXT_BREAK.join(texts)
+        if self._lowercase:
+            joined = joined.lower()
+        pieces = itertools.chain.from_iterable(map(self._chunk_ids.__getitem__, joined.split()))
+        ids = np.fromiter(itertools.chain((self._cls_id,), pieces, (self._sep_id,)), dtype=np.int64)
+        ends = np.flatnonzero(ids == self._sep_id)  # [SEP] comes only from the breaks: specials are not plain
+        if len(ends) != len(texts):
+            raise AssertionError(f"{len(ends)} [SEP] tokens for {len(texts)} texts: a text was not plain")
+        lengths = np.diff(ends, prepend=-1)
+        truncated = lengths > max_length
+        if truncated.any():  # keep each text's first max_length - 1 tokens and its [SEP]
+            position = np.arange(len(ids)) - np.repeat(ends - lengths + 1, lengths)
+            ids = ids[(position < max_length - 1) | (ids == self._sep_id)]
+            lengths = np.minimum(lengths, max_length)
+        return ids, lengths, truncated
+
     def encode(self, text: str, max_length: int) -> tuple[list[int], bool] | None:
         """(ids with [CLS]/[SEP], truncated?) for an ASCII text, or None when the text needs `tokenizers`."""
         if not text.isascii():
@@ -81,10 +140,8 @@ class AsciiWordPiece:
         if self._special is not None and self._special_prefix in text and self._special.search(text):
             return None
         ids = [self._cls_id]
-        cached = self._chunk_ids.get
         for chunk in text.split():  # after cleaning, " " is the only ASCII whitespace left
-            chunk_ids = cached(chunk)
-            ids += chunk_ids if chunk_ids is not None else self._ids_of_chunk(chunk)
+            ids += self._chunk_ids[chunk]
         truncated = len(ids) > max_length - 1
         if truncated:
             del ids[max_length - 1 :]

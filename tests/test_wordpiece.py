@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as LibraryTokenizer
 
+from bertnpu_runtime import tokenization
 from bertnpu_runtime.tokenization import Tokenizer
 from bertnpu_runtime.wordpiece import AsciiWordPiece
 from compile.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
@@ -66,6 +67,24 @@ def test_every_stsb_sentence(tokenizer_file, stsb_dir):
     texts = [s for name in (STSB_TRAIN_FILE, STSB_DEV_FILE) for a, b, _ in read_stsb_pairs(stsb_dir / name) for s in (a, b)]
     assert len(texts) > 14_000
     assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
+
+
+def test_plain_and_other_texts_mixed_across_groups(tokenizer_file, stsb_dir):
+    """Plain texts go many at a time and the others one by one; ids come back in input order, over
+    several groups of _TEXTS_PER_GIL_YIELD texts."""
+    stsb = [a for a, _, _ in read_stsb_pairs(stsb_dir / STSB_DEV_FILE)[:150]]
+    huge = "an overlong text, " * 2_000  # over the character bound: tokenized from a prefix
+    others = EDGE_CASES + ["Ünïcode", "(εισιτηριον)", "naïve [MASK]", huge, "plain again"]
+    texts = [text for i, plain in enumerate(stsb) for text in ([plain, others[i // 5 % len(others)]] if i % 5 == 0 else [plain])]
+    assert len(texts) > 3 * tokenization._TEXTS_PER_GIL_YIELD
+    assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
+
+
+def test_only_plain_texts_take_the_joined_path(default_bundle):
+    fast = AsciiWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(default_bundle / "tokenizer.json")))
+    texts = ["plain text.", "Ünïcode", "tab\there", "a [MASK] b", "a [Mask] b", "[brackets] only", ""]
+    assert fast.not_plain(texts) == [1, 2, 3, 4]
+    assert fast.not_plain(["plain", "texts"]) == []
 
 
 @settings(max_examples=300, deadline=None)
