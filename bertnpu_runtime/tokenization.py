@@ -13,7 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
 from .errors import BundleError
-from .wordpiece import AsciiWordPiece
+from .wordpiece import FastWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
@@ -73,8 +73,8 @@ def validate_texts(texts: Iterable[str]) -> list[str]:
 class Tokenizer:
     """The bundle's tokenizer, truncating at `max_seq_length` tokens (with [CLS] and [SEP]), not padding.
 
-    ASCII text of a standard BERT tokenizer takes the exact fast path in wordpiece.py; everything
-    else goes through the `tokenizers` library.
+    Texts for a standard BERT tokenizer take the exact fast path in wordpiece.py where they can;
+    the rest go through the `tokenizers` library.
     """
 
     def __init__(self, path: str | Path, max_seq_length: int) -> None:
@@ -85,7 +85,7 @@ class Tokenizer:
         self.max_seq_length = max_seq_length
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)
-        self._fast = AsciiWordPiece.from_tokenizer(self._tokenizer)
+        self._fast = FastWordPiece.from_tokenizer(self._tokenizer)
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
 
     def encode(self, texts: list[str]) -> TokenizedBatch:

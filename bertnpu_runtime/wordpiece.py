@@ -1,15 +1,19 @@
-"""A fast path for BERT WordPiece tokenization of ASCII text, exact to the `tokenizers` library.
+"""A fast path for BERT WordPiece tokenization, exact to the `tokenizers` library.
 
-For a standard BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece, "[CLS] $A [SEP]"), an
-ASCII text is normalized by deleting control characters, turning tab/newline/return into spaces and
-lower-casing; it is pre-tokenized into runs of letters and digits and single punctuation marks; and
-each word maps to the same word pieces wherever it occurs. Pre-tokenization never joins across a
-space, so the same holds for each space-separated chunk ("guitar." -> guitar, .): the ids of each
-chunk are cached. Plain texts (printable ASCII without a special token such as "[MASK]") are
-tokenized many at a time: joined into one string with a break chunk between them, lower-cased,
-split and looked up in the cache by C loops (`str.split`, `map`, `np.fromiter`), with no Python
-code per text or per word once the cache is warm. Other ASCII texts take `encode`, one at a time;
-text that is not ASCII, or that contains a special token, goes through `tokenizers` as usual.
+A standard BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece, "[CLS] $A [SEP]") normalizes
+text character by character (control characters deleted, whitespace made " ", accents stripped,
+lower case), pre-tokenizes it into words that never cross a space, and maps each word to the same
+word pieces wherever it occurs. So a space-separated chunk ("guitar." -> guitar, .) has the same ids
+wherever it occurs, and the ids of each chunk are cached (chunk_table.py).
+
+Plain texts (printable, without a special token such as "[MASK]") are tokenized many at a time:
+joined into one string with a break chunk between them, split and looked up in the cache by C loops
+and NumPy gathers, with no Python code per text or per chunk once the cache is warm. Printable text
+holds no whitespace but " " and no control character, so splitting at spaces is all the text-level
+work. ASCII texts are lower-cased here and a new chunk goes through a regex and the WordPiece model;
+a group with other characters is not, and a new chunk goes through the tokenizer's own normalizer,
+pre-tokenizer and model. Other texts (tab, newline, control characters, special tokens) take
+`encode` one at a time when they are ASCII, and `tokenizers` otherwise.
 tests/test_wordpiece.py checks the paths give identical ids.
 """
 
@@ -19,10 +23,10 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable
-
 import numpy as np
 from tokenizers import Tokenizer
+
+from .chunk_table import ChunkTable
 
 # BertNormalizer(clean_text=True): control characters other than \t \n \r are deleted (\x0b and \x0c
 # included: they are Unicode category Cc), and those three become spaces.
@@ -34,32 +38,18 @@ _CLEAN_TABLE = str.maketrans({"\t": " ", "\n": " ", "\r": " ", **{chr(c): None f
 _WORDS_LOWER = re.compile(r"[a-z0-9]+|[^a-z0-9 ]")
 _WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 ]")
 
-# The cache grows with the vocabulary of the text seen; past this many chunks, misses are not stored.
-# Longer chunks are rare (URLs, runs of symbols) and are never stored, which bounds the memory used.
-_MAX_CACHED_CHUNKS = 500_000
-_MAX_CACHED_CHUNK_CHARS = 48
-
-# Between two joined plain texts. Its chunk, "\x00", is a control character, which no plain text
-# holds; it maps to [SEP, CLS], closing one text and opening the next.
+# Before, between and after joined plain texts. Its chunk, "\x00", is a control character, which no
+# plain text holds; it maps to [SEP, CLS], closing one text and opening the next.
 _TEXT_BREAK = " \x00 "
 
 
-class _ChunkIds(dict):
-    """chunk -> word-piece ids; a missing chunk is computed by `compute` (which may store it)."""
-
-    def __init__(self, compute: Callable[[str], list[int]]) -> None:
-        super().__init__()
-        self._compute = compute
-
-    def __missing__(self, chunk: str) -> list[int]:
-        return self._compute(chunk)
-
-
-class AsciiWordPiece:
-    """Token ids of ASCII texts for a standard BERT tokenizer; `from_tokenizer` says whether one applies."""
+class FastWordPiece:
+    """Token ids of texts for a standard BERT tokenizer; `from_tokenizer` says whether one applies."""
 
     def __init__(self, tokenizer: Tokenizer, lowercase: bool, cls_id: int, sep_id: int, special: list[str]) -> None:
         self._model = tokenizer.model
+        self._normalizer = tokenizer.normalizer
+        self._pre_tokenizer = tokenizer.pre_tokenizer
         self._lowercase = lowercase
         self._words = _WORDS_LOWER if lowercase else _WORDS_CASED
         self._cls_id = cls_id
@@ -68,11 +58,13 @@ class AsciiWordPiece:
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
         # A text can hold a special token only if it holds the tokens' common prefix ("[" for BERT).
         self._special_prefix = os.path.commonprefix(special)
-        self._chunk_ids = _ChunkIds(self._ids_of_chunk)
-        self._chunk_ids[_TEXT_BREAK.strip()] = [sep_id, cls_id]
+        self._ascii_chunks = ChunkTable(self._ids_of_ascii_chunk)  # keys lower-cased where the model is
+        self._chunks = ChunkTable(self._ids_of_chunk)  # keys as written
+        for table in (self._ascii_chunks, self._chunks):
+            table.set_ids(_TEXT_BREAK.strip(), [sep_id, cls_id])
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> AsciiWordPiece | None:
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> FastWordPiece | None:
         """The fast path for this tokenizer, or None when its pipeline is not the standard BERT one."""
         config = json.loads(tokenizer.to_str())
         normalizer = config.get("normalizer") or {}
@@ -92,11 +84,10 @@ class AsciiWordPiece:
         return cls(tokenizer, bool(normalizer.get("lowercase")), *ends, special)
 
     def not_plain(self, texts: list[str]) -> list[int]:
-        """Indices of the texts `encode_plain` cannot take: not printable ASCII, or holding a special
-        token. C loops over the texts, and a regex search only in the texts that hold the specials' prefix."""
+        """Indices of the texts `encode_plain` cannot take: not printable, or holding a special token.
+        C loops over the texts, and a regex search only in the texts that hold the specials' prefix."""
         count = len(texts)
-        plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=count)
-        plain &= np.fromiter(map(str.isprintable, texts), dtype=bool, count=count)
+        plain = np.fromiter(map(str.isprintable, texts), dtype=bool, count=count)
         if self._special is not None and self._may_hold_special("".join(texts)):  # a false alarm only costs time
             searched = list(map(str.lower, texts)) if self._lowercase else texts
             holds_prefix = np.fromiter(map(str.__contains__, searched, itertools.repeat(self._special_prefix)), bool, count)
@@ -113,11 +104,13 @@ class AsciiWordPiece:
         back with [CLS]/[SEP], each cut to max_length tokens."""
         if not texts:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
-        joined = _TEXT_BREAK.join(texts)
-        if self._lowercase:
-            joined = joined.lower()
-        pieces = itertools.chain.from_iterable(map(self._chunk_ids.__getitem__, joined.split()))
-        ids = np.fromiter(itertools.chain((self._cls_id,), pieces, (self._sep_id,)), dtype=np.int64)
+        joined = _TEXT_BREAK.join(["", *texts, ""])
+        if joined.isascii():
+            table = self._ascii_chunks
+            joined = joined.lower() if self._lowercase else joined
+        else:  # str.lower is not BertNormalizer's lower case outside ASCII: keep the chunks as written
+            table = self._chunks
+        ids = table.ids(joined.split())[1:-1]  # [SEP] [CLS] text [SEP] [CLS] ... [SEP] [CLS]
         ends = np.flatnonzero(ids == self._sep_id)  # [SEP] comes only from the breaks: specials are not plain
         if len(ends) != len(texts):
             raise AssertionError(f"{len(ends)} [SEP] tokens for {len(texts)} texts: a text was not plain")
@@ -139,22 +132,22 @@ class AsciiWordPiece:
             text = text.lower()
         if self._special is not None and self._special_prefix in text and self._special.search(text):
             return None
-        ids = [self._cls_id]
-        for chunk in text.split():  # after cleaning, " " is the only ASCII whitespace left
-            ids += self._chunk_ids[chunk]
+        ids = [self._cls_id, *self._ascii_chunks.ids(text.split()).tolist()]  # " " is the only whitespace left
         truncated = len(ids) > max_length - 1
         if truncated:
             del ids[max_length - 1 :]
         ids.append(self._sep_id)
         return ids, truncated
 
+    def _ids_of_ascii_chunk(self, chunk: str) -> list[int]:
+        """Word-piece ids of one space-free, printable ASCII chunk (lower-cased for an uncased model):
+        its words (runs of letters and digits, single punctuation marks), each through the model."""
+        return [token.id for word in self._words.findall(chunk) for token in self._model.tokenize(word)]
+
     def _ids_of_chunk(self, chunk: str) -> list[int]:
-        """Word-piece ids of one space-free chunk: its words (runs of letters and digits, single
-        punctuation marks), each through the WordPiece model."""
-        ids = [token.id for word in self._words.findall(chunk) for token in self._model.tokenize(word)]
-        if len(chunk) <= _MAX_CACHED_CHUNK_CHARS and len(self._chunk_ids) < _MAX_CACHED_CHUNKS:
-            self._chunk_ids[chunk] = ids
-        return ids
+        """Word-piece ids of one space-free, printable chunk, through the tokenizer's own steps."""
+        words = self._pre_tokenizer.pre_tokenize_str(self._normalizer.normalize_str(chunk))
+        return [token.id for word, _ in words for token in self._model.tokenize(word)]
 
 
 def _cls_sep_ids(post_processor: dict) -> tuple[int, int] | None:

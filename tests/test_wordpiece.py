@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as LibraryTokenizer
 
 from bertnpu_runtime import tokenization
 from bertnpu_runtime.tokenization import Tokenizer
-from bertnpu_runtime.wordpiece import AsciiWordPiece
+from bertnpu_runtime.wordpiece import FastWordPiece
 from compile.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
 
 MAX_LENGTH = 32  # short, so truncation is exercised often
@@ -56,7 +56,7 @@ def tokenizer_file(request, default_bundle, tiny_bundle) -> Path:
 
 
 def test_fast_path_applies_to_bert_tokenizers(tokenizer_file):
-    assert AsciiWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(tokenizer_file))) is not None
+    assert FastWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(tokenizer_file))) is not None
 
 
 def test_edge_cases(tokenizer_file):
@@ -81,9 +81,9 @@ def test_plain_and_other_texts_mixed_across_groups(tokenizer_file, stsb_dir):
 
 
 def test_only_plain_texts_take_the_joined_path(default_bundle):
-    fast = AsciiWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(default_bundle / "tokenizer.json")))
-    texts = ["plain text.", "Ünïcode", "tab\there", "a [MASK] b", "a [Mask] b", "[brackets] only", ""]
-    assert fast.not_plain(texts) == [1, 2, 3, 4]
+    fast = FastWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(default_bundle / "tokenizer.json")))
+    texts = ["plain text.", "Ünïcode", "tab\there", "a [MASK] b", "a [Mask] b", "[brackets] only", "", "no\u00a0break"]
+    assert fast.not_plain(texts) == [2, 3, 4, 7]
     assert fast.not_plain(["plain", "texts"]) == []
 
 
@@ -94,12 +94,33 @@ def test_random_ascii(default_bundle, texts):
     assert_same_ids(Tokenizer(path, MAX_LENGTH), library_tokenizer(path), texts)
 
 
+# Characters where Python's and BertNormalizer's ideas of case, accents and spaces might part.
+TRICKY = list("ÀÉÎõüçñßǅİıΣσςﬁＡａ中文日本語한국어العربيةעבריתไทย😀\u0301\u0308\u00a0\u2003\u200b\u200d\u00ad\u2028\u3000\ufeff")
+
+
+# Python's str.lower gives "οδος" for "ΟΔΟΣ" (final sigma); BertNormalizer gives "οδοσ", other ids.
+UNICODE_CASES = ["ΟΔΟΣ ΚΑΙ ΣΟΦΙΑ.", "İstanbul Straße ﬁne", "naïve café, Ünïcode!", "中文字 text 日本", "e\u0301 \u0301x", "emoji 😀 here"]
+
+
+def test_unicode_cases(tokenizer_file):
+    texts = UNICODE_CASES + ["plain ascii between"] + [t.upper() for t in UNICODE_CASES]
+    assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(TRICKY + list(string.printable)) | st.characters(exclude_categories=("Cs",)), max_size=40), max_size=8))
+def test_random_unicode(default_bundle, tiny_bundle, texts):
+    for bundle in (default_bundle, tiny_bundle):
+        path = bundle / "tokenizer.json"
+        assert_same_ids(Tokenizer(path, MAX_LENGTH), library_tokenizer(path), texts)
+
+
 def test_non_bert_tokenizer_has_no_fast_path():
     from tokenizers import models, pre_tokenizers
 
     tokenizer = LibraryTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert AsciiWordPiece.from_tokenizer(tokenizer) is None
+    assert FastWordPiece.from_tokenizer(tokenizer) is None
 
 
 def test_unpadded_tokens_pad_any_subset_like_encode(default_bundle):
