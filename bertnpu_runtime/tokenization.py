@@ -20,7 +20,7 @@ from .wordpiece import FastWordPiece
 _CHARS_PER_TOKEN_BOUND = 32
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # Texts tokenized between two pauses (see Tokenizer._encode_plain).
-_TEXTS_PER_GIL_YIELD = 48
+_TEXTS_PER_GIL_YIELD = 192
 # Lets a thread waiting for the GIL take it. time.sleep(0) would too, but sleeps for Linux's timer
 # slack (50 us) where sched_yield takes about 1 us.
 _release_gil = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))

@@ -114,12 +114,15 @@ class FastWordPiece:
         ends = np.flatnonzero(ids == self._sep_id)  # [SEP] comes only from the breaks: specials are not plain
         if len(ends) != len(texts):
             raise AssertionError(f"{len(ends)} [SEP] tokens for {len(texts)} texts: a text was not plain")
-        lengths = np.diff(ends, prepend=-1)
-        truncated = lengths > max_length
-        if truncated.any():  # keep each text's first max_length - 1 tokens and its [SEP]
-            position = np.arange(len(ids)) - np.repeat(ends - lengths + 1, lengths)
-            ids = ids[(position < max_length - 1) | (ids == self._sep_id)]
-            lengths = np.minimum(lengths, max_length)
+        lengths = np.empty_like(ends)
+        lengths[0] = ends[0] + 1
+        np.subtract(ends[1:], ends[:-1], out=lengths[1:])
+        if lengths.max() <= max_length:
+            return ids, lengths, np.zeros(len(texts), dtype=bool)
+        truncated = lengths > max_length  # keep each text's first max_length - 1 tokens and its [SEP]
+        position = np.arange(len(ids)) - np.repeat(ends - lengths + 1, lengths)
+        ids = ids[(position < max_length - 1) | (ids == self._sep_id)]
+        lengths = np.minimum(lengths, max_length)
         return ids, lengths, truncated
 
     def encode(self, text: str, max_length: int) -> tuple[list[int], bool] | None:

@@ -72,10 +72,10 @@ def test_every_stsb_sentence(tokenizer_file, stsb_dir):
 def test_plain_and_other_texts_mixed_across_groups(tokenizer_file, stsb_dir):
     """Plain texts go many at a time and the others one by one; ids come back in input order, over
     several groups of _TEXTS_PER_GIL_YIELD texts."""
-    stsb = [a for a, _, _ in read_stsb_pairs(stsb_dir / STSB_DEV_FILE)[:150]]
+    stsb = [a for a, _, _ in read_stsb_pairs(stsb_dir / STSB_DEV_FILE)[:600]]
     huge = "an overlong text, " * 2_000  # over the character bound: tokenized from a prefix
     others = EDGE_CASES + ["Ünïcode", "(εισιτηριον)", "naïve [MASK]", huge, "plain again"]
-    texts = [text for i, plain in enumerate(stsb) for text in ([plain, others[i // 5 % len(others)]] if i % 5 == 0 else [plain])]
+    texts = [text for i, plain in enumerate(stsb) for text in ([plain, others[i // 20 % len(others)]] if i % 20 == 0 else [plain])]
     assert len(texts) > 3 * tokenization._TEXTS_PER_GIL_YIELD
     assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
 
