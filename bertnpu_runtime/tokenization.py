@@ -53,6 +53,9 @@ class UnpaddedTokens:
         pick = slice(None) if rows is None else rows
         lengths, starts, truncated = self.lengths[pick], self.starts[pick], self.truncated[pick]
         seq_len = int(lengths.max()) if len(lengths) else 0
+        if len(lengths) and lengths.min() == seq_len:  # one length (every NPU batch): no padding
+            input_ids = self.ids[starts[:, None] + np.arange(seq_len)]
+            return TokenizedBatch(input_ids, np.ones(input_ids.shape, dtype=np.int64), lengths, truncated)
         keep = np.arange(seq_len) < lengths[:, None]  # [batch, seq]
         positions = np.where(keep, starts[:, None] + np.arange(seq_len), 0)  # index into ids; 0 where padding
         input_ids = np.where(keep, self.ids[positions], 0)

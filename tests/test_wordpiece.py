@@ -128,7 +128,7 @@ def test_unpadded_tokens_pad_any_subset_like_encode(default_bundle):
     texts = EDGE_CASES + ["a", "two words", "Ünïcode text, slow path"]
     tokens = tokenizer.encode_unpadded(texts)
     assert tokens.ids.ndim == 1 and len(tokens.ids) == tokens.lengths.sum()
-    for rows in ([3, 0, 7], [len(texts) - 1], list(range(len(texts)))[::-1]):
+    for rows in ([3, 0, 7], [1, 0], [len(texts) - 1], list(range(len(texts)))[::-1]):
         got, expected = tokens.padded(np.array(rows)), tokenizer.encode([texts[i] for i in rows])
         for name in ("input_ids", "attention_mask", "lengths", "truncated"):
             np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
