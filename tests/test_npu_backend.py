@@ -105,6 +105,16 @@ def test_equal_lengths_share_one_unpadded_call(mxq):
     assert [call.shapes for call in fake.calls] == [((1, 9, HIDDEN),), ((3, 1, 5, HIDDEN),), ((1, 3, HIDDEN),)]
 
 
+def test_empty_batches_and_empty_rows_make_no_call(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN)
+    with npu(mxq, fake, cores=1) as encoder:
+        assert encoder.run(np.zeros((0, 4, HIDDEN), np.float32), np.zeros((0, 4), np.int64)).shape == (0, 4, HIDDEN)
+        hidden, mask = batch([4, 0, 4])
+        output = encoder.run(hidden, mask)
+    assert [call.shapes for call in fake.calls] == [((2, 1, 4, HIDDEN),)]
+    assert not output[1].any()
+
+
 def test_grouping_can_be_turned_off(mxq):
     fake = FakeNpu(hidden_size=HIDDEN)
     with npu(mxq, fake, cores=1, group_equal_lengths=False) as encoder:

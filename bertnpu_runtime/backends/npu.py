@@ -22,7 +22,6 @@ import logging
 import math
 import queue
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -223,11 +222,8 @@ class NpuEncoder:
         queued or running, the cores have work, and each group goes as one call, which costs the
         host less per sentence.
         """
-        by_width: dict[int, list[int]] = defaultdict(list)
-        for row, length in enumerate(lengths.tolist()):
-            if length > 0:
-                by_width[self._width_for(length)].append(row)
-        real = sum(len(rows) for rows in by_width.values())
+        rows_by_width = self._rows_by_width(lengths)
+        real = sum(len(rows) for rows in rows_by_width.values())
         if not self._group:
             per_call = 1
         elif self._outstanding == 0:
@@ -235,13 +231,25 @@ class NpuEncoder:
         else:
             per_call = real
         return [
-            (np.asarray(rows[start : start + per_call]), width)
-            for width, rows in sorted(by_width.items(), reverse=True)
+            (rows[start : start + per_call], width)
+            for width, rows in sorted(rows_by_width.items(), reverse=True)
             for start in range(0, len(rows), per_call)
         ]
 
+    def _rows_by_width(self, lengths: np.ndarray) -> dict[int, np.ndarray]:
+        """Row indices of the sentences (length > 0) per width they run at, in row order."""
+        if not len(lengths):
+            return {}
+        shortest, longest = int(lengths.min()), int(lengths.max())
+        if shortest == longest:  # one length, as in every batch encode() forms
+            return {self._width_for(longest): np.arange(len(lengths))} if longest > 0 else {}
+        rows = np.flatnonzero(lengths > 0)
+        distinct, which = np.unique(lengths[rows], return_inverse=True)
+        widths = np.array([self._width_for(length) for length in distinct.tolist()])[which]
+        return {width: rows[widths == width] for width in set(widths.tolist())}
+
     def _width_for(self, length: int) -> int:
-        """The width a sentence of `length` tokens is sent with (remembered: this runs per sentence)."""
+        """The width a sentence of `length` tokens is sent with (remembered: this runs per batch)."""
         width = self._widths.get(length)
         if width is None:
             width = self._widths[length] = self._smallest_width(length)
@@ -389,6 +397,8 @@ def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: in
         )
     if attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"attention_mask must be [batch, seq] = {hidden.shape[:2]}, found {attention_mask.shape}")
+    if attention_mask.all():  # no padding: every NPU batch encode() forms
+        return np.full(len(attention_mask), attention_mask.shape[1])
     lengths = attention_mask.sum(axis=1)
     if not np.array_equal(attention_mask != 0, np.arange(hidden.shape[1])[None, :] < lengths[:, None]):
         raise ValueError("attention_mask must be right-padded (1s then 0s in every row): the NPU runs each prefix")
