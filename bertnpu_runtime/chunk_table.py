@@ -7,6 +7,7 @@ with no Python code per chunk once the chunks are known.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -43,23 +44,26 @@ class ChunkTable:
         # first of them on, the table is rebuilt after the call, keeping just the kept chunks.
         self._unkept_from: tuple[int, int] | None = None  # (_chunks, _used) before the first unkept chunk
         self._kept_since: list[tuple[str, list[int]]] = []  # chunks kept after it, with their ids
+        self._lock = threading.Lock()  # one call at a time: a call adds chunks and may drop some after
 
     def set_ids(self, chunk: str, ids: list[int]) -> None:
         """Fix the ids of `chunk` (for a marker chunk that the tokenizer itself would not produce)."""
-        self._numbers[chunk] = self._append(ids)
+        with self._lock:
+            self._numbers[chunk] = self._append(ids)
 
     def ids(self, chunks: list[str]) -> np.ndarray:
         """int64 [total]: the ids of every chunk, back to back."""
-        try:
-            numbers = np.fromiter(map(self._numbers.__getitem__, chunks), dtype=np.int64, count=len(chunks))
-            counts = self._count[numbers]
-            ends = np.cumsum(counts)
-            # For each id: where its chunk's ids begin in _ids, less where they begin in the output.
-            index = np.repeat(self._first[numbers] - (ends - counts), counts)
-            index += np.arange(len(index))
-            return self._ids[index]
-        finally:
-            self._drop_unkept()
+        with self._lock:
+            try:
+                numbers = np.fromiter(map(self._numbers.__getitem__, chunks), dtype=np.int64, count=len(chunks))
+                counts = self._count[numbers]
+                ends = np.cumsum(counts)
+                # For each id: where its chunk's ids begin in _ids, less where they begin in the output.
+                index = np.repeat(self._first[numbers] - (ends - counts), counts)
+                index += np.arange(len(index))
+                return self._ids[index]
+            finally:
+                self._drop_unkept()
 
     def __len__(self) -> int:
         return len(self._numbers)

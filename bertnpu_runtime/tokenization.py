@@ -104,13 +104,15 @@ class Tokenizer:
         if self._fast is None:
             return _unpadded_from_rows(self._library_ids(texts))
         long = [i for i, text in enumerate(texts) if len(text) > self._char_bound]  # cut to a prefix first
-        odd = sorted(set(self._fast.not_plain(texts) + long))
+        odd = sorted(set(self._fast.not_plain(texts) + long))  # the texts the joined path cannot take
         if not odd:
             return self._encode_plain(texts)
         is_plain = np.ones(len(texts), dtype=bool)
         is_plain[odd] = False
         plain = np.flatnonzero(is_plain)
-        return _merged(len(texts), plain, self._encode_plain([texts[i] for i in plain]), odd, self._odd_rows([texts[i] for i in odd]))
+        plain_tokens = self._encode_plain([texts[i] for i in plain])
+        odd_rows = self._odd_rows([texts[i] for i in odd])
+        return _merged(len(texts), plain, plain_tokens, odd, odd_rows)
 
     def _encode_plain(self, texts: list[str]) -> UnpaddedTokens:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups

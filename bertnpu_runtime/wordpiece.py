@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import re
+
 import numpy as np
 from tokenizers import Tokenizer
 

@@ -1,5 +1,8 @@
 """ChunkTable: ids of many chunks at once, computed once per kept chunk, with bounded memory."""
 
+import threading
+import time
+
 import numpy as np
 
 from bertnpu_runtime import chunk_table
@@ -50,3 +53,24 @@ def test_a_full_table_computes_new_chunks_every_time(monkeypatch):
     for _ in range(2):
         np.testing.assert_array_equal(table.ids(chunks), expected(chunks))
     assert len(table) == 2 and ids_of.calls.count("a") == 1 and ids_of.calls.count("c") == 4
+
+
+def test_threads_sharing_a_table_get_their_own_ids():
+    def slow_ids(chunk: str) -> list[int]:
+        time.sleep(0)  # lets another thread run in the middle of adding a chunk
+        return [ord(c) for c in chunk]
+
+    table = ChunkTable(slow_ids)
+    long = "y" * (chunk_table.MAX_KEPT_CHUNK_CHARS + 1)
+    work = [[f"{t}w{i % 37}" + "z" * (i % 3) for i in range(300)] + [long, f"after{t}"] for t in range(8)]
+    results: dict[int, list[int]] = {}
+
+    def run(t: int) -> None:
+        results[t] = table.ids(work[t]).tolist()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(len(work))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[t] == expected(work[t]) for t in range(len(work)))
