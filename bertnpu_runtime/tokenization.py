@@ -13,6 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
 from .errors import BundleError
+from .token_rows import interleave, rows_of
 from .wordpiece import FastWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
@@ -112,7 +113,9 @@ class Tokenizer:
         plain = np.flatnonzero(is_plain)
         plain_tokens = self._encode_plain([texts[i] for i in plain])
         odd_rows = self._odd_rows([texts[i] for i in odd])
-        return _merged(len(texts), plain, plain_tokens, odd, odd_rows)
+        odd_tokens = rows_of([ids for ids, _ in odd_rows], [cut for _, cut in odd_rows])
+        parts = [(plain, (plain_tokens.ids, plain_tokens.lengths, plain_tokens.truncated)), (np.array(odd, dtype=np.intp), odd_tokens)]
+        return UnpaddedTokens(*interleave(len(texts), parts))
 
     def _encode_plain(self, texts: list[str]) -> UnpaddedTokens:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
@@ -165,30 +168,9 @@ class Tokenizer:
         return text[:cut] if cut > 0 else text
 
 
-def _unpadded_from_rows(rows: list[tuple[list[int] | np.ndarray, bool]]) -> UnpaddedTokens:
+def _unpadded_from_rows(rows: list[tuple[list[int], bool]]) -> UnpaddedTokens:
     """UnpaddedTokens from (ids, truncated?) per text."""
-    lengths = np.array([len(ids) for ids, _ in rows], dtype=np.int64)
-    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in rows]) if rows else np.empty(0, np.int64)
-    truncated = np.array([cut for _, cut in rows], dtype=bool)
-    return UnpaddedTokens(ids, lengths, truncated)
-
-
-def _merged(
-    count: int, plain: np.ndarray, plain_tokens: UnpaddedTokens, odd: list[int], odd_rows: list[tuple[list[int], bool]]
-) -> UnpaddedTokens:
-    """The tokens of `count` texts, from those of texts `plain` (vectorized) and of texts `odd` (a few)."""
-    lengths = np.empty(count, dtype=np.int64)
-    truncated = np.empty(count, dtype=bool)
-    lengths[plain], truncated[plain] = plain_tokens.lengths, plain_tokens.truncated
-    lengths[odd] = [len(ids) for ids, _ in odd_rows]
-    truncated[odd] = [cut for _, cut in odd_rows]
-    starts = np.cumsum(lengths) - lengths
-    ids = np.empty(int(lengths.sum()), dtype=np.int64)
-    shift = np.repeat(starts[plain] - plain_tokens.starts, plain_tokens.lengths)  # where each plain token moves
-    ids[np.arange(len(plain_tokens.ids)) + shift] = plain_tokens.ids
-    for text, (row_ids, _) in zip(odd, odd_rows):
-        ids[starts[text] : starts[text] + len(row_ids)] = row_ids
-    return UnpaddedTokens(ids, lengths, truncated)
+    return UnpaddedTokens(*rows_of([ids for ids, _ in rows], [cut for _, cut in rows]))
 
 
 def _replace_surrogates(text: str) -> str:

@@ -11,7 +11,8 @@ joined into one string with a break chunk between them, split and looked up in t
 and NumPy gathers, with no Python code per text or per chunk once the cache is warm. Printable text
 holds no whitespace but " " and no control character, so splitting at spaces is all the text-level
 work. ASCII texts are lower-cased here and a new chunk goes through a regex and the WordPiece model;
-a group with other characters is not, and a new chunk goes through the tokenizer's own normalizer,
+the other plain texts are joined apart from them, not lower-cased (str.lower is BertNormalizer's
+lower case on ASCII only), and a new chunk goes through the tokenizer's own normalizer,
 pre-tokenizer and model. Other texts (tab, newline, control characters, special tokens) take
 `encode` one at a time when they are ASCII, and `tokenizers` otherwise.
 tests/test_wordpiece.py checks the paths give identical ids.
@@ -28,6 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .chunk_table import ChunkTable
+from .token_rows import Rows, interleave
 
 # BertNormalizer(clean_text=True): control characters other than \t \n \r are deleted (\x0b and \x0c
 # included: they are Unicode category Cc), and those three become spaces.
@@ -100,17 +102,27 @@ class FastWordPiece:
         """False when `text` cannot hold a special token: it lacks the tokens' common prefix."""
         return self._special_prefix in (text.lower() if self._lowercase else text)
 
-    def encode_plain(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_plain(self, texts: list[str], max_length: int) -> Rows:
         """(ids int64 [total], lengths int64 [texts], truncated bool [texts]) of plain texts, back to
-        back with [CLS]/[SEP], each cut to max_length tokens."""
+        back with [CLS]/[SEP], each cut to max_length tokens. ASCII and other texts go separately:
+        only ASCII text may be lower-cased here."""
+        is_ascii = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
+        if is_ascii.all():
+            return self._encode_joined(texts, self._ascii_chunks, max_length)
+        if not is_ascii.any():
+            return self._encode_joined(texts, self._chunks, max_length)
+        parts = []
+        for rows, table in ((np.flatnonzero(is_ascii), self._ascii_chunks), (np.flatnonzero(~is_ascii), self._chunks)):
+            parts.append((rows, self._encode_joined([texts[i] for i in rows], table, max_length)))
+        return interleave(len(texts), parts)
+
+    def _encode_joined(self, texts: list[str], table: ChunkTable, max_length: int) -> Rows:
+        """encode_plain for texts that are all ASCII (the ASCII table) or none (the other)."""
         if not texts:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
         joined = _TEXT_BREAK.join(["", *texts, ""])
-        if joined.isascii():
-            table = self._ascii_chunks
-            joined = joined.lower() if self._lowercase else joined
-        else:  # str.lower is not BertNormalizer's lower case outside ASCII: keep the chunks as written
-            table = self._chunks
+        if table is self._ascii_chunks and self._lowercase:  # str.lower is BertNormalizer's lower case on ASCII only
+            joined = joined.lower()
         ids = table.ids(joined.split())[1:-1]  # [SEP] [CLS] text [SEP] [CLS] ... [SEP] [CLS]
         ends = np.flatnonzero(ids == self._sep_id)  # [SEP] comes only from the breaks: specials are not plain
         if len(ends) != len(texts):
