@@ -31,7 +31,7 @@ from .common import (
     summarize,
     write_json,
 )
-from .stages import stage_breakdown
+from .stages import summarize_stages, time_stages_once
 
 # The host stages timed with no encoder run between them (pooling reads the embedding output).
 HOST_ONLY = "host stages alone"
@@ -188,14 +188,23 @@ def texts_of_length(tokenizer: Any, words: Sequence[str], tokens: int, count: in
 
 def stages(contenders: Contenders, sentences: list[str], repeats: int) -> dict[str, Any]:
     """bertnpu's stage breakdown on the STS-B dev sentences, per bertnpu contender, and the host stages
-    alone (no encoder in the process, as on an NPU host: ONNX Runtime's threads do not compete)."""
-    result = {}
+    alone (no encoder run in between, as on an NPU host: ONNX Runtime's threads do not compete).
+    The contenders take turns, round by round, so a slow phase of the machine hits them alike."""
     bertnpu = [contender for contender in contenders if contender.encoder is not None]
-    runs = [(contender.name, contender.encoder, True) for contender in bertnpu]
+    runs = {contender.name: (contender.encoder, True) for contender in bertnpu}
     if bertnpu:
-        runs.append((HOST_ONLY, bertnpu[0].encoder, False))
-    for name, encoder, run_encoder in runs:
-        breakdown = stage_breakdown(encoder, sentences, STSB_BATCH_SIZE, repeats, run_encoder=run_encoder)
+        runs[HOST_ONLY] = (bertnpu[0].encoder, False)
+    timings: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    tasks = {
+        name: (lambda _, name=name, encoder=encoder, run_encoder=run_encoder: timings[name].append(
+            time_stages_once(encoder, sentences, STSB_BATCH_SIZE, run_encoder)
+        ))
+        for name, (encoder, run_encoder) in runs.items()
+    }  # fmt: skip
+    interleave(tasks, repeats, warmup=1)
+    result = {}
+    for name, (_, run_encoder) in runs.items():
+        breakdown = summarize_stages(timings[name][1:], len(sentences), run_encoder)  # [0] was the warm-up
         result[name] = breakdown
         rows = [{"stage": stage, **values} for stage, values in breakdown.items()]
         print_table(
