@@ -79,6 +79,10 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
         assert row["bound"] == min(row["host_rate"], row["npu_rate"])
         assert row["npu_rate"] == pytest.approx(row["npu_cores"] / 100e-6)
         assert row["achieved_vs_bound"] > 0 and row["infer_calls_per_encode"] >= 1
+        # Each core's wall time splits into modelled NPU time and the four kinds of time lost.
+        lost = sum(row[name] for name in npu_pipeline.LOSSES)
+        assert row["wall_ms_per_encode"] == pytest.approx(1e3 * row["npu_modelled_s_per_core"] + lost, rel=1e-6)
+        assert all(row[name] >= 0 for name in ("before_first_call_ms", "between_calls_ms", "after_last_call_ms"))
 
 
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
