@@ -12,6 +12,7 @@ pool alone (measured in this run), NPU rate = cores / latency.
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from collections.abc import Sequence
@@ -147,7 +148,7 @@ def _time_lost(calls: Sequence[Any], windows: Sequence[tuple[float, float]], cor
             core_calls.sort(key=lambda call: call.start)
             lost["before_first_call_ms"] += core_calls[0].start - start
             lost["in_calls_beyond_model_ms"] += sum(c.end - c.start - _sentences_in(c) * latency for c in core_calls)
-            lost["between_calls_ms"] += sum(b.start - a.end for a, b in zip(core_calls, core_calls[1:]))
+            lost["between_calls_ms"] += sum(b.start - a.end for a, b in itertools.pairwise(core_calls))
             lost["after_last_call_ms"] += end - core_calls[-1].end
     per_core_and_encode = 1e3 / (len(cores) * max(1, len(windows)))
     return {name: value * per_core_and_encode for name, value in lost.items()}
