@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             first = next(iter(encoders.values()))
             tasks = {"host": lambda _: host_runs.append(time_stages_once(first, sentences, args.batch_size, run_encoder=False))}
             windows: dict[int, list[tuple[float, float]]] = {cores: [] for cores in encoders}  # (start, end) of each encode()
-            tasks.update({cores: (lambda _, e=encoder, w=windows[cores]: _timed_encode(e, sentences, args.batch_size, w)) for cores, encoder in encoders.items()})
+            for cores, encoder in encoders.items():
+                tasks[cores] = lambda _, e=encoder, w=windows[cores]: _timed_encode(e, sentences, args.batch_size, w)
             seconds = interleave(tasks, repeats, warmup=1)
         finally:
             for encoder in encoders.values():
