@@ -79,6 +79,7 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
         assert row["bound"] == min(row["host_rate"], row["npu_rate"])
         assert row["npu_rate"] == pytest.approx(row["npu_cores"] / 100e-6)
         assert row["achieved_vs_bound"] > 0 and row["infer_calls_per_encode"] >= 1
+        assert row["prepared_vs_bound"] == pytest.approx(row["prepared_sentences_per_s"] / row["bound"]) and row["prepared_vs_bound"] > 0
         # Each core's wall time splits into modelled NPU time and the four kinds of time lost.
         lost = sum(row[name] for name in npu_pipeline.LOSSES)
         assert row["wall_ms_per_encode"] == pytest.approx(1e3 * row["npu_modelled_s_per_core"] + lost, rel=1e-6)
