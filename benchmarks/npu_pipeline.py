@@ -168,17 +168,11 @@ def _time_lost(calls: Sequence[Any], windows: Sequence[tuple[float, float]], cor
                 continue
             core_calls.sort(key=lambda call: call.start)
             lost["before_first_call_ms"] += core_calls[0].start - start
-            lost["in_calls_beyond_model_ms"] += sum(c.end - c.start - _sentences_in(c) * latency for c in core_calls)
+            lost["in_calls_beyond_model_ms"] += sum(c.end - c.start - c.sentences * latency for c in core_calls)
             lost["between_calls_ms"] += sum(b.start - a.end for a, b in itertools.pairwise(core_calls))
             lost["after_last_call_ms"] += end - core_calls[-1].end
     per_core_and_encode = 1e3 / (len(cores) * max(1, len(windows)))
     return {name: value * per_core_and_encode for name, value in lost.items()}
-
-
-def _sentences_in(call: Any) -> int:
-    """Sentences in one infer call: 4-D input (n, H, W, C) holds n, 3-D holds one."""
-    shape = call.shapes[0]
-    return shape[0] if len(shape) == 4 else 1
 
 
 def _hidden_size(bundle: Path) -> int:

@@ -53,8 +53,7 @@ def sentence_widths(fake):
     """The padded width each sentence was sent to the NPU with, over every recorded call."""
     widths = []
     for call in fake.calls:
-        shape = call.shapes[0]  # (1, W, C) or (n, 1, W, C)
-        widths += [shape[-2]] * (shape[0] if len(shape) == 4 else 1)
+        widths += [call.shapes[0][-2]] * call.sentences  # shapes[0]: (1, W, C) or (n, 1, W, C)
     return sorted(widths)
 
 

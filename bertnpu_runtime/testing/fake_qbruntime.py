@@ -204,6 +204,12 @@ class InferCall:
     start: float
     end: float
 
+    @property
+    def sentences(self) -> int:
+        """Sentences in the call: a 4-D first input (n, H, W, C) holds n, a 3-D one holds one."""
+        shape = self.shapes[0]
+        return shape[0] if len(shape) == 4 else 1
+
 
 # --- shape rules, mirrored from qbruntime/model.py -----------------------------------------------
 
