@@ -282,6 +282,16 @@ def test_latency_model_overlaps_across_cores_and_returns_zeros(mxq):
     assert all(c.end - c.start >= 0.2 for c in fake.calls)
 
 
+def test_latency_shorter_than_making_the_output_just_returns(encoder_onnx, mxq):
+    """The modelled latency is the call's whole duration, output included; when computing the output
+    already took longer, there is nothing left to sleep (time.sleep would reject a negative time)."""
+    fake = FakeNpu(encoder_onnx, latency_s=1e-9)
+    (out,) = launched(fake, mxq).infer(rows(5))
+    assert out.shape == (1, 5, HIDDEN) and np.abs(out).sum() > 0
+    (call,) = fake.calls
+    assert call.end - call.start > 1e-9 * call.sentences
+
+
 def test_chw_input_is_run_like_qbruntime_does(encoder_onnx, mxq):
     """qbruntime also accepts (C, H, W) when only that layout fits, and answers in the same layout."""
     model = launched(FakeNpu(encoder_onnx), mxq)

@@ -22,8 +22,9 @@ contents are not read; the model is described by the FakeNpu arguments).
 
 Compute: with `encoder_onnx_path`, each infer runs the bundle's encoder.onnx on the given rows,
 with an all-ones mask for a maskless model or the mask input converted back to 0/1, so the NPU path
-gives the ONNX path's vectors. Without it, outputs are zeros. `latency_s` adds a sleep per sentence
-(time.sleep releases the GIL, so models on different cores overlap like real cores do).
+gives the ONNX path's vectors. Without it, outputs are zeros. `latency_s` makes each call last that
+long per sentence: the output is made first and the rest of the time slept (time.sleep releases the
+GIL, so models on different cores overlap like real cores do).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _thread_state = threading.local()
 
 
 def _sleep_precisely(seconds: float) -> None:
-    """time.sleep with the calling thread's timer slack cut to 1 ns where Linux allows it.
+    """time.sleep (none for a time <= 0) with the calling thread's timer slack cut to 1 ns where Linux allows it.
 
     The default 50 us slack made a modelled 800 us call take ~870 us here, so the test double's
     NPU looked 8% slower than the latency it was given.
@@ -64,7 +65,8 @@ def _sleep_precisely(seconds: float) -> None:
             ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK = 29; this thread only
         except (OSError, AttributeError):  # not Linux: keep the default slack
             pass
-    time.sleep(seconds)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 class QbRuntimeError(RuntimeError):
@@ -255,7 +257,7 @@ class FakeNpu:
     num_cores: local cores per device (ARIES 8, REGULUS 1), cluster-major: (0,0)..(0,3),(1,0)..
     num_devices: 0 simulates a machine without a card.
     latency_s: seconds per sentence per infer call (a number, or a function of the sequence
-        length), slept while the call holds its core.
+        length): how long a call holds its core, making the output included.
     """
 
     def __init__(
@@ -365,13 +367,19 @@ class FakeNpu:
         with self._lock:
             return [c for c in self.all_cores() if (dev_no, *c) not in self._busy]
 
-    def _compute(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """inputs in HWC: hidden [n, 1, W, C] (+ mask [n, 1, W, 1]) -> output [n, 1, W, C]."""
+    def _compute(self, inputs: list[np.ndarray], start: float) -> np.ndarray:
+        """inputs in HWC: hidden [n, 1, W, C] (+ mask [n, 1, W, 1]) -> output [n, 1, W, C], returned
+        no sooner than the modelled latency after `start` (the output is made within that time)."""
+        output = self._output(inputs)
+        if self.latency_s is not None:
+            n, _, width, _ = inputs[0].shape
+            seconds = self.latency_s(width) if callable(self.latency_s) else self.latency_s
+            _sleep_precisely(start + n * seconds - time.perf_counter())
+        return output
+
+    def _output(self, inputs: list[np.ndarray]) -> np.ndarray:
         hidden = inputs[0][:, 0]  # [n, W, C]
         n, width, _ = hidden.shape
-        if self.latency_s is not None:
-            seconds = self.latency_s(width) if callable(self.latency_s) else self.latency_s
-            _sleep_precisely(n * seconds)
         if self._session is None:
             return np.zeros(inputs[0].shape, np.float32)
         if self.mask_input is None:
@@ -493,7 +501,7 @@ class _FakeModel:
         if not is_hwc:
             batched = [a.transpose(0, 2, 3, 1) for a in batched]
         start = time.perf_counter()
-        output = self._npu._compute(batched)  # [n, 1, W, C]
+        output = self._npu._compute(batched, start)  # [n, 1, W, C]
         end = time.perf_counter()
         if not is_hwc:
             output = output.transpose(0, 3, 1, 2)
