@@ -118,12 +118,11 @@ class SentenceEncoder:
         batches = self._host_batches(texts, batch_size, truncated)
         if _wants_progress(show_progress_bar):
             batches = _progress(batches, total=len(texts))
+        normalize = normalize_embeddings or self.manifest.normalize
         for rows, pooled in self._pooled_batches(batches):
-            vectors[rows] = pooled
+            # Batch by batch, while the encoder runs later ones, rather than all at the end.
+            vectors[rows] = l2_normalize(pooled) if normalize else pooled
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
-
-        if normalize_embeddings or self.manifest.normalize:
-            vectors = l2_normalize(vectors)
         return vectors[0] if single else vectors
 
     def _host_batches(
@@ -141,14 +140,18 @@ class SentenceEncoder:
         Texts are tokenized a chunk at a time (see _chunks), so the encoder starts on the first
         batches while later ones are tokenized and memory stays bounded; each chunk is sorted
         longest first so a batch holds sentences of similar length and carries little padding, and
-        only sentences of one bucket where the backend has buckets (the NPU: one length). Truncated
-        rows are appended to `truncated`.
+        only sentences of one bucket where the backend has buckets (the NPU: one length). The last
+        chunk yields its largest batches first, so that the encoder's last calls are small and NPU
+        cores finish close together. Truncated rows are appended to `truncated`.
         """
         for first, last in _chunks(len(texts), batch_size):
             tokens = self._tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             order = np.argsort(-tokens.lengths, kind="stable")
-            for start, stop in _batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket):
+            bounds = list(_batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket))
+            if last == len(texts):
+                bounds.sort(key=lambda bound: bound[0] - bound[1])  # stable: equal sizes stay longest first
+            for start, stop in bounds:
                 rows = order[start:stop]
                 yield first + rows, tokens.padded(rows)
 

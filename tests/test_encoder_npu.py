@@ -53,6 +53,20 @@ def test_npu_backend_gives_onnx_vectors(npu_bundle, onnx_vectors, cores, batch_s
     assert len({call.core for call in fake.calls}) == min(cores, len(fake.calls))
 
 
+def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
+    """So that the cores' final calls are short and they finish together; earlier chunks stay longest first."""
+    texts = ["word"] * 4 + ["word " * 10] + ["word word word"] * 3 + ["word"] * 4  # chunks of 4 and 8 texts
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+        short, long, mid = (int(n) for n in enc.tokenize(texts).lengths[3:6])
+        vectors = enc.encode(texts, batch_size=4)
+    assert short < mid < long
+    # One core runs calls in the order they were queued: the first chunk, then the last one's 4, 3 and 1 sentences.
+    assert [(call.sentences, call.shapes[0][-2]) for call in fake.calls] == [(4, short), (4, short), (3, mid), (1, long)]
+    with SentenceEncoder(npu_bundle, backend="onnx") as onnx:
+        assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
+
+
 def test_auto_picks_the_npu_when_device_and_mxq_exist(npu_bundle, onnx_vectors):
     with SentenceEncoder(npu_bundle, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx")) as enc:
         assert enc.backend == "npu"
