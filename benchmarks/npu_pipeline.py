@@ -2,8 +2,8 @@
 
     python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100] [--cores 1 2 4] [--quick]
 
-The test double (bertnpu_runtime.testing.FakeNpu) sleeps `latency_us` per sentence in every infer
-call, on as many cores as asked, and returns zeros; no card is needed. For each core count,
+The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last `latency_us` per
+sentence, on as many cores as asked, and returns zeros; no card is needed. For each core count,
 SentenceEncoder(backend="npu").encode() runs over the STS-B dev sentences, and its throughput is
 compared with the bound min(host rate, NPU rate): host rate = sentences/s of tokenize + embed +
 pool alone (measured in this run), NPU rate = cores / latency.
