@@ -22,7 +22,7 @@ from .backends.selection import open_backend
 from .bundle import TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
 from .pooling import l2_normalize, pool
-from .tokenization import TokenizedBatch, Tokenizer, validate_texts
+from .tokenization import TokenizedBatch, Tokenizer, UnpaddedTokens, validate_texts
 
 logger = logging.getLogger("bertnpu")
 
@@ -140,20 +140,39 @@ class SentenceEncoder:
         Texts are tokenized a chunk at a time (see _chunks), so the encoder starts on the first
         batches while later ones are tokenized and memory stays bounded; each chunk is sorted
         longest first so a batch holds sentences of similar length and carries little padding, and
-        only sentences of one bucket where the backend has buckets (the NPU: one length). The last
-        chunk yields its largest batches first, so that the encoder's last calls are small and NPU
-        cores finish close together. Truncated rows are appended to `truncated`.
+        only sentences of one bucket where the backend has buckets (the NPU: one length).
+
+        A batch short of batch_size made only of the chunk's own texts waits for the next chunk,
+        where texts of the same length may fill it: fewer, fuller encoder calls, and on the NPU
+        each call costs the host a thread wake-up. It goes with the next chunk whatever its size,
+        so no text waits longer than one chunk. The last chunk yields its largest batches first,
+        so that the encoder's last calls are small and NPU cores finish close together. Truncated
+        rows are appended to `truncated`.
         """
+        waiting: tuple[np.ndarray, UnpaddedTokens] | None = None  # (text indices, tokens) held back by the last chunk
         for first, last in _chunks(len(texts), batch_size):
             tokens = self._tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
+            indices = np.arange(first, last)  # the text of each row of tokens
+            held_before = np.zeros(len(indices), dtype=bool)
+            if waiting is not None:
+                indices = np.concatenate([waiting[0], indices])
+                tokens = UnpaddedTokens.concatenate([waiting[1], tokens])
+                held_before = np.concatenate([np.ones(len(waiting[0]), dtype=bool), held_before])
+            final = last == len(texts)
             order = np.argsort(-tokens.lengths, kind="stable")
             bounds = list(_batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket))
-            if last == len(texts):
+            if final:
                 bounds.sort(key=lambda bound: bound[0] - bound[1])  # stable: equal sizes stay longest first
+            hold = []
             for start, stop in bounds:
                 rows = order[start:stop]
-                yield first + rows, tokens.padded(rows)
+                if not final and stop - start < batch_size and not held_before[rows].any():
+                    hold.append(rows)
+                else:
+                    yield indices[rows], tokens.padded(rows)
+            rows = np.concatenate(hold) if hold else None
+            waiting = None if rows is None else (indices[rows], tokens.take(rows))
 
     def _pooled_batches(
         self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]

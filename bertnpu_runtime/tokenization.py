@@ -62,6 +62,17 @@ class UnpaddedTokens:
         input_ids = np.where(keep, self.ids[positions], 0)
         return TokenizedBatch(input_ids, keep.astype(np.int64), lengths, truncated)
 
+    def take(self, rows: np.ndarray) -> UnpaddedTokens:
+        """The texts `rows`, in that order, still unpadded."""
+        lengths = self.lengths[rows]
+        shift = np.repeat(self.starts[rows] - (np.cumsum(lengths) - lengths), lengths)  # where each id comes from
+        return UnpaddedTokens(self.ids[np.arange(int(lengths.sum())) + shift], lengths, self.truncated[rows])
+
+    @staticmethod
+    def concatenate(parts: list[UnpaddedTokens]) -> UnpaddedTokens:
+        """The texts of every part, part after part."""
+        return UnpaddedTokens(*(np.concatenate(arrays) for arrays in zip(*((p.ids, p.lengths, p.truncated) for p in parts))))
+
 
 def validate_texts(texts: Iterable[str]) -> list[str]:
     """Return texts as a list, or raise TypeError naming the first item that is not a str."""

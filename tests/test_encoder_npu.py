@@ -67,6 +67,26 @@ def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
         assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
 
 
+def test_short_batches_wait_one_chunk_for_more_of_their_length(npu_bundle):
+    """Fewer, fuller calls: a short batch of one chunk's texts is sent with the next chunk, filled
+    up where that chunk has texts of the same length, and never waits longer than one chunk."""
+    a, b, c, d = ("word " * n for n in (1, 2, 3, 4))
+    texts = [a, a, b, b] + [a, a] + [c] * 6 + [c] * 2 + [d] * 14  # chunks of 4, 8 and 16 texts at batch_size 4
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+        len_a, len_b, len_c, len_d = (int(n) for n in enc.tokenize([a, b, c, d]).lengths)
+        vectors = enc.encode(texts, batch_size=4)
+    assert len_a < len_b < len_c < len_d
+    # One core runs calls in the order they were queued. The first chunk sends nothing; the second
+    # sends a and b (held, b still short), 4 of its 6 c (2 wait); the last sends everything.
+    assert [(call.sentences, call.shapes[0][-2]) for call in fake.calls] == [
+        (4, len_c), (2, len_b), (4, len_a),
+        (4, len_d), (4, len_d), (4, len_d), (4, len_c), (2, len_d),
+    ]  # fmt: skip
+    with SentenceEncoder(npu_bundle, backend="onnx") as onnx:
+        assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
+
+
 def test_auto_picks_the_npu_when_device_and_mxq_exist(npu_bundle, onnx_vectors):
     with SentenceEncoder(npu_bundle, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx")) as enc:
         assert enc.backend == "npu"

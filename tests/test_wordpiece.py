@@ -134,3 +134,16 @@ def test_unpadded_tokens_pad_any_subset_like_encode(default_bundle):
             np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
     empty = tokenizer.encode([])
     assert empty.input_ids.shape == (0, 0) and empty.lengths.shape == (0,)
+
+
+def test_unpadded_tokens_take_and_concatenate_keep_each_texts_ids(default_bundle):
+    tokenizer = Tokenizer(default_bundle / "tokenizer.json", MAX_LENGTH)
+    texts = EDGE_CASES + ["a", "two words"]
+    tokens = tokenizer.encode_unpadded(texts)
+    first, second = np.array([5, 0, 10]), np.array([len(texts) - 1, 3])
+    joined = tokenization.UnpaddedTokens.concatenate([tokens.take(first), tokens.take(second)])
+    expected = tokenizer.encode([texts[i] for i in [*first, *second]])
+    got = joined.padded()
+    for name in ("input_ids", "attention_mask", "lengths", "truncated"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    assert len(tokens.take(np.array([], dtype=np.int64)).ids) == 0
