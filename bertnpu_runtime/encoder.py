@@ -171,8 +171,10 @@ class SentenceEncoder:
                     hold.append(rows)
                 else:
                     yield indices[rows], tokens.padded(rows)
-            rows = np.concatenate(hold) if hold else None
-            waiting = None if rows is None else (indices[rows], tokens.take(rows))
+            waiting = None
+            if hold:
+                held = np.concatenate(hold)
+                waiting = (indices[held], tokens.take(held))
 
     def _pooled_batches(
         self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
