@@ -154,11 +154,11 @@ class SentenceEncoder:
             tokens = self._tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             indices = np.arange(first, last)  # the text of each row of tokens
-            held_before = np.zeros(len(indices), dtype=bool)
+            held_count = 0  # rows held back by the last chunk come first
             if waiting is not None:
+                held_count = len(waiting[0])
                 indices = np.concatenate([waiting[0], indices])
                 tokens = UnpaddedTokens.concatenate([waiting[1], tokens])
-                held_before = np.concatenate([np.ones(len(waiting[0]), dtype=bool), held_before])
             final = last == len(texts)
             order = np.argsort(-tokens.lengths, kind="stable")
             bounds = list(_batch_bounds(tokens.lengths[order], batch_size, self._encoder.batch_bucket))
@@ -167,7 +167,7 @@ class SentenceEncoder:
             hold = []
             for start, stop in bounds:
                 rows = order[start:stop]
-                if not final and stop - start < batch_size and not held_before[rows].any():
+                if not final and stop - start < batch_size and rows.min() >= held_count:
                     hold.append(rows)
                 else:
                     yield indices[rows], tokens.padded(rows)

@@ -26,6 +26,12 @@ def interleave(count: int, parts: list[tuple[np.ndarray, Rows]]) -> Rows:
     return ids, lengths, truncated
 
 
+def concatenate(parts: list[Rows]) -> Rows:
+    """The rows of every part, part after part."""
+    ids, lengths, truncated = (np.concatenate(arrays) for arrays in zip(*parts))
+    return ids, lengths, truncated
+
+
 def rows_of(ids_per_text: list[list[int]], truncated: list[bool]) -> Rows:
     """Rows from a list of ids per text."""
     lengths = np.array([len(ids) for ids in ids_per_text], dtype=np.int64)

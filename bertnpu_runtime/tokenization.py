@@ -13,7 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
 from .errors import BundleError
-from .token_rows import interleave, rows_of
+from .token_rows import concatenate, interleave, rows_of
 from .wordpiece import FastWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
@@ -71,7 +71,7 @@ class UnpaddedTokens:
     @staticmethod
     def concatenate(parts: list[UnpaddedTokens]) -> UnpaddedTokens:
         """The texts of every part, part after part."""
-        return UnpaddedTokens(*(np.concatenate(arrays) for arrays in zip(*((p.ids, p.lengths, p.truncated) for p in parts))))
+        return UnpaddedTokens(*concatenate([(p.ids, p.lengths, p.truncated) for p in parts]))
 
 
 def validate_texts(texts: Iterable[str]) -> list[str]:
@@ -138,7 +138,7 @@ class Tokenizer:
             _release_gil()
         if len(groups) <= 1:
             return UnpaddedTokens(*(groups[0] if groups else self._fast.encode_plain([], self.max_seq_length)))
-        return UnpaddedTokens(*(np.concatenate(arrays) for arrays in zip(*groups)))
+        return UnpaddedTokens(*concatenate(groups))
 
     def _odd_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         """Texts that are not plain: ASCII ones on the fast path one by one, the rest through `tokenizers`."""
