@@ -68,14 +68,16 @@ class EmbeddingLayer:
         self._words_scaled = words  # [vocab, hidden]
         self._position_index = np.arange(max_length)
 
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """input_ids int [batch, seq] (or [seq]) -> float32 [batch, seq, hidden] (or [seq, hidden]),
-        LayerNorm(word + position + token type 0) as BertEmbeddings computes it."""
+        LayerNorm(word + position + token type 0) as BertEmbeddings computes it; written into `out`
+        (C-contiguous float32 of that shape) when given, else into a fresh array."""
         seq_len = input_ids.shape[-1]
         if seq_len > self.max_length:
             raise ValueError(f"sequence of {seq_len} tokens is longer than this embedding's max_length {self.max_length}")
-        inverse_std = self._inverse_std[input_ids, self._position_index[:seq_len]]  # [batch, seq]
-        hidden = np.take(self._words_scaled, input_ids, axis=0)  # [batch, seq, hidden], a fresh array
+        inverse_std = self._inverse_std[input_ids, self._position_index[:seq_len]]  # [batch, seq]; checks the ids
+        # mode="wrap" reads ids as the line above does; with out=, the default mode writes a temporary first
+        hidden = np.take(self._words_scaled, input_ids, axis=0, out=out, mode="wrap")  # [batch, seq, hidden]
         hidden += self._positions_scaled[:seq_len]
         hidden *= inverse_std[..., None]
         hidden += self._bias_rows[:seq_len]

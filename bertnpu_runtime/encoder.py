@@ -9,6 +9,7 @@ next batches while the encoder works on the ones submitted.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from .backends.base import EncoderBackend, PendingOutput, as_encoder_backend
 from .backends.selection import open_backend
+from .batch_memory import BatchMemory
 from .bundle import TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
 from .pooling import l2_normalize, pool
@@ -28,6 +30,8 @@ logger = logging.getLogger("bertnpu")
 
 # Texts are tokenized this many batches at a time (see _chunks).
 _BATCHES_PER_CHUNK = 32
+# An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size.
+_KEPT_BATCH_MEMORY_BYTES = 64 << 20
 _Batch = TypeVar("_Batch", bound=tuple)  # (row indices, ...)
 
 
@@ -77,6 +81,8 @@ class SentenceEncoder:
         self._encoder: EncoderBackend | None = as_encoder_backend(backend)
         self.backend: str = self._encoder.name
         self.precision = precision
+        self._batch_memory: BatchMemory | None = None  # the last encode()'s, for the next
+        self._batch_memory_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -115,22 +121,37 @@ class SentenceEncoder:
 
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         truncated: list[int] = []
-        batches = self._host_batches(texts, batch_size, truncated)
+        memory = self._take_batch_memory()
+        batches = self._host_batches(texts, batch_size, truncated, memory)
         if _wants_progress(show_progress_bar):
             batches = _progress(batches, total=len(texts))
         normalize = normalize_embeddings or self.manifest.normalize
-        for rows, pooled in self._pooled_batches(batches):
+        for rows, pooled in self._pooled_batches(batches, memory):
             # Batch by batch, while the encoder runs later ones, rather than all at the end.
             vectors[rows] = l2_normalize(pooled) if normalize else pooled
+        self._keep_batch_memory(memory)  # not after an error: its batches may still be on the encoder
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
         return vectors[0] if single else vectors
 
+    def _take_batch_memory(self) -> BatchMemory:
+        """The last encode()'s batch memory, or new memory while another encode() holds it."""
+        with self._batch_memory_lock:
+            memory, self._batch_memory = self._batch_memory, None
+        return memory or BatchMemory()
+
+    def _keep_batch_memory(self, memory: BatchMemory) -> None:
+        if memory.nbytes <= _KEPT_BATCH_MEMORY_BYTES:
+            with self._batch_memory_lock:
+                self._batch_memory = memory
+
     def _host_batches(
-        self, texts: list[str], batch_size: int, truncated: list[int]
+        self, texts: list[str], batch_size: int, truncated: list[int], memory: BatchMemory | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (row indices, hidden [batch, seq, hidden], mask [batch, seq]) per batch of _token_batches."""
+        """Yield (row indices, hidden [batch, seq, hidden], mask [batch, seq]) per batch of _token_batches;
+        hidden is taken from `memory` when given (the consumer gives it back), else a fresh array."""
         for rows, batch in self._token_batches(texts, batch_size, truncated):
-            yield rows, self._embedding(batch.input_ids), batch.attention_mask
+            out = None if memory is None else memory.take((*batch.input_ids.shape, self.dim))
+            yield rows, self._embedding(batch.input_ids, out), batch.attention_mask
 
     def _token_batches(
         self, texts: list[str], batch_size: int, truncated: list[int]
@@ -177,30 +198,38 @@ class SentenceEncoder:
                 waiting = (indices[held], tokens.take(held))
 
     def _pooled_batches(
-        self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+        self, host_batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], memory: BatchMemory | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, pooled vectors). Batches are submitted as soon as they are embedded; the
         oldest is collected when it is done, or waited for once the encoder has `queued_tokens` of
-        work after it, so the host tokenizes, embeds and pools while the encoder runs."""
+        work after it, so the host tokenizes, embeds and pools while the encoder runs. Each batch's
+        hidden states go back to `memory`, if given, once its output is pooled."""
         encoder, mode = self._encoder, self.manifest.pooling
-        in_flight: deque[tuple[np.ndarray, np.ndarray, PendingOutput]] = deque()
+        in_flight: deque[tuple[np.ndarray, np.ndarray, np.ndarray, PendingOutput]] = deque()
         queued = 0  # padded tokens submitted after the oldest batch in flight
+
+        def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
+            rows, hidden, mask, pending = in_flight.popleft()
+            pooled = pool(pending.result(), mask, mode)
+            if memory is not None:
+                memory.give_back(hidden)
+            return rows, pooled
+
         for rows, hidden, mask in host_batches:  # tokenizing and embedding here overlaps the encoder
-            in_flight.append((rows, mask, encoder.submit(hidden, mask)))
+            in_flight.append((rows, hidden, mask, encoder.submit(hidden, mask)))
             queued += mask.size if len(in_flight) > 1 else 0
-            while len(in_flight) > 1 and (queued >= encoder.queued_tokens or in_flight[0][2].done()):
-                rows, mask, pending = in_flight.popleft()
-                queued -= in_flight[0][1].size
-                yield rows, pool(pending.result(), mask, mode)
+            while len(in_flight) > 1 and (queued >= encoder.queued_tokens or in_flight[0][3].done()):
+                queued -= in_flight[1][2].size
+                yield oldest_pooled()
         while in_flight:
-            rows, mask, pending = in_flight.popleft()
-            yield rows, pool(pending.result(), mask, mode)
+            yield oldest_pooled()
 
     def close(self) -> None:
         """Release the encoder backend (the NPU models and device). Safe to call twice."""
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None
+        self._batch_memory = None
 
     def __enter__(self) -> SentenceEncoder:
         return self

@@ -75,6 +75,18 @@ def test_same_row_whatever_the_batch():
         np.testing.assert_array_equal(layer(ids[row : row + 1])[0], together[row])
 
 
+def test_writes_into_out_when_given():
+    layer = EmbeddingLayer(tables_of(bert_embeddings(9)))
+    ids = np.random.default_rng(9).integers(0, VOCAB, size=(3, 6))
+    out = np.full((3, 6, HIDDEN), np.nan, np.float32)
+    assert layer(ids, out) is out
+    np.testing.assert_array_equal(out, layer(ids))
+    negative = ids - VOCAB  # ids from the end, as NumPy reads them: the same rows
+    np.testing.assert_array_equal(layer(negative, np.empty_like(out)), out)
+    with pytest.raises(IndexError):
+        layer(ids + VOCAB, np.empty_like(out))
+
+
 def test_tables_are_not_modified():
     tables = tables_of(bert_embeddings(6))
     before = [a.copy() for a in (tables.word, tables.position, tables.token_type, tables.layer_norm_weight)]

@@ -288,3 +288,37 @@ def test_a_backend_with_only_run_works_and_a_bad_one_is_named(tiny_bundle):
     assert backend.closed
     with pytest.raises(TypeError, match="encoder backend with run.*found int"):
         SentenceEncoder(tiny_bundle, backend=42)
+
+
+def test_batch_memory_is_kept_between_encodes_but_not_after_a_failure(tiny_bundle):
+    from bertnpu_runtime.backends.onnx import OnnxEncoder
+
+    class FailingOnce:
+        """ONNX, except that call number `fail_at` raises."""
+
+        def __init__(self) -> None:
+            self._onnx = OnnxEncoder(tiny_bundle / "encoder.onnx")
+            self.calls, self.fail_at = 0, None
+
+        def run(self, hidden, attention_mask):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("encoder failed")
+            return self._onnx.run(hidden, attention_mask)
+
+    texts = SENTENCES * 5
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode(texts, batch_size=3)
+    backend = FailingOnce()
+    with SentenceEncoder(tiny_bundle, backend=backend) as enc:
+        np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
+        memory = enc._batch_memory
+        assert memory is not None and memory.nbytes > 0
+        np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
+        assert enc._batch_memory is memory and enc._batch_memory.nbytes == memory.nbytes  # reused, not grown
+
+        backend.fail_at = backend.calls + 3
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            enc.encode(texts, batch_size=3)
+        assert enc._batch_memory is None  # its batches were not all given back: not reused
+        np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
