@@ -6,13 +6,17 @@ The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last `l
 sentence, on as many cores as asked, and returns zeros; no card is needed. For each core count,
 SentenceEncoder(backend="npu").encode() runs over the STS-B dev sentences, and its throughput is
 compared with the bound min(host rate, NPU rate): host rate = sentences/s of tokenize + embed +
-pool alone (measured in this run), NPU rate = cores / latency.
+pool alone (measured in this run), NPU rate = cores / latency. It also reports the CPU time
+encode() takes per sentence: on its own thread (the host's share of an NPU deployment, with
+submitting and collecting) and on the threads that drive the cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -65,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             first = next(iter(encoders.values()))
             tasks = {"host": lambda _: host_runs.append(time_stages_once(first, sentences, args.batch_size, run_encoder=False))}
             windows: dict[int, list[tuple[float, float]]] = {cores: [] for cores in encoders}  # (start, end) of each encode()
+            cpu: dict[int, list[tuple[float, float, int]]] = {cores: [] for cores in encoders}  # (host, core threads) seconds, host page faults
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
             prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
             for cores, encoder in encoders.items():
-                tasks[cores] = lambda _, e=encoder, w=windows[cores]: _timed_encode(e, sentences, args.batch_size, w)
+                tasks[cores] = lambda _, e=encoder, w=windows[cores], c=cpu[cores]: _timed_encode(e, sentences, args.batch_size, w, c)
                 tasks[f"{cores} prepared"] = lambda _, e=ceiling_encoders[cores]: _run_prepared(e, prepared)
             seconds = interleave(tasks, repeats, warmup=1)
         finally:
@@ -101,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "npu_busy_s_per_core": busy,
                 "npu_modelled_s_per_core": len(sentences) * latency / cores,
                 "wall_ms_per_encode": 1e3 * sum(end - start for start, end in windows[cores][1:]) / repeats,
+                "host_cpu_us_per_sentence": 1e6 * statistics.median(host for host, _, _ in cpu[cores][1:]) / len(sentences),
+                "core_threads_cpu_us_per_sentence": 1e6 * statistics.median(threads for _, threads, _ in cpu[cores][1:]) / len(sentences),
+                "host_page_faults_per_encode": statistics.median(faults for _, _, faults in cpu[cores][1:]),
                 **_time_lost(calls, windows[cores][1:], core_ids[cores], latency),
             }
         )
@@ -114,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Time beyond the modelled NPU time: ms per encode(), mean over the cores (wall = modelled + these)",
         rows,
         ("npu_cores", "wall_ms_per_encode", *LOSSES),
+    )
+    print_table(
+        "CPU time per sentence inside encode(), on the calling thread and on the threads driving the cores, and the calling thread's page faults (medians over the repeats)",
+        rows,
+        ("npu_cores", "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
     )
     result = {
         "benchmark": "npu_pipeline",
@@ -145,10 +158,19 @@ def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]]) -> None
         batch.result()
 
 
-def _timed_encode(encoder: Any, sentences: list[str], batch_size: int, windows: list[tuple[float, float]]) -> None:
+def _timed_encode(
+    encoder: Any, sentences: list[str], batch_size: int, windows: list[tuple[float, float]], cpu: list[tuple[float, float, int]]
+) -> None:
+    """encode() once; appends its (start, end) to `windows`, and to `cpu` its CPU seconds (this thread,
+    the core threads) and this thread's minor page faults."""
+    core_clocks = [time.pthread_getcpuclockid(worker.ident) for worker in encoder._encoder._workers]
+    host_before, cores_before = time.thread_time(), sum(map(time.clock_gettime, core_clocks))
+    faults_before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     start = time.perf_counter()
     encoder.encode(sentences, batch_size=batch_size)
     windows.append((start, time.perf_counter()))
+    faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults_before
+    cpu.append((time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults))
 
 
 def _time_lost(calls: Sequence[Any], windows: Sequence[tuple[float, float]], cores: Sequence[Any], latency: float) -> dict[str, float]:

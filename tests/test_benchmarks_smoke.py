@@ -84,6 +84,8 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
         lost = sum(row[name] for name in npu_pipeline.LOSSES)
         assert row["wall_ms_per_encode"] == pytest.approx(1e3 * row["npu_modelled_s_per_core"] + lost, rel=1e-6)
         assert all(row[name] >= 0 for name in ("before_first_call_ms", "between_calls_ms", "after_last_call_ms"))
+        assert row["host_cpu_us_per_sentence"] > 0 and row["core_threads_cpu_us_per_sentence"] > 0
+        assert row["host_page_faults_per_encode"] >= 0
 
 
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
