@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             first = next(iter(encoders.values()))
             tasks = {"host": lambda _: host_runs.append(time_stages_once(first, sentences, args.batch_size, run_encoder=False))}
             windows: dict[int, list[tuple[float, float]]] = {cores: [] for cores in encoders}  # (start, end) of each encode()
-            cpu: dict[int, list[tuple[float, float, int]]] = {cores: [] for cores in encoders}  # (host, core threads) seconds, host page faults
+            # per encode(): CPU seconds on this thread and on the core threads, this thread's page faults
+            cpu: dict[int, list[tuple[float, float, int]]] = {cores: [] for cores in encoders}
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
             prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         npu_rate = cores / latency
         bound = min(host_rate, npu_rate)
         calls = fakes[cores].calls
+        host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*cpu[cores][1:]))  # [0]: warm-up
         busy = sum(call.end - call.start for call in calls) / (cores * (repeats + 1))  # per encode(), per core
         rows.append(
             {
@@ -106,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "npu_busy_s_per_core": busy,
                 "npu_modelled_s_per_core": len(sentences) * latency / cores,
                 "wall_ms_per_encode": 1e3 * sum(end - start for start, end in windows[cores][1:]) / repeats,
-                "host_cpu_us_per_sentence": 1e6 * statistics.median(host for host, _, _ in cpu[cores][1:]) / len(sentences),
-                "core_threads_cpu_us_per_sentence": 1e6 * statistics.median(threads for _, threads, _ in cpu[cores][1:]) / len(sentences),
-                "host_page_faults_per_encode": statistics.median(faults for _, _, faults in cpu[cores][1:]),
+                "host_cpu_us_per_sentence": 1e6 * host_cpu / len(sentences),
+                "core_threads_cpu_us_per_sentence": 1e6 * threads_cpu / len(sentences),
+                "host_page_faults_per_encode": faults,
                 **_time_lost(calls, windows[cores][1:], core_ids[cores], latency),
             }
         )
@@ -124,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("npu_cores", "wall_ms_per_encode", *LOSSES),
     )
     print_table(
-        "CPU time per sentence inside encode(), on the calling thread and on the threads driving the cores, and the calling thread's page faults (medians over the repeats)",
+        "Inside encode(): CPU time per sentence on the calling thread and on the core threads, "
+        "and the calling thread's page faults (medians over the repeats)",
         rows,
         ("npu_cores", "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
     )
@@ -159,7 +162,11 @@ def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]]) -> None
 
 
 def _timed_encode(
-    encoder: Any, sentences: list[str], batch_size: int, windows: list[tuple[float, float]], cpu: list[tuple[float, float, int]]
+    encoder: Any,
+    sentences: list[str],
+    batch_size: int,
+    windows: list[tuple[float, float]],
+    cpu: list[tuple[float, float, int]],
 ) -> None:
     """encode() once; appends its (start, end) to `windows`, and to `cpu` its CPU seconds (this thread,
     the core threads) and this thread's minor page faults."""

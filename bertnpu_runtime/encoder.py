@@ -30,7 +30,7 @@ logger = logging.getLogger("bertnpu")
 
 # Texts are tokenized this many batches at a time (see _chunks).
 _BATCHES_PER_CHUNK = 32
-# An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size.
+# An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size (64 MiB).
 _KEPT_BATCH_MEMORY_BYTES = 64 << 20
 _Batch = TypeVar("_Batch", bound=tuple)  # (row indices, ...)
 
@@ -225,7 +225,8 @@ class SentenceEncoder:
             yield oldest_pooled()
 
     def close(self) -> None:
-        """Release the encoder backend (the NPU models and device). Safe to call twice."""
+        """Release the encoder backend (the NPU models and device) and the batch memory kept
+        between encode() calls. Safe to call twice."""
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None
