@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,15 @@ _BATCHES_PER_CHUNK = 32
 # An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size (64 MiB).
 _KEPT_BATCH_MEMORY_BYTES = 64 << 20
 _Batch = TypeVar("_Batch", bound=tuple)  # (row indices, ...)
+
+
+class _InFlight(NamedTuple):
+    """A batch submitted to the encoder and not yet collected."""
+
+    rows: np.ndarray  # the texts it holds
+    hidden: np.ndarray  # [batch, seq, hidden], read by the encoder until its output is ready
+    mask: np.ndarray  # [batch, seq]
+    pending: PendingOutput
 
 
 class SentenceEncoder:
@@ -205,21 +214,21 @@ class SentenceEncoder:
         work after it, so the host tokenizes, embeds and pools while the encoder runs. Each batch's
         hidden states go back to `memory`, if given, once its output is pooled."""
         encoder, mode = self._encoder, self.manifest.pooling
-        in_flight: deque[tuple[np.ndarray, np.ndarray, np.ndarray, PendingOutput]] = deque()
+        in_flight: deque[_InFlight] = deque()
         queued = 0  # padded tokens submitted after the oldest batch in flight
 
         def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
-            rows, hidden, mask, pending = in_flight.popleft()
-            pooled = pool(pending.result(), mask, mode)
+            oldest = in_flight.popleft()
+            pooled = pool(oldest.pending.result(), oldest.mask, mode)
             if memory is not None:
-                memory.give_back(hidden)
-            return rows, pooled
+                memory.give_back(oldest.hidden)
+            return oldest.rows, pooled
 
         for rows, hidden, mask in host_batches:  # tokenizing and embedding here overlaps the encoder
-            in_flight.append((rows, hidden, mask, encoder.submit(hidden, mask)))
+            in_flight.append(_InFlight(rows, hidden, mask, encoder.submit(hidden, mask)))
             queued += mask.size if len(in_flight) > 1 else 0
-            while len(in_flight) > 1 and (queued >= encoder.queued_tokens or in_flight[0][3].done()):
-                queued -= in_flight[1][2].size
+            while len(in_flight) > 1 and (queued >= encoder.queued_tokens or in_flight[0].pending.done()):
+                queued -= in_flight[1].mask.size  # the next oldest becomes the oldest: its tokens no longer count
                 yield oldest_pooled()
         while in_flight:
             yield oldest_pooled()
