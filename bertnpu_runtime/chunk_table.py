@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .token_rows import segment_positions
+
 # The table grows with the vocabulary of the text seen. Past this many chunks, new ones are not kept;
 # chunks longer than this many characters (URLs, runs of symbols) never are. That bounds its memory.
 MAX_KEPT_CHUNKS = 500_000
@@ -56,12 +58,7 @@ class ChunkTable:
         with self._lock:
             try:
                 numbers = np.fromiter(map(self._numbers.__getitem__, chunks), dtype=np.int64, count=len(chunks))
-                counts = self._count[numbers]
-                ends = np.cumsum(counts)
-                # For each id: where its chunk's ids begin in _ids, less where they begin in the output.
-                index = np.repeat(self._first[numbers] - (ends - counts), counts)
-                index += np.arange(len(index))
-                return self._ids[index]
+                return self._ids[segment_positions(self._first[numbers], self._count[numbers])]
             finally:
                 self._drop_unkept()
 

@@ -10,6 +10,15 @@ import numpy as np
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """int64 [lengths.sum()]: the positions of segments (start, length) of a flat array, segment
+    after segment: starts[0], starts[0] + 1, .., starts[1], ..; to gather them or scatter into them."""
+    ends = np.cumsum(lengths)
+    positions = np.repeat(starts - (ends - lengths), lengths)  # each segment's start, less where it lands
+    positions += np.arange(len(positions))
+    return positions
+
+
 def interleave(count: int, parts: list[tuple[np.ndarray, Rows]]) -> Rows:
     """The rows of `count` texts, from parts that each hold the rows of the texts at its indices
     (every index in exactly one part), in text order."""
@@ -20,9 +29,7 @@ def interleave(count: int, parts: list[tuple[np.ndarray, Rows]]) -> Rows:
     starts = np.cumsum(lengths) - lengths  # where each text's ids begin in the result
     ids = np.empty(int(lengths.sum()), dtype=np.int64)
     for indices, (part_ids, part_lengths, _) in parts:
-        part_starts = np.cumsum(part_lengths) - part_lengths
-        shift = np.repeat(starts[indices] - part_starts, part_lengths)  # where each of the part's ids moves
-        ids[np.arange(len(part_ids)) + shift] = part_ids
+        ids[segment_positions(starts[indices], part_lengths)] = part_ids
     return ids, lengths, truncated
 
 

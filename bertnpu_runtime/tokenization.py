@@ -13,7 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
 from .errors import BundleError
-from .token_rows import concatenate, interleave, rows_of
+from .token_rows import concatenate, interleave, rows_of, segment_positions
 from .wordpiece import FastWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
@@ -65,8 +65,7 @@ class UnpaddedTokens:
     def take(self, rows: np.ndarray) -> UnpaddedTokens:
         """The texts `rows`, in that order, still unpadded."""
         lengths = self.lengths[rows]
-        shift = np.repeat(self.starts[rows] - (np.cumsum(lengths) - lengths), lengths)  # where each id comes from
-        return UnpaddedTokens(self.ids[np.arange(int(lengths.sum())) + shift], lengths, self.truncated[rows])
+        return UnpaddedTokens(self.ids[segment_positions(self.starts[rows], lengths)], lengths, self.truncated[rows])
 
     @staticmethod
     def concatenate(parts: list[UnpaddedTokens]) -> UnpaddedTokens:

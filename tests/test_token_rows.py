@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bertnpu_runtime.token_rows import interleave, rows_of
+from bertnpu_runtime.token_rows import interleave, rows_of, segment_positions
 
 
 def test_interleave_puts_every_text_at_its_index():
@@ -18,3 +18,9 @@ def test_interleave_with_an_empty_part():
     rows = rows_of([[9, 8], [7]], [False, False])
     ids, lengths, _ = interleave(2, [(np.array([1, 0]), rows), (np.array([], dtype=np.intp), rows_of([], []))])
     assert ids.tolist() == [7, 9, 8] and lengths.tolist() == [1, 2]
+
+
+def test_segment_positions_lists_each_segment_in_turn():
+    starts, lengths = np.array([5, 0, 9, 2]), np.array([3, 2, 0, 1])
+    assert segment_positions(starts, lengths).tolist() == [5, 6, 7, 0, 1, 2]
+    assert segment_positions(np.array([], np.int64), np.array([], np.int64)).tolist() == []
