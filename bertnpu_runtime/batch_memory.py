@@ -34,7 +34,6 @@ class BatchMemory:
         self._ring = _aligned_empty(0)
         self._head = 0  # where the ring's next array starts
         self._taken: deque[_Taken] = deque()  # oldest first
-        self._taken_floats = 0  # in every array out, aligned
 
     @property
     def nbytes(self) -> int:
@@ -49,12 +48,12 @@ class BatchMemory:
         if start is None:  # no room: a larger ring; arrays still out keep the old one alive
             # Room for what is out, this array and two more of its size: with that much free, one
             # piece of it, before or after the arrays out, holds an array of this size again.
-            grown = max(len(self._ring) * 3 // 2, self._taken_floats + 3 * _aligned(size))
+            out = sum(taken.stop - taken.start for taken in self._taken)
+            grown = max(len(self._ring) * 3 // 2, out + 3 * _aligned(size))
             self._ring = _aligned_empty(grown)
             start = 0
         array = self._ring[start : start + size].reshape(shape)
         self._taken.append(_Taken(array, self._ring, start, start + _aligned(size)))
-        self._taken_floats += _aligned(size)
         self._head = start + _aligned(size)
         return array
 
@@ -62,8 +61,7 @@ class BatchMemory:
         """Return the oldest array taken and not yet given back; its memory may be handed out again."""
         if not self._taken or self._taken[0].array is not array:
             raise ValueError("BatchMemory arrays must be given back in the order they were taken")
-        taken = self._taken.popleft()
-        self._taken_floats -= taken.stop - taken.start
+        self._taken.popleft()
 
     def _free_start(self, size: int) -> int | None:
         """Where an array of `size` floats fits in the current ring, or None."""
