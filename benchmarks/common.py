@@ -232,7 +232,7 @@ def _npu_missing_reason(has_mxq: bool) -> str | None:
     if not has_mxq:
         return "the bundle has no model.mxq"
     try:
-        from bertnpu_runtime.backends.npu import probe_npu
+        from bertnpu_runtime.backends.npu_device import probe_npu
     except ImportError as exc:
         return f"the NPU backend cannot be imported ({exc})"
     return probe_npu(None)

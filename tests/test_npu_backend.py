@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from bertnpu_runtime.backends.npu import NpuEncoder, probe_npu
+from bertnpu_runtime.backends.npu import NpuEncoder
+from bertnpu_runtime.backends.npu_device import probe_npu
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 from bertnpu_runtime.bundle import NpuSpec
 from bertnpu_runtime.errors import BackendUnavailableError, BundleError

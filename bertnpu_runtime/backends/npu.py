@@ -13,6 +13,7 @@ How a padded batch becomes NPU calls depends on the .mxq (bundle.json's npu.mask
   variant accepts, a second float32 input (1, width, 1) carries the mask (see bundle.NpuSpec), and
   the padded rows are sliced off after. Sentences padded to the same width share one call.
 `batch_bucket` tells SentenceEncoder that width, so it can form batches that need a single call.
+Finding the card, choosing its cores and reading the .mxq's widths are in npu_device.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 import math
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -31,55 +31,9 @@ import numpy as np
 
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
 from ..errors import BackendUnavailableError, BundleError
+from .npu_device import available_devices, device_core_count, first_line, read_variants, select_cores
 
 logger = logging.getLogger("bertnpu")
-
-CLUSTERS = 2
-CORES_PER_CLUSTER = 4
-# Local cores per device family (checked: ARIES 2 clusters x 4 cores, REGULUS 1 core).
-_LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
-
-
-def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
-    """None when qbruntime is importable and sees an NPU, else why not, in one line. Never raises.
-
-    Sets qbruntime's C++ log level to Off first: without a card, get_available_devices() logs an
-    error line, which for backend="auto" is the expected answer, not an error.
-    """
-    try:
-        qb = qbruntime_module if qbruntime_module is not None else importlib.import_module("qbruntime")
-    except ImportError:
-        return "qbruntime is not installed (pip install 'bertnpu[npu]')"
-    try:
-        qb.set_log_level(qb.LogLevel.Off)
-        devices = qb.get_available_devices()
-    except Exception as exc:  # a broken driver install must not break backend="auto"
-        return f"qbruntime.get_available_devices() failed: {exc}"
-    if not devices:
-        return "no Mobilint NPU found (qbruntime.get_available_devices() returned [])"
-    return None
-
-
-@dataclass(frozen=True)
-class _Variant:
-    """The sequence width one model variant accepts: > 0 exactly that, < 0 any multiple of -width."""
-
-    width: int
-    max_width: int  # 0 when the runtime gives no limit
-
-    def smallest_fit(self, length: int) -> int | None:
-        """The smallest width >= length this variant accepts."""
-        if self.width > 0:
-            return self.width if length <= self.width else None
-        step = -self.width
-        fit = math.ceil(length / step) * step
-        return fit if self.max_width <= 0 or fit <= self.max_width else None
-
-    def __str__(self) -> str:
-        if self.width > 0:
-            return str(self.width)
-        limit = f" up to {self.max_width}" if self.max_width > 0 else ""
-        return f"any length{limit}" if self.width == -1 else f"multiples of {-self.width}{limit}"
 
 
 class NpuEncoder:
@@ -139,14 +93,14 @@ class NpuEncoder:
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
                 f"cannot open NPU device {device_no} (dev_no={device_no}; qbruntime sees "
-                f"{_available_devices(qb)}): {_first_line(exc)}"
+                f"{available_devices(qb)}): {first_line(exc)}"
             ) from exc
         try:
-            self.cores = _select_cores(cores, _device_core_count(self._accelerator))
+            self.cores = select_cores(cores, device_core_count(self._accelerator))
             for cluster, core in self.cores:
                 self._models.append(self._launch(cluster, core))
                 if len(self._models) == 1:
-                    self._variants = _read_variants(self._models[0], self.mxq_path, npu_spec, hidden_size)
+                    self._variants = read_variants(self._models[0], self.mxq_path, npu_spec, hidden_size)
         except BaseException:
             self.close()
             raise
@@ -170,7 +124,7 @@ class NpuEncoder:
             model = qb.Model(str(self.mxq_path), config)
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
-                f"{self.mxq_path}: qbruntime cannot load it ({_first_line(exc)}); "
+                f"{self.mxq_path}: qbruntime cannot load it ({first_line(exc)}); "
                 "rebuild it with `python -m compile --mxq`"
             ) from exc
         try:
@@ -178,7 +132,7 @@ class NpuEncoder:
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
                 f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, cluster {cluster} core {core}: "
-                f"{_first_line(exc)} (is another process using that core? choose others with cores=...)"
+                f"{first_line(exc)} (is another process using that core? choose others with cores=...)"
             ) from exc
         return model
 
@@ -328,7 +282,7 @@ class NpuEncoder:
             try:
                 model.dispose()
             except self._qb.QbRuntimeError as exc:
-                logger.warning("npu backend: dispose failed: %s", _first_line(exc))
+                logger.warning("npu backend: dispose failed: %s", first_line(exc))
         self._accelerator = None
 
     def __enter__(self) -> NpuEncoder:
@@ -403,73 +357,3 @@ def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: in
     if not np.array_equal(attention_mask != 0, np.arange(hidden.shape[1])[None, :] < lengths[:, None]):
         raise ValueError("attention_mask must be right-padded (1s then 0s in every row): the NPU runs each prefix")
     return lengths
-
-
-def _read_variants(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int) -> list[_Variant]:
-    """Every model variant's sequence width, checked against what bundle.json says the .mxq is."""
-    n_inputs = 1 if npu_spec.mask_input is None else 2
-    variants = []
-    for idx in range(model.get_num_model_variants()):
-        handle = model.get_model_variant_handle(idx)
-        shapes = [tuple(s) for s in handle.get_model_input_shape()]  # one (H, W, C) per input
-        if len(shapes) != n_inputs:
-            raise BundleError(
-                mxq_path,
-                f"variant {idx} has {len(shapes)} inputs {shapes}; bundle.json's npu.mask_input="
-                f"{npu_spec.mask_input!r} means {n_inputs} (hidden states{' and mask' if n_inputs == 2 else ''})",
-            )
-        height, width, channels = shapes[0]
-        if height != 1 or channels != hidden_size or width == 0:
-            raise BundleError(
-                mxq_path, f"variant {idx} input 0 has shape (H, W, C) = {shapes[0]}, expected (1, seq, {hidden_size})"
-            )
-        if n_inputs == 2 and shapes[1] != (1, width, 1):
-            raise BundleError(
-                mxq_path, f"variant {idx} input 1 (the mask) has shape {shapes[1]}, expected (1, {width}, 1)"
-            )
-        outputs = [tuple(s) for s in handle.get_model_output_shape()]
-        if len(outputs) != 1 or outputs[0][-1] != hidden_size:
-            raise BundleError(mxq_path, f"variant {idx} outputs {outputs}, expected one (1, seq, {hidden_size})")
-        variants.append(_Variant(width, handle.get_input_buffer_info()[0].max_width))
-    if not variants:
-        raise BundleError(mxq_path, "the .mxq has no model variants")
-    return variants
-
-
-def _select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: int) -> list[tuple[int, int]]:
-    """The (cluster, core) pairs to launch on, cluster-major; see NpuEncoder's `cores`."""
-    if cores is None:
-        cores = device_cores
-    if isinstance(cores, int):
-        if not 1 <= cores <= device_cores:
-            raise ValueError(f"cores={cores}, but the device has {device_cores} local cores")
-        return [divmod(i, CORES_PER_CLUSTER) for i in range(cores)]
-    pairs = [tuple(pair) for pair in cores]
-    for pair in pairs:
-        if len(pair) != 2 or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER):
-            raise ValueError(f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}")
-    if not pairs or len(set(pairs)) != len(pairs):
-        raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")
-    return pairs
-
-
-def _device_core_count(accelerator: Any) -> int:
-    """Local cores of the opened card, from its resolved name (e.g. "aries-rb", "regulus-ra")."""
-    name = accelerator.get_device_name().lower()
-    for family, count in _LOCAL_CORES.items():
-        if name.startswith(family):
-            return count
-    logger.warning("npu backend: unknown device %r, using 1 core (pass cores= to use more)", name)
-    return 1
-
-
-def _available_devices(qb: Any) -> list[str] | str:
-    try:
-        return qb.get_available_devices()
-    except Exception as exc:  # only decorating an error message
-        return f"<get_available_devices failed: {exc}>"
-
-
-def _first_line(exc: BaseException) -> str:
-    """qbruntime's messages are "<Code> occurred.\\nPlease visit <docs>": the code is the news."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -72,6 +72,6 @@ def _npu_unusable_reason(bundle: Bundle, qbruntime_module: ModuleType | None) ->
     """None when the NPU backend can run this bundle, else why not, in one line."""
     if not bundle.has(MXQ_FILE):
         return f"the bundle {bundle.directory} has no {MXQ_FILE} (build it with `python -m compile --mxq` where qbcompiler is installed)"
-    from .npu import probe_npu
+    from .npu_device import probe_npu
 
     return probe_npu(qbruntime_module)

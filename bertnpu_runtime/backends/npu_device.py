@@ -1,0 +1,135 @@
+"""What the npu backend starts from: whether qbruntime sees a card, which of the card's cores to use,
+and which sequence widths the compiled .mxq accepts (its model variants)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from ..bundle import NpuSpec
+from ..errors import BundleError
+
+logger = logging.getLogger("bertnpu")
+
+CLUSTERS = 2
+CORES_PER_CLUSTER = 4
+# Local cores per device family (checked: ARIES 2 clusters x 4 cores, REGULUS 1 core).
+_LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
+
+
+def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
+    """None when qbruntime is importable and sees an NPU, else why not, in one line. Never raises.
+
+    Sets qbruntime's C++ log level to Off first: without a card, get_available_devices() logs an
+    error line, which for backend="auto" is the expected answer, not an error.
+    """
+    try:
+        qb = qbruntime_module if qbruntime_module is not None else importlib.import_module("qbruntime")
+    except ImportError:
+        return "qbruntime is not installed (pip install 'bertnpu[npu]')"
+    try:
+        qb.set_log_level(qb.LogLevel.Off)
+        devices = qb.get_available_devices()
+    except Exception as exc:  # a broken driver install must not break backend="auto"
+        return f"qbruntime.get_available_devices() failed: {exc}"
+    if not devices:
+        return "no Mobilint NPU found (qbruntime.get_available_devices() returned [])"
+    return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The sequence width one model variant accepts: > 0 exactly that, < 0 any multiple of -width."""
+
+    width: int
+    max_width: int  # 0 when the runtime gives no limit
+
+    def smallest_fit(self, length: int) -> int | None:
+        """The smallest width >= length this variant accepts."""
+        if self.width > 0:
+            return self.width if length <= self.width else None
+        step = -self.width
+        fit = math.ceil(length / step) * step
+        return fit if self.max_width <= 0 or fit <= self.max_width else None
+
+    def __str__(self) -> str:
+        if self.width > 0:
+            return str(self.width)
+        limit = f" up to {self.max_width}" if self.max_width > 0 else ""
+        return f"any length{limit}" if self.width == -1 else f"multiples of {-self.width}{limit}"
+
+
+def read_variants(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int) -> list[Variant]:
+    """Every model variant's sequence width, checked against what bundle.json says the .mxq is."""
+    n_inputs = 1 if npu_spec.mask_input is None else 2
+    variants = []
+    for idx in range(model.get_num_model_variants()):
+        handle = model.get_model_variant_handle(idx)
+        shapes = [tuple(s) for s in handle.get_model_input_shape()]  # one (H, W, C) per input
+        if len(shapes) != n_inputs:
+            raise BundleError(
+                mxq_path,
+                f"variant {idx} has {len(shapes)} inputs {shapes}; bundle.json's npu.mask_input="
+                f"{npu_spec.mask_input!r} means {n_inputs} (hidden states{' and mask' if n_inputs == 2 else ''})",
+            )
+        height, width, channels = shapes[0]
+        if height != 1 or channels != hidden_size or width == 0:
+            raise BundleError(
+                mxq_path, f"variant {idx} input 0 has shape (H, W, C) = {shapes[0]}, expected (1, seq, {hidden_size})"
+            )
+        if n_inputs == 2 and shapes[1] != (1, width, 1):
+            raise BundleError(
+                mxq_path, f"variant {idx} input 1 (the mask) has shape {shapes[1]}, expected (1, {width}, 1)"
+            )
+        outputs = [tuple(s) for s in handle.get_model_output_shape()]
+        if len(outputs) != 1 or outputs[0][-1] != hidden_size:
+            raise BundleError(mxq_path, f"variant {idx} outputs {outputs}, expected one (1, seq, {hidden_size})")
+        variants.append(Variant(width, handle.get_input_buffer_info()[0].max_width))
+    if not variants:
+        raise BundleError(mxq_path, "the .mxq has no model variants")
+    return variants
+
+
+def select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: int) -> list[tuple[int, int]]:
+    """The (cluster, core) pairs to launch on, cluster-major; see NpuEncoder's `cores`."""
+    if cores is None:
+        cores = device_cores
+    if isinstance(cores, int):
+        if not 1 <= cores <= device_cores:
+            raise ValueError(f"cores={cores}, but the device has {device_cores} local cores")
+        return [divmod(i, CORES_PER_CLUSTER) for i in range(cores)]
+    pairs = [tuple(pair) for pair in cores]
+    for pair in pairs:
+        if len(pair) != 2 or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER):
+            raise ValueError(f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}")
+    if not pairs or len(set(pairs)) != len(pairs):
+        raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")
+    return pairs
+
+
+def device_core_count(accelerator: Any) -> int:
+    """Local cores of the opened card, from its resolved name (e.g. "aries-rb", "regulus-ra")."""
+    name = accelerator.get_device_name().lower()
+    for family, count in _LOCAL_CORES.items():
+        if name.startswith(family):
+            return count
+    logger.warning("npu backend: unknown device %r, using 1 core (pass cores= to use more)", name)
+    return 1
+
+
+def available_devices(qb: Any) -> list[str] | str:
+    """What qbruntime lists, for an error message; never raises."""
+    try:
+        return qb.get_available_devices()
+    except Exception as exc:  # only decorating an error message
+        return f"<get_available_devices failed: {exc}>"
+
+
+def first_line(exc: BaseException) -> str:
+    """qbruntime's messages are "<Code> occurred.\\nPlease visit <docs>": the code is the news."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
