@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,16 @@ def start_run(args: argparse.Namespace, quick_repeats: int = 2, threads: bool = 
 
 
 def pin_threads(threads: int) -> None:
-    """Give every contender the same CPU thread count: PyTorch, OpenMP/MKL and the tokenizers' Rayon pool.
+    """Give every contender the same CPU thread count: OpenMP/MKL and the tokenizers' Rayon pool.
 
-    ONNX Runtime gets it per session (SentenceEncoder(num_threads=...)). Call before the first encode.
+    ONNX Runtime gets it per session (SentenceEncoder(num_threads=...)), PyTorch when the
+    sentence-transformers contender is made. Call before the first import of either.
     """
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
         os.environ[variable] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def check_bundle(bundle: Path) -> Path:
@@ -111,9 +110,6 @@ def reference_model_folder(bundle: Path, model: str | None) -> Path:
 
 def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
     """Where and how a result was measured, written into every JSON file."""
-    import onnxruntime
-    import torch
-
     return {
         "command": "python -m " + " ".join([_module_name()] + sys.argv[1:]),
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -122,12 +118,20 @@ def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "torch": _installed_version("torch"),
+        "onnxruntime": _installed_version("onnxruntime"),
         "threads": args.threads,
         "quick": args.quick,
         "bundle": str(args.bundle),
     }
+
+
+def _installed_version(package: str) -> str | None:
+    """The package's version, read without importing it (importing torch takes seconds)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _module_name() -> str:
@@ -184,10 +188,16 @@ class Contenders:
             contender.close()
 
 
-def sentence_transformers_contender(model_folder: Path) -> Contender:
-    """The PyTorch reference, on CPU, with its progress bar off."""
+def sentence_transformers_contender(model_folder: Path, threads: int) -> Contender:
+    """The PyTorch reference, on CPU with `threads` threads, with its progress bar off.
+
+    PyTorch is imported here, not before: a benchmark without this contender (npu_pipeline) runs in
+    a process without torch, as a bertnpu deployment does.
+    """
+    import torch
     from sentence_transformers import SentenceTransformer
 
+    torch.set_num_threads(threads)
     model = SentenceTransformer(str(model_folder), device="cpu")
 
     def encode(texts: list[str] | str, batch_size: int) -> np.ndarray:
@@ -214,7 +224,7 @@ def build_contenders(bundle: Path, model_folder: Path, threads: int, *, baseline
     from bertnpu_runtime.bundle import INT8_ENCODER_FILE, MXQ_FILE, Bundle
 
     contents = Bundle(bundle, verify=False)
-    found = Contenders([sentence_transformers_contender(model_folder)] if baseline else [])
+    found = Contenders([sentence_transformers_contender(model_folder, threads)] if baseline else [])
     found.items.append(bertnpu_contender(ONNX, bundle, backend="onnx", num_threads=threads))
     if contents.has(INT8_ENCODER_FILE):
         found.items.append(bertnpu_contender(ONNX_INT8, bundle, backend="onnx", precision="int8", num_threads=threads))

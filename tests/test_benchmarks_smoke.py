@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +53,9 @@ def test_speed_writes_every_workload(common_args, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert out.with_suffix(".png").stat().st_size > 0
     assert result["contenders"] == [BASELINE, ONNX]
+    import torch
+
+    assert torch.get_num_threads() == 1  # --threads 1: the PyTorch contender runs on as many as the others
     assert set(result["skipped"]) == {"bertnpu-onnx-int8", "bertnpu-npu"}
     stsb = {row["contender"]: row for row in result["stsb_dev"]}
     assert stsb[BASELINE]["vs_baseline"] == 1.0 and stsb[ONNX]["sentences_per_s"] > 0
@@ -86,6 +93,27 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
         assert all(row[name] >= 0 for name in ("before_first_call_ms", "between_calls_ms", "after_last_call_ms"))
         assert row["host_cpu_us_per_sentence"] > 0 and row["core_threads_cpu_us_per_sentence"] > 0
         assert row["host_page_faults_per_encode"] >= 0
+
+
+def test_npu_pipeline_runs_without_torch(common_args, tmp_path):
+    """It measures the runtime in a process like a deployment's: one without torch or transformers."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "sentence_transformers"):
+                    raise ImportError("blocked in this test: " + name)
+        sys.meta_path.insert(0, Block())
+        from benchmarks import npu_pipeline
+        result = npu_pipeline.main({common_args + ["--limit", "8", "--cores", "1", "--out", str(tmp_path / "npu.json")]!r})
+        print("ok", len(result["rows"]))
+        """
+    )
+    repository = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=repository)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok 1")
 
 
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
