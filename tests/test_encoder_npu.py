@@ -53,6 +53,17 @@ def test_npu_backend_gives_onnx_vectors(npu_bundle, onnx_vectors, cores, batch_s
     assert len({call.core for call in fake.calls}) == min(cores, len(fake.calls))
 
 
+def test_an_npu_that_takes_one_sentence_per_call_gives_the_same_vectors(npu_bundle, onnx_vectors):
+    """If qbruntime refuses 4-D calls of several sentences, encode() still works, one sentence a call."""
+    fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=1)
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=2, qbruntime_module=fake) as enc:
+        vectors = enc.encode(SENTENCES)
+        again = enc.encode(SENTENCES)
+    assert cosine_rows(vectors, onnx_vectors).min() >= 0.99999
+    np.testing.assert_array_equal(again, vectors)
+    assert fake.calls and all(call.sentences == 1 for call in fake.calls)
+
+
 def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
     """So that the cores' final calls are short and they finish together; earlier chunks stay longest first."""
     texts = ["word"] * 4 + ["word " * 10] + ["word word word"] * 3 + ["word"] * 4  # chunks of 4 and 8 texts

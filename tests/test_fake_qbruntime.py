@@ -119,6 +119,16 @@ def test_variable_length_beyond_max_width_is_a_runtime_error(mxq):
         model.infer([np.zeros((1, 17, HIDDEN), np.float32)])
 
 
+def test_max_batch_refuses_larger_4d_calls(mxq):
+    fake = FakeNpu(hidden_size=HIDDEN, max_batch=2)
+    model = launched(fake, mxq)
+    assert model.infer(np.zeros((2, 1, 5, HIDDEN), np.float32))[0].shape == (2, 1, 5, HIDDEN)
+    assert model.infer(np.zeros((1, 5, HIDDEN), np.float32))[0].shape == (1, 5, HIDDEN)
+    with pytest.raises(fake.QbRuntimeError, match="Model_ShapeMismatched"):
+        model.infer(np.zeros((3, 1, 5, HIDDEN), np.float32))
+    assert [c.sentences for c in fake.calls] == [2, 1]
+
+
 def test_max_width_is_reported_per_variant(mxq):
     model = FakeNpu(hidden_size=HIDDEN, variants=[-1, 64], max_width=128).Model(str(mxq))
     assert [model.get_model_variant_handle(i).get_input_buffer_info()[0].max_width for i in range(2)] == [128, 64]

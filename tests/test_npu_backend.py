@@ -122,6 +122,49 @@ def test_grouping_can_be_turned_off(mxq):
     assert [call.shapes for call in fake.calls] == [((1, 5, HIDDEN),)] * 3
 
 
+def _count_refusals(fake):
+    """Wrap every launched model's infer; returns the list that each refused call appends to."""
+    refused = []
+    for model in fake.models:
+
+        def infer(inputs, *args, _infer=model.infer, **kwargs):
+            try:
+                return _infer(inputs, *args, **kwargs)
+            except Exception:
+                refused.append(inputs[0].shape)
+                raise
+
+        model.infer = infer
+    return refused
+
+
+def test_a_refused_4d_call_is_run_one_sentence_at_a_time_and_grouping_stops(encoder_onnx, onnx, mxq, caplog):
+    hidden, mask = batch()  # lengths 9 x 3 and 12 x 2: two 4-D calls
+    fake = FakeNpu(encoder_onnx, max_batch=1)
+    with npu(mxq, fake, cores=1) as encoder, caplog.at_level("WARNING", logger="bertnpu"):
+        refused = _count_refusals(fake)
+        out = encoder.run(hidden, mask)
+        refused_first = len(refused)
+        again = encoder.run(hidden, mask)
+    assert cosine_rows(pool(out, mask), pool(onnx.run(hidden, mask), mask)).min() >= 0.99999
+    np.testing.assert_array_equal(again, out)
+    assert refused_first >= 1 and all(shape[0] > 1 for shape in refused)
+    assert len(refused) == refused_first  # the second batch was planned one sentence per call
+    assert all(len(call.shapes[0]) == 3 for call in fake.calls)  # every call that ran held one sentence
+    warnings = [r for r in caplog.records if "one sentence per call" in r.getMessage()]
+    assert len(warnings) == 1 and "Model_ShapeMismatched" in warnings[0].getMessage()
+
+
+def test_a_call_that_fails_one_sentence_at_a_time_too_raises_and_grouping_stays(mxq, caplog):
+    fake = FakeNpu(hidden_size=HIDDEN)
+    with npu(mxq, fake, cores=1) as encoder, caplog.at_level("WARNING", logger="bertnpu"):
+        for model in fake.models:
+            model.dispose()  # every call now raises Model_NotLaunched, whatever its size
+        with pytest.raises(fake.QbRuntimeError, match="Model_NotLaunched"):
+            encoder.run(*batch([5, 5, 5]))
+    assert not [r for r in caplog.records if "one sentence per call" in r.getMessage()]
+
+
 def test_work_is_spread_over_all_cores(mxq):
     fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.05)  # busy cores: each call waits for a free one
     with npu(mxq, fake, cores=4) as encoder:

@@ -46,7 +46,9 @@ class NpuEncoder:
         name); an int n = the first n cores in cluster-major order (0,0), (0,1), .. (0,3), (1,0), ..;
         or explicit (cluster, core) pairs.
     group_equal_lengths: send sentences of equal (padded) length together as one 4-D call;
-        False sends one sentence per call, the way Mobilint's tutorial runs BERT.
+        False sends one sentence per call, the way Mobilint's tutorial runs BERT. If the runtime
+        refuses a 4-D call, its sentences are sent one at a time instead, and so is everything
+        after (logged once as a warning).
     qbruntime_module: the qbruntime module to use; a bertnpu_runtime.testing.FakeNpu in tests.
     """
 
@@ -250,12 +252,38 @@ class NpuEncoder:
         while (call := self._calls.get()) is not None:
             inputs, results, index = call
             try:
-                output = model.infer(inputs)[0]
+                output = self._infer(model, inputs)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
                 output = exc
             with self._lock:
                 self._outstanding -= 1
             results.put((index, output))
+
+    def _infer(self, model: Any, inputs: list[np.ndarray]) -> np.ndarray:
+        """One call's output. A 4-D call that qbruntime refuses is run again one sentence at a time;
+        if that works, grouping stops for good. Whether every .mxq and driver accept 4-D calls of
+        several sentences is not known without a card (the wheel has batch-size checks)."""
+        try:
+            return model.infer(inputs)[0]
+        except (ValueError, self._qb.QbRuntimeError) as refused:
+            sentences = len(inputs[0]) if inputs[0].ndim == 4 else 1
+            if sentences == 1:
+                raise
+            outputs = [model.infer([x[i] for x in inputs])[0] for i in range(sentences)]  # 3-D each
+            self._stop_grouping(sentences, refused)
+            return np.stack(outputs)
+
+    def _stop_grouping(self, sentences: int, refused: BaseException) -> None:
+        with self._lock:
+            if not self._group:
+                return
+            self._group = False
+        logger.warning(
+            "npu backend: qbruntime refused one call of %d sentences (%s) and took them one at a time; "
+            "sending one sentence per call from now on",
+            sentences,
+            first_line(refused),
+        )
 
     def _call_output(self, result: np.ndarray, n: int, width: int) -> np.ndarray:
         """An infer result as [n, width, hidden], checked to hold that many values."""

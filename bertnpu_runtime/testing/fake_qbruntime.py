@@ -258,6 +258,10 @@ class FakeNpu:
     num_devices: 0 simulates a machine without a card.
     latency_s: seconds per sentence per infer call (a number, or a function of the sequence
         length): how long a call holds its core, making the output included.
+    max_batch: the most sentences one 4-D call may hold (None: any number). A larger call raises
+        QbRuntimeError("Model_ShapeMismatched"). This models an .mxq or driver that runs one
+        sentence at a time: the wheel has such checks ("Batch size does not match", "supports
+        batch_size == 1 only"), but which error code reaches Python is not known without a card.
     """
 
     def __init__(
@@ -272,6 +276,7 @@ class FakeNpu:
         num_cores: int = 8,
         num_devices: int = 1,
         latency_s: float | Callable[[int], float] | None = None,
+        max_batch: int | None = None,
     ) -> None:
         if mask_input not in (None, "keep", "additive"):
             raise ValueError(f'mask_input must be None, "keep" or "additive", found {mask_input!r}')
@@ -293,6 +298,7 @@ class FakeNpu:
         self.num_cores = num_cores
         self.num_devices = num_devices
         self.latency_s = latency_s
+        self.max_batch = max_batch
         self.log_level: LogLevel | None = None
         self.calls: list[InferCall] = []
         self.models: list[_FakeModel] = []  # every Model constructed, launched or not
@@ -498,6 +504,8 @@ class _FakeModel:
             raise _error("Model_NotLaunched")
         # To the fake's one layout: [n, H, W, C].
         batched = [a if a.ndim == 4 else a[None] for a in inputs]
+        if self._npu.max_batch is not None and len(batched[0]) > self._npu.max_batch:
+            raise _error("Model_ShapeMismatched")
         if not is_hwc:
             batched = [a.transpose(0, 2, 3, 1) for a in batched]
         start = time.perf_counter()
