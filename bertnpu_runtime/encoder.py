@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -89,6 +90,9 @@ class SentenceEncoder:
             )
         self._encoder: EncoderBackend | None = as_encoder_backend(backend)
         self.backend: str = self._encoder.name
+        # An encoder dropped without close() still releases its backend: NPU cores held by a
+        # forgotten encoder would refuse the next one in this process (Acc_CoreAlreadyInUse).
+        self._release_backend = weakref.finalize(self, self._encoder.close)
         self.precision = precision
         self._batch_memory: BatchMemory | None = None  # the last encode()'s, for the next
         self._batch_memory_lock = threading.Lock()
@@ -235,9 +239,10 @@ class SentenceEncoder:
 
     def close(self) -> None:
         """Release the encoder backend (the NPU models and device) and the batch memory kept
-        between encode() calls. Safe to call twice."""
+        between encode() calls. Safe to call twice. An encoder that is never closed releases its
+        backend when it is garbage-collected, or at the latest when Python exits."""
         if self._encoder is not None:
-            self._encoder.close()
+            self._release_backend()  # closes the backend, once
             self._encoder = None
         self._batch_memory = None
 

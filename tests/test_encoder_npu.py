@@ -1,7 +1,9 @@
 """SentenceEncoder end to end on the NPU backend, with the qbruntime test double computing the encoder
 through the bundle's ONNX graph: the NPU code path must give the ONNX path's vectors."""
 
+import gc
 import logging
+import threading
 from collections import Counter
 
 import numpy as np
@@ -62,6 +64,20 @@ def test_an_npu_that_takes_one_sentence_per_call_gives_the_same_vectors(npu_bund
     assert cosine_rows(vectors, onnx_vectors).min() >= 0.99999
     np.testing.assert_array_equal(again, vectors)
     assert fake.calls and all(call.sentences == 1 for call in fake.calls)
+
+
+def test_an_encoder_dropped_without_close_releases_its_cores(npu_bundle, onnx_vectors):
+    """As sentence-transformers users do: no close(). The next encoder on the same cores must start."""
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    forgotten = SentenceEncoder(npu_bundle, backend="npu", npu_cores=8, qbruntime_module=fake)
+    forgotten.encode(SENTENCES)
+    assert len(fake.busy_cores()) == 8
+    del forgotten
+    gc.collect()
+    assert fake.busy_cores() == set() and all(model.disposed for model in fake.models)
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=8, qbruntime_module=fake) as enc:
+        assert cosine_rows(enc.encode(SENTENCES), onnx_vectors).min() >= 0.99999
+    assert not [t for t in threading.enumerate() if t.name.startswith("bertnpu-npu")]
 
 
 def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
