@@ -268,8 +268,9 @@ def test_a_busy_core_releases_what_was_launched(mxq):
     config.set_single_core_mode(None, [fake.CoreId(fake.Cluster.Cluster0, fake.Core.Core1)])
     other = fake.Model(str(mxq), config)
     other.launch(fake.Accelerator())
-    with pytest.raises(BackendUnavailableError, match="device 0, cluster 0 core 1: Acc_CoreAlreadyInUse"):
+    with pytest.raises(BackendUnavailableError, match="device 0, cluster 0 core 1: Acc_CoreAlreadyInUse") as raised:
         npu(mxq, fake, cores=3)
+    assert "still open" in str(raised.value) and "npu_cores=" in str(raised.value)  # what to do about it
     assert fake.busy_cores() == {(0, 1)}
 
 

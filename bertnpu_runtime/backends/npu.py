@@ -134,7 +134,8 @@ class NpuEncoder:
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
                 f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, cluster {cluster} core {core}: "
-                f"{first_line(exc)} (is another process using that core? choose others with cores=...)"
+                f"{first_line(exc)} (is another process, or an encoder in this one that is still open, using "
+                "that core? close() it, or choose other cores with npu_cores=...)"
             ) from exc
         return model
 
