@@ -9,6 +9,7 @@ next batches while the encoder works on the ones submitted.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections import deque
@@ -90,9 +91,10 @@ class SentenceEncoder:
             )
         self._encoder: EncoderBackend | None = as_encoder_backend(backend)
         self.backend: str = self._encoder.name
+        self._opened_in_pid = os.getpid()  # the backend's threads (and NPU models) live in this process only
         # An encoder dropped without close() still releases its backend: NPU cores held by a
         # forgotten encoder would refuse the next one in this process (Acc_CoreAlreadyInUse).
-        self._release_backend = weakref.finalize(self, self._encoder.close)
+        self._release_backend = weakref.finalize(self, _close_in_process, self._opened_in_pid, self._encoder)
         self.precision = precision
         self._batch_memory: BatchMemory | None = None  # the last encode()'s, for the next
         self._batch_memory_lock = threading.Lock()
@@ -127,6 +129,12 @@ class SentenceEncoder:
         """
         if self._encoder is None:
             raise RuntimeError("this SentenceEncoder is closed")
+        if os.getpid() != self._opened_in_pid:  # without this, a forked child waits forever
+            raise RuntimeError(
+                f"this SentenceEncoder was opened in process {self._opened_in_pid} and this is process "
+                f"{os.getpid()}, forked from it: the encoder's threads and NPU models do not exist here. "
+                "Open a SentenceEncoder in each worker process (or start workers with the 'spawn' method)"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, found {batch_size!r}")
         single = isinstance(sentences, str)
@@ -257,6 +265,13 @@ class SentenceEncoder:
             f"SentenceEncoder(model={self.manifest.source_model!r}, backend={self.backend!r}, "
             f"precision={self.precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
         )
+
+
+def _close_in_process(pid: int, backend: EncoderBackend) -> None:
+    """Close `backend` unless this is a process forked from the one that opened it: a child
+    exiting must not dispose the parent's NPU models."""
+    if os.getpid() == pid:
+        backend.close()
 
 
 def _chunks(count: int, batch_size: int) -> Iterator[tuple[int, int]]:

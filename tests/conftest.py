@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,26 @@ def tiny_vocab() -> list[str]:
         if token not in vocab:
             vocab.append(token)
     return vocab
+
+
+def in_forked_child(work: Callable[[], str]) -> str:
+    """What `work()` returns when run in a child forked from this process. The child never returns
+    into pytest, and a hang ends it after 30 s (with an empty answer) rather than the test run."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)
+        try:
+            answer = work()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which asserts on it
+            answer = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, answer.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import os
 import threading
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
+from conftest import in_forked_child
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -146,6 +148,14 @@ def test_concurrent_encode_matches_sequential(encoder):
         t.join()
     for i, want in enumerate(expected):
         np.testing.assert_allclose(results[i], want, atol=1e-6)
+
+
+def test_a_forked_process_gets_an_error_not_a_hang(encoder):
+    """The backend's threads do not survive fork(): encode() in the child must say so at once."""
+    encoder.encode(SENTENCES)  # the backend's worker thread is running in this process
+    answer = in_forked_child(lambda: str(encoder.encode(["in the child"]).shape))
+    assert answer.startswith("RuntimeError") and f"opened in process {os.getpid()}" in answer and "forked" in answer
+    assert encoder.encode(SENTENCES).shape == (len(SENTENCES), encoder.dim)  # the parent is unaffected
 
 
 def test_properties_and_repr(encoder, tiny_bundle):

@@ -11,6 +11,7 @@ import pytest
 
 from bertnpu_runtime import BackendUnavailableError, SentenceEncoder
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
+from conftest import in_forked_child
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -78,6 +79,24 @@ def test_an_encoder_dropped_without_close_releases_its_cores(npu_bundle, onnx_ve
     with SentenceEncoder(npu_bundle, backend="npu", npu_cores=8, qbruntime_module=fake) as enc:
         assert cosine_rows(enc.encode(SENTENCES), onnx_vectors).min() >= 0.99999
     assert not [t for t in threading.enumerate() if t.name.startswith("bertnpu-npu")]
+
+
+def test_a_forked_child_leaves_the_parents_npu_models_alone(npu_bundle, onnx_vectors):
+    """A child that drops its copy of the encoder must not dispose the models the parent still runs."""
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    enc = SentenceEncoder(npu_bundle, backend="npu", npu_cores=2, qbruntime_module=fake)
+    enc.encode(SENTENCES)
+
+    def drop_the_copy() -> str:
+        nonlocal enc
+        del enc
+        gc.collect()
+        return str(sum(model.disposed for model in fake.models))
+
+    assert in_forked_child(drop_the_copy) == "0"
+    assert cosine_rows(enc.encode(SENTENCES), onnx_vectors).min() >= 0.99999
+    enc.close()
+    assert all(model.disposed for model in fake.models)
 
 
 def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
