@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +76,24 @@ def in_forked_child(work: Callable[[], str]) -> str:
         answer = pipe.read()
     os.waitpid(pid, 0)
     return answer
+
+
+def run_with_imports_blocked(blocked: tuple[str, ...], body: str, cwd: Path | None = None) -> str:
+    """Run the Python code `body` in a fresh interpreter where importing any of the `blocked`
+    top-level packages raises ImportError; assert that it succeeds and return what it printed."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError("blocked in this test: " + name)
+        sys.meta_path.insert(0, Block())
+        """
+    ) + textwrap.dedent(body)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def _write_json(path: Path, data: object) -> None:

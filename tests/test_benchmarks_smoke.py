@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 from benchmarks import accuracy, footprint, npu_pipeline, speed
 from benchmarks.accuracy import rank_average_ties, spearman
 from benchmarks.common import BASELINE, ONNX
+from conftest import run_with_imports_blocked
 
 
 @pytest.fixture(autouse=True)
@@ -97,23 +95,17 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
 
 def test_npu_pipeline_runs_without_torch(common_args, tmp_path):
     """It measures the runtime in a process like a deployment's: one without torch or transformers."""
-    script = textwrap.dedent(
+    args = common_args + ["--limit", "8", "--cores", "1", "--out", str(tmp_path / "npu.json")]
+    printed = run_with_imports_blocked(
+        ("torch", "transformers", "sentence_transformers"),
         f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers", "sentence_transformers"):
-                    raise ImportError("blocked in this test: " + name)
-        sys.meta_path.insert(0, Block())
         from benchmarks import npu_pipeline
-        result = npu_pipeline.main({common_args + ["--limit", "8", "--cores", "1", "--out", str(tmp_path / "npu.json")]!r})
+        result = npu_pipeline.main({args!r})
         print("ok", len(result["rows"]))
-        """
+        """,
+        cwd=Path(__file__).resolve().parents[1],
     )
-    repository = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=repository)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("ok 1")
+    assert printed.strip().endswith("ok 1")
 
 
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
