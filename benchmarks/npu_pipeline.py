@@ -1,14 +1,15 @@
 """NPU pipeline: does the host keep 1, 2 and 4 NPU cores busy? Measured with the qbruntime test double.
 
-    python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100] [--cores 1 2 4] [--quick]
+    python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100 [150 ...]] [--cores 1 2 4] [--quick]
 
-The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last `latency_us` per
-sentence, on as many cores as asked, and returns zeros; no card is needed. For each core count,
-SentenceEncoder(backend="npu").encode() runs over the STS-B dev sentences, and its throughput is
-compared with the bound min(host rate, NPU rate): host rate = sentences/s of tokenize + embed +
-pool alone (measured in this run), NPU rate = cores / latency. It also reports the CPU time
-encode() takes per sentence: on its own thread (the host's share of an NPU deployment, with
-submitting and collecting) and on the threads that drive the cores.
+The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last the modelled latency
+per sentence, on as many cores as asked, and returns zeros; no card is needed. For each latency and
+core count, SentenceEncoder(backend="npu").encode() runs over the STS-B dev sentences, and its
+throughput is compared with the bound min(host rate, NPU rate): host rate = sentences/s of
+tokenize + embed + pool alone (measured in this run), NPU rate = cores / latency. Every latency and
+core count takes its turn in each round. It also reports the CPU time encode() takes per sentence:
+on its own thread (the host's share of an NPU deployment, with submitting and collecting) and on
+the threads that drive the cores.
 """
 
 from __future__ import annotations
@@ -40,43 +41,54 @@ LOSSES = ("before_first_call_ms", "in_calls_beyond_model_ms", "between_calls_ms"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], "npu_pipeline")
-    parser.add_argument("--latency-us", type=float, default=100.0, help="modelled NPU time per sentence per core (default: %(default)s)")
+    parser.add_argument(
+        "--latency-us", type=float, nargs="+", default=[100.0],
+        help="modelled NPU time per sentence per core; several values take turns (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encode() batch size (default: %(default)s)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure host rate and NPU-pipeline throughput per core count; print a table, write JSON."""
+    """Measure host rate and NPU-pipeline throughput per latency and core count; print tables, write JSON."""
     from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
 
     args = parse_args(argv)
     run = start_run(args)
     sentences, repeats = run.sentences, run.repeats
-    latency = args.latency_us * 1e-6
+    runs = [(latency_us, cores) for latency_us in args.latency_us for cores in args.cores]
 
     with tempfile.TemporaryDirectory(prefix="bertnpu-bench-") as scratch:
         npu_bundle = bundle_with_placeholder_mxq(run.bundle, Path(scratch) / "bundle")
-        fakes, encoders, core_ids, ceiling_encoders = {}, {}, {}, {}
+        fakes, encoders, core_ids, ceiling_encoders, ceiling_fakes = {}, {}, {}, {}, {}
         hidden_size = _hidden_size(npu_bundle)
         try:
-            for cores in args.cores:
-                encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size, latency)
-                ceiling_encoders[cores], _ = _npu_encoder(npu_bundle, cores, hidden_size, latency)
+            for cores in args.cores:  # one encoder per core count serves every latency: each run sets its double's
+                encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
+                ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
                 core_ids[cores] = encoders[cores]._encoder.cores  # (cluster, core) pairs
             # The host stages alone take turns with the encode() runs, so both see the same machine.
             host_runs: list[dict[str, float]] = []
             first = next(iter(encoders.values()))
             tasks = {"host": lambda _: host_runs.append(time_stages_once(first, sentences, args.batch_size, run_encoder=False))}
-            windows: dict[int, list[tuple[float, float]]] = {cores: [] for cores in encoders}  # (start, end) of each encode()
+            windows: dict[tuple[float, int], list[tuple[float, float]]] = {key: [] for key in runs}  # (start, end) of each encode()
             # per encode(): CPU seconds on this thread and on the core threads, this thread's page faults
-            cpu: dict[int, list[tuple[float, float, int]]] = {cores: [] for cores in encoders}
+            cpu: dict[tuple[float, int], list[tuple[float, float, int]]] = {key: [] for key in runs}
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
             prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
-            for cores, encoder in encoders.items():
-                tasks[cores] = lambda _, e=encoder, w=windows[cores], c=cpu[cores]: _timed_encode(e, sentences, args.batch_size, w, c)
-                tasks[f"{cores} prepared"] = lambda _, e=ceiling_encoders[cores]: _run_prepared(e, prepared)
+            for latency_us, cores in runs:
+                latency = latency_us * 1e-6
+                encoder, fake = encoders[cores], fakes[cores]
+                ceiling, ceiling_fake = ceiling_encoders[cores], ceiling_fakes[cores]
+                key = (latency_us, cores)
+                tasks[key] = lambda _, e=encoder, f=fake, s=latency, w=windows[key], c=cpu[key]: (
+                    setattr(f, "latency_s", s), _timed_encode(e, sentences, args.batch_size, w, c)
+                )
+                tasks[(*key, "prepared")] = lambda _, e=ceiling, f=ceiling_fake, s=latency: (
+                    setattr(f, "latency_s", s), _run_prepared(e, prepared)
+                )
             seconds = interleave(tasks, repeats, warmup=1)
         finally:
             for encoder in [*encoders.values(), *ceiling_encoders.values()]:
@@ -85,16 +97,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     host = summarize_stages(host_runs[1:], len(sentences), with_encoder=False)  # [0] was the warm-up
     host_rate = 1e6 / host["host"]["us_per_sentence_median"]
     rows = []
-    for cores in args.cores:
-        achieved = len(sentences) / summarize(seconds[cores])["median"]
-        ceiling = len(sentences) / summarize(seconds[f"{cores} prepared"])["median"]
+    for latency_us, cores in runs:
+        key, latency = (latency_us, cores), latency_us * 1e-6
+        achieved = len(sentences) / summarize(seconds[key])["median"]
+        ceiling = len(sentences) / summarize(seconds[(*key, "prepared")])["median"]
         npu_rate = cores / latency
         bound = min(host_rate, npu_rate)
-        calls = fakes[cores].calls
-        host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*cpu[cores][1:]))  # [0]: warm-up
+        calls = _calls_within(fakes[cores].calls, windows[key])  # this latency's encode()s, the warm-up too
+        host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*cpu[key][1:]))  # [0]: warm-up
         busy = sum(call.end - call.start for call in calls) / (cores * (repeats + 1))  # per encode(), per core
         rows.append(
             {
+                "latency_us": latency_us,
                 "npu_cores": cores,
                 "sentences_per_s": achieved,
                 "host_rate": host_rate,
@@ -107,34 +121,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "infer_calls_per_encode": len(calls) / (repeats + 1),
                 "npu_busy_s_per_core": busy,
                 "npu_modelled_s_per_core": len(sentences) * latency / cores,
-                "wall_ms_per_encode": 1e3 * sum(end - start for start, end in windows[cores][1:]) / repeats,
+                "wall_ms_per_encode": 1e3 * sum(end - start for start, end in windows[key][1:]) / repeats,
                 "host_cpu_us_per_sentence": 1e6 * host_cpu / len(sentences),
                 "core_threads_cpu_us_per_sentence": 1e6 * threads_cpu / len(sentences),
                 "host_page_faults_per_encode": faults,
-                **_time_lost(calls, windows[cores][1:], core_ids[cores], latency),
+                **_time_lost(calls, windows[key][1:], core_ids[cores], latency),
             }
         )
     print_table(
-        f"NPU pipeline (test double, {args.latency_us:g} us/sentence/core): {len(sentences)} STS-B sentences, "
+        f"NPU pipeline (test double; latency = modelled us per sentence per core): {len(sentences)} STS-B sentences, "
         f"batch {args.batch_size}, {repeats} repeats; host stages {host['host']['us_per_sentence_median']:.1f} us/sentence",
         rows,
-        ("npu_cores", "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
+        ("latency_us", "npu_cores", "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
     )
     print_table(
         "Time beyond the modelled NPU time: ms per encode(), mean over the cores (wall = modelled + these)",
         rows,
-        ("npu_cores", "wall_ms_per_encode", *LOSSES),
+        ("latency_us", "npu_cores", "wall_ms_per_encode", *LOSSES),
     )
     print_table(
         "Inside encode(): CPU time per sentence on the calling thread and on the core threads, "
         "and the calling thread's page faults (medians over the repeats)",
         rows,
-        ("npu_cores", "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
+        ("latency_us", "npu_cores", "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
     )
     result = {
         "benchmark": "npu_pipeline",
         "meta": run_metadata(args),
-        "latency_us_per_sentence": args.latency_us,
+        "latencies_us_per_sentence": args.latency_us,
         "batch_size": args.batch_size,
         "sentences": len(sentences),
         "host_stages": host,
@@ -144,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _npu_encoder(bundle: Path, cores: int, hidden_size: int, latency: float) -> tuple[Any, Any]:
-    """A SentenceEncoder on `cores` cores of a fresh test double, and the double."""
+def _npu_encoder(bundle: Path, cores: int, hidden_size: int) -> tuple[Any, Any]:
+    """A SentenceEncoder on `cores` cores of a fresh test double, and the double (its latency_s is set per run)."""
     from bertnpu_runtime import SentenceEncoder
     from bertnpu_runtime.testing import FakeNpu
 
-    fake = FakeNpu(hidden_size=hidden_size, latency_s=latency, num_cores=8)
+    fake = FakeNpu(hidden_size=hidden_size, num_cores=8)
     return SentenceEncoder(bundle, backend="npu", npu_cores=cores, qbruntime_module=fake), fake
 
 
@@ -178,6 +192,11 @@ def _timed_encode(
     windows.append((start, time.perf_counter()))
     faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults_before
     cpu.append((time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults))
+
+
+def _calls_within(calls: Sequence[Any], windows: Sequence[tuple[float, float]]) -> list[Any]:
+    """The infer calls that started inside one of the (start, end) windows."""
+    return [call for call in calls if any(start <= call.start <= end for start, end in windows)]
 
 
 def _time_lost(calls: Sequence[Any], windows: Sequence[tuple[float, float]], cores: Sequence[Any], latency: float) -> dict[str, float]:
