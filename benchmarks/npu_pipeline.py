@@ -20,7 +20,8 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fakes, encoders, core_ids, ceiling_encoders, ceiling_fakes = {}, {}, {}, {}, {}
         hidden_size = _hidden_size(npu_bundle)
         try:
-            for cores in args.cores:  # one encoder per core count serves every latency: each run sets its double's
+            for cores in args.cores:  # one encoder per core count serves every latency (see _at_latency)
                 encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
                 ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
                 core_ids[cores] = encoders[cores]._encoder.cores  # (cluster, core) pairs
@@ -78,17 +79,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
             prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
-            for latency_us, cores in runs:
-                latency = latency_us * 1e-6
-                encoder, fake = encoders[cores], fakes[cores]
-                ceiling, ceiling_fake = ceiling_encoders[cores], ceiling_fakes[cores]
-                key = (latency_us, cores)
-                tasks[key] = lambda _, e=encoder, f=fake, s=latency, w=windows[key], c=cpu[key]: (
-                    setattr(f, "latency_s", s), _timed_encode(e, sentences, args.batch_size, w, c)
-                )
-                tasks[(*key, "prepared")] = lambda _, e=ceiling, f=ceiling_fake, s=latency: (
-                    setattr(f, "latency_s", s), _run_prepared(e, prepared)
-                )
+            for key in runs:
+                latency, cores = key[0] * 1e-6, key[1]
+                timed = partial(_timed_encode, encoders[cores], sentences, args.batch_size, windows[key], cpu[key])
+                tasks[key] = _at_latency(fakes[cores], latency, timed)
+                tasks[(*key, "prepared")] = _at_latency(ceiling_fakes[cores], latency, partial(_run_prepared, ceiling_encoders[cores], prepared))
             seconds = interleave(tasks, repeats, warmup=1)
         finally:
             for encoder in [*encoders.values(), *ceiling_encoders.values()]:
@@ -165,6 +160,16 @@ def _npu_encoder(bundle: Path, cores: int, hidden_size: int) -> tuple[Any, Any]:
 
     fake = FakeNpu(hidden_size=hidden_size, num_cores=8)
     return SentenceEncoder(bundle, backend="npu", npu_cores=cores, qbruntime_module=fake), fake
+
+
+def _at_latency(fake: Any, latency: float, run: Callable[[], object]) -> Callable[[int], None]:
+    """A benchmark task: set the double's modelled latency (seconds per sentence), then run."""
+
+    def task(_: int) -> None:
+        fake.latency_s = latency
+        run()
+
+    return task
 
 
 def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]]) -> None:
