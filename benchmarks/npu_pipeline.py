@@ -1,13 +1,15 @@
 """NPU pipeline: does the host keep 1, 2 and 4 NPU cores busy? Measured with the qbruntime test double.
 
-    python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100 [150 ...]] [--cores 1 2 4] [--quick]
+    python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100 [150 ...]] [--cores 1 2 4] [--copies K] [--quick]
 
 The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last the modelled latency
 per sentence, on as many cores as asked, and returns zeros; no card is needed. For each latency and
 core count, SentenceEncoder(backend="npu").encode() runs over the STS-B dev sentences, and its
 throughput is compared with the bound min(host rate, NPU rate): host rate = sentences/s of
 tokenize + embed + pool alone (measured in this run), NPU rate = cores / latency. Every latency and
-core count takes its turn in each round. It also reports the CPU time encode() takes per sentence:
+core count takes its turn in each round. `--copies K` hands each encode() the sentences K times
+over in one list: every call pays for filling and draining the pipeline, and a longer call spreads
+that over more sentences. It also reports the CPU time encode() takes per sentence:
 on its own thread (the host's share of an NPU deployment, with submitting and collecting) and on
 the threads that drive the cores.
 """
@@ -48,7 +50,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encode() batch size (default: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--copies", type=int, default=1,
+        help="each encode() gets the STS-B dev sentences this many times over, in one list (default: %(default)s)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.copies < 1:
+        parser.error(f"--copies must be at least 1, found {args.copies}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -57,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     run = start_run(args)
-    sentences, repeats = run.sentences, run.repeats
+    sentences, repeats = run.sentences * args.copies, run.repeats
     runs = [(latency_us, cores) for latency_us in args.latency_us for cores in args.cores]
 
     with tempfile.TemporaryDirectory(prefix="bertnpu-bench-") as scratch:
@@ -124,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
         )
     print_table(
-        f"NPU pipeline (test double; latency = modelled us per sentence per core): {len(sentences)} STS-B sentences, "
+        f"NPU pipeline (test double; latency = modelled us per sentence per core): {len(sentences)} STS-B sentences"
+        f"{f' ({args.copies} copies of {len(run.sentences)})' if args.copies > 1 else ''} per encode(), "
         f"batch {args.batch_size}, {repeats} repeats; host stages {host['host']['us_per_sentence_median']:.1f} us/sentence",
         rows,
         ("latency_us", "npu_cores", "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
@@ -146,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "latencies_us_per_sentence": args.latency_us,
         "batch_size": args.batch_size,
         "sentences": len(sentences),
+        "copies": args.copies,
         "host_stages": host,
         "rows": rows,
     }

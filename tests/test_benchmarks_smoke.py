@@ -78,13 +78,14 @@ def test_accuracy_reports_spearman_and_cosines(common_args, tmp_path):
 
 
 def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
-    args = ["--limit", "20", "--cores", "1", "2", "--latency-us", "100", "300", "--out", str(tmp_path / "npu.json")]
+    args = ["--limit", "20", "--copies", "2", "--cores", "1", "2", "--latency-us", "100", "300", "--out", str(tmp_path / "npu.json")]
     result = npu_pipeline.main(common_args + args)
+    assert (result["sentences"], result["copies"]) == (80, 2)  # 20 pairs, twice over
     assert [(row["latency_us"], row["npu_cores"]) for row in result["rows"]] == [(100, 1), (100, 2), (300, 1), (300, 2)]
     for row in result["rows"]:
         assert row["bound"] == min(row["host_rate"], row["npu_rate"])
         assert row["npu_rate"] == pytest.approx(row["npu_cores"] / (row["latency_us"] * 1e-6))
-        # The double ran at this row's latency: each call lasts at least its sentences x latency.
+        # The double ran at this row's latency on every copy: each call lasts at least its sentences x latency.
         assert row["npu_busy_s_per_core"] >= row["npu_modelled_s_per_core"] > 0
         assert row["achieved_vs_bound"] > 0 and row["infer_calls_per_encode"] >= 1
         assert row["prepared_vs_bound"] == pytest.approx(row["prepared_sentences_per_s"] / row["bound"]) and row["prepared_vs_bound"] > 0
