@@ -132,9 +132,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 **_time_lost(calls, windows[key][1:], core_ids[cores], latency),
             }
         )
+    copies = f" ({args.copies} copies of {len(run.sentences)})" if args.copies > 1 else ""
     print_table(
         f"NPU pipeline (test double; latency = modelled us per sentence per core): {len(sentences)} STS-B sentences"
-        f"{f' ({args.copies} copies of {len(run.sentences)})' if args.copies > 1 else ''} per encode(), "
+        f"{copies} per encode(), "
         f"batch {args.batch_size}, {repeats} repeats; host stages {host['host']['us_per_sentence_median']:.1f} us/sentence",
         rows,
         ("latency_us", "npu_cores", "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
