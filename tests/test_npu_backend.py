@@ -183,7 +183,7 @@ def test_cores_run_concurrently(mxq):
     assert wall < 0.5  # about 0.2 s on four cores; 0.8 s on one
 
 
-def test_core_selection(mxq):
+def test_core_selection(mxq, caplog):
     fake = FakeNpu(hidden_size=HIDDEN, num_cores=8)
     with npu(mxq, fake) as encoder:  # default: every core of an ARIES card
         assert encoder.cores == fake.all_cores() and fake.busy_cores() == set(fake.all_cores())
@@ -194,6 +194,11 @@ def test_core_selection(mxq):
     regulus = FakeNpu(hidden_size=HIDDEN, device_name="regulus-ra", num_cores=1)
     with npu(mxq, regulus) as encoder:
         assert encoder.cores == [(0, 0)]
+    unknown = FakeNpu(hidden_size=HIDDEN, device_name="future-card")
+    with caplog.at_level("WARNING", logger="bertnpu"), npu(mxq, unknown) as encoder:
+        assert encoder.cores == [(0, 0)]
+    assert "unknown device 'future-card', using 1 core" in caplog.text
+    assert "npu_cores= to SentenceEncoder" in caplog.text and "cores= to NpuEncoder" in caplog.text
     for bad in (0, 9, [(0, 0), (0, 0)], [(2, 0)], [(0, 4)], []):
         with pytest.raises(ValueError, match="cores"):
             npu(mxq, fake, cores=bad)

@@ -135,7 +135,7 @@ class NpuEncoder:
             raise BackendUnavailableError(
                 f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, cluster {cluster} core {core}: "
                 f"{first_line(exc)} (is another process, or an encoder in this one that is still open, using "
-                "that core? close() it, or choose other cores with npu_cores=...)"
+                "that core? close() it, or choose other cores: npu_cores= to SentenceEncoder, cores= to NpuEncoder)"
             ) from exc
         return model
 

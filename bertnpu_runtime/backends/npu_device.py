@@ -118,7 +118,11 @@ def device_core_count(accelerator: Any) -> int:
     for family, count in _LOCAL_CORES.items():
         if name.startswith(family):
             return count
-    logger.warning("npu backend: unknown device %r, using 1 core (pass cores= to use more)", name)
+    logger.warning(
+        "npu backend: unknown device %r, using 1 core (to use more, pass npu_cores= to SentenceEncoder, "
+        "or cores= to NpuEncoder)",
+        name,
+    )
     return 1
 
 
