@@ -1,6 +1,7 @@
-"""NPU pipeline: does the host keep 1, 2 and 4 NPU cores busy? Measured with the qbruntime test double.
+"""NPU pipeline: does the host keep 1, 2 and 4 NPU cores busy? Measured with the qbruntime test double, or on a card.
 
     python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100 [150 ...]] [--cores 1 2 4] [--copies K] [--quick]
+    python -m benchmarks.npu_pipeline --device [--device-no N] [--cores 1 2 4 8] ...   # on a card; the bundle needs model.mxq
 
 The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last the modelled latency
 per sentence, on as many cores as asked, and returns zeros; no card is needed. For each latency and
@@ -12,6 +13,11 @@ over in one list: every call pays for filling and draining the pipeline, and a l
 that over more sentences. It also reports the CPU time encode() takes per sentence:
 on its own thread (the host's share of an NPU deployment, with submitting and collecting) and on
 the threads that drive the cores.
+
+With --device the same encode() runs on the card's cores through qbruntime, one core count after
+another, and the NPU rate is measured: the cores' throughput on the same batches embedded
+beforehand, with the host thread asleep. `npu_rate_per_core_vs_1_core` near 1 says the cores
+scale; near 1 / cores, that `infer` holds Python's GIL and the cores take turns.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .common import (
+    Run,
     base_parser,
     interleave,
     print_table,
@@ -54,21 +62,87 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--copies", type=int, default=1,
         help="each encode() gets the STS-B dev sentences this many times over, in one list (default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", action="store_true",
+        help="run on the NPU card through qbruntime and the bundle's model.mxq, not the test double (--latency-us is not used)",
+    )  # fmt: skip
+    parser.add_argument("--device-no", type=int, default=0, help="with --device: which card (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.copies < 1:
         parser.error(f"--copies must be at least 1, found {args.copies}")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure host rate and NPU-pipeline throughput per latency and core count; print tables, write JSON."""
-    from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
+@dataclass
+class _Timings:
+    """What the encode() runs of one case recorded, the untimed warm-up first (see _timed_encode)."""
 
+    windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each encode()
+    cpu: list[tuple[float, float, int]] = field(default_factory=list)  # CPU s: this thread, core threads; page faults
+
+
+def main(argv: Sequence[str] | None = None, qbruntime_module: Any = None) -> dict[str, Any]:
+    """Measure host rate and NPU-pipeline throughput per core count (and latency, on the test double);
+    print tables, write JSON. `qbruntime_module` stands in for qbruntime with --device (in tests)."""
     args = parse_args(argv)
     run = start_run(args)
-    sentences, repeats = run.sentences * args.copies, run.repeats
-    runs = [(latency_us, cores) for latency_us in args.latency_us for cores in args.cores]
+    sentences = run.sentences * args.copies
+    if args.device:
+        host_runs, rows = _on_device(args, run, sentences, qbruntime_module)
+    else:
+        host_runs, rows = _with_test_double(args, run, sentences)
+    host = summarize_stages(host_runs, len(sentences), with_encoder=False)
 
+    copies = f" ({args.copies} copies of {len(run.sentences)})" if args.copies > 1 else ""
+    workload = (
+        f"{len(sentences)} STS-B sentences{copies} per encode(), batch {args.batch_size}, {run.repeats} repeats; "
+        f"host stages {host['host']['us_per_sentence_median']:.1f} us/sentence"
+    )
+    case = ("npu_cores",) if args.device else ("latency_us", "npu_cores")  # what tells the rows apart
+    if args.device:
+        print_table(
+            f"NPU pipeline on device {args.device_no} (npu_rate: the cores with the host idle): {workload}",
+            rows,
+            (*case, "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "npu_rate_per_core_vs_1_core"),
+        )
+    else:
+        print_table(
+            f"NPU pipeline (test double; latency = modelled us per sentence per core): {workload}",
+            rows,
+            (*case, "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
+        )
+        print_table(
+            "Time beyond the modelled NPU time: ms per encode(), mean over the cores (wall = modelled + these)",
+            rows,
+            (*case, "wall_ms_per_encode", *LOSSES),
+        )
+    print_table(
+        "Inside encode(): CPU time per sentence on the calling thread and on the core threads, "
+        "and the calling thread's page faults (medians over the repeats)",
+        rows,
+        (*case, "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
+    )
+    result = {
+        "benchmark": "npu_pipeline",
+        "meta": run_metadata(args),
+        "npu": f"device {args.device_no}" if args.device else "test double",
+        "latencies_us_per_sentence": None if args.device else args.latency_us,
+        "batch_size": args.batch_size,
+        "sentences": len(sentences),
+        "copies": args.copies,
+        "host_stages": host,
+        "rows": rows,
+    }
+    write_json(args.out, result)
+    return result
+
+
+def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """Every latency and core count on the test double, taking turns in each round; (host stage runs, rows)."""
+    from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
+
+    repeats = run.repeats
+    runs = [(latency_us, cores) for latency_us in args.latency_us for cores in args.cores]
     with tempfile.TemporaryDirectory(prefix="bertnpu-bench-") as scratch:
         npu_bundle = bundle_with_placeholder_mxq(run.bundle, Path(scratch) / "bundle")
         fakes, encoders, core_ids, ceiling_encoders, ceiling_fakes = {}, {}, {}, {}, {}
@@ -81,16 +155,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             # The host stages alone take turns with the encode() runs, so both see the same machine.
             host_runs: list[dict[str, float]] = []
             first = next(iter(encoders.values()))
-            tasks = {"host": lambda _: host_runs.append(time_stages_once(first, sentences, args.batch_size, run_encoder=False))}
-            windows: dict[tuple[float, int], list[tuple[float, float]]] = {key: [] for key in runs}  # (start, end) of each encode()
-            # per encode(): CPU seconds on this thread and on the core threads, this thread's page faults
-            cpu: dict[tuple[float, int], list[tuple[float, float, int]]] = {key: [] for key in runs}
+            tasks = {"host": partial(_time_host_stages, first, sentences, args.batch_size, host_runs)}
+            timings = {key: _Timings() for key in runs}
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
             prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
             for key in runs:
                 latency, cores = key[0] * 1e-6, key[1]
-                timed = partial(_timed_encode, encoders[cores], sentences, args.batch_size, windows[key], cpu[key])
+                timed = partial(_timed_encode, encoders[cores], sentences, args.batch_size, timings[key])
                 tasks[key] = _at_latency(fakes[cores], latency, timed)
                 tasks[(*key, "prepared")] = _at_latency(ceiling_fakes[cores], latency, partial(_run_prepared, ceiling_encoders[cores], prepared))
             seconds = interleave(tasks, repeats, warmup=1)
@@ -98,71 +170,109 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for encoder in [*encoders.values(), *ceiling_encoders.values()]:
                 encoder.close()
 
-    host = summarize_stages(host_runs[1:], len(sentences), with_encoder=False)  # [0] was the warm-up
-    host_rate = 1e6 / host["host"]["us_per_sentence_median"]
+    host_runs = host_runs[1:]  # [0] was the warm-up
+    host_rate = _host_rate(host_runs, len(sentences))
     rows = []
     for latency_us, cores in runs:
         key, latency = (latency_us, cores), latency_us * 1e-6
-        achieved = len(sentences) / summarize(seconds[key])["median"]
+        bound = min(host_rate, cores / latency)
         ceiling = len(sentences) / summarize(seconds[(*key, "prepared")])["median"]
-        npu_rate = cores / latency
-        bound = min(host_rate, npu_rate)
-        calls = _calls_within(fakes[cores].calls, windows[key])  # this latency's encode()s, the warm-up too
-        host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*cpu[key][1:]))  # [0]: warm-up
+        calls = _calls_within(fakes[cores].calls, timings[key].windows)  # this latency's encode()s, the warm-up too
         busy = sum(call.end - call.start for call in calls) / (cores * (repeats + 1))  # per encode(), per core
         rows.append(
             {
                 "latency_us": latency_us,
-                "npu_cores": cores,
-                "sentences_per_s": achieved,
-                "host_rate": host_rate,
-                "npu_rate": npu_rate,
-                "bound": bound,
-                "limited_by": "host" if host_rate < npu_rate else "npu",
-                "achieved_vs_bound": achieved / bound,
+                **_pipeline_row(cores, len(sentences), seconds[key], timings[key], host_rate, cores / latency),
                 "prepared_sentences_per_s": ceiling,
                 "prepared_vs_bound": ceiling / bound,
                 "infer_calls_per_encode": len(calls) / (repeats + 1),
                 "npu_busy_s_per_core": busy,
                 "npu_modelled_s_per_core": len(sentences) * latency / cores,
-                "wall_ms_per_encode": 1e3 * sum(end - start for start, end in windows[key][1:]) / repeats,
-                "host_cpu_us_per_sentence": 1e6 * host_cpu / len(sentences),
-                "core_threads_cpu_us_per_sentence": 1e6 * threads_cpu / len(sentences),
-                "host_page_faults_per_encode": faults,
-                **_time_lost(calls, windows[key][1:], core_ids[cores], latency),
+                **_time_lost(calls, timings[key].windows[1:], core_ids[cores], latency),
             }
         )
-    copies = f" ({args.copies} copies of {len(run.sentences)})" if args.copies > 1 else ""
-    print_table(
-        f"NPU pipeline (test double; latency = modelled us per sentence per core): {len(sentences)} STS-B sentences"
-        f"{copies} per encode(), "
-        f"batch {args.batch_size}, {repeats} repeats; host stages {host['host']['us_per_sentence_median']:.1f} us/sentence",
-        rows,
-        ("latency_us", "npu_cores", "sentences_per_s", "host_rate", "npu_rate", "limited_by", "achieved_vs_bound", "prepared_vs_bound", "infer_calls_per_encode"),
-    )
-    print_table(
-        "Time beyond the modelled NPU time: ms per encode(), mean over the cores (wall = modelled + these)",
-        rows,
-        ("latency_us", "npu_cores", "wall_ms_per_encode", *LOSSES),
-    )
-    print_table(
-        "Inside encode(): CPU time per sentence on the calling thread and on the core threads, "
-        "and the calling thread's page faults (medians over the repeats)",
-        rows,
-        ("latency_us", "npu_cores", "host_cpu_us_per_sentence", "core_threads_cpu_us_per_sentence", "host_page_faults_per_encode"),
-    )
-    result = {
-        "benchmark": "npu_pipeline",
-        "meta": run_metadata(args),
-        "latencies_us_per_sentence": args.latency_us,
-        "batch_size": args.batch_size,
-        "sentences": len(sentences),
-        "copies": args.copies,
-        "host_stages": host,
-        "rows": rows,
+    return host_runs, rows
+
+
+def _on_device(
+    args: argparse.Namespace, run: Run, sentences: list[str], qbruntime_module: Any
+) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """Every core count on the card, one after another (a core serves one encoder at a time), with the
+    host stages and the cores' own rate taking turns with encode(); (host stage runs, rows).
+
+    The NPU rate is measured, not modelled: encode()'s batches, embedded beforehand and submitted at
+    once while the host thread sleeps (the test double's `prepared` run).
+    """
+    from bertnpu_runtime import SentenceEncoder
+    from bertnpu_runtime.errors import BackendUnavailableError
+
+    host_runs: list[dict[str, float]] = []
+    measured = {}
+    for cores in args.cores:
+        try:
+            encoder = SentenceEncoder(
+                run.bundle, backend="npu", device_no=args.device_no, npu_cores=cores, qbruntime_module=qbruntime_module
+            )
+        except (BackendUnavailableError, ValueError) as exc:
+            raise SystemExit(f"--device: {exc}") from exc
+        with encoder:
+            runs: list[dict[str, float]] = []
+            timings = _Timings()
+            prepared = list(encoder._host_batches(sentences, args.batch_size, truncated=[]))
+            tasks = {
+                "host": partial(_time_host_stages, encoder, sentences, args.batch_size, runs),
+                "encode": partial(_timed_encode, encoder, sentences, args.batch_size, timings),
+                "prepared": partial(_run_prepared, encoder, prepared),
+            }
+            seconds = interleave(tasks, run.repeats, warmup=1)
+        host_runs += runs[1:]  # [0] was the warm-up
+        measured[cores] = (seconds, timings)
+
+    host_rate = _host_rate(host_runs, len(sentences))
+    npu_rates = {cores: len(sentences) / summarize(seconds["prepared"])["median"] for cores, (seconds, _) in measured.items()}
+    rows = []
+    for cores, (seconds, timings) in measured.items():
+        per_core_vs_1 = npu_rates[cores] / cores / npu_rates[1] if 1 in npu_rates else None
+        rows.append(
+            {
+                **_pipeline_row(cores, len(sentences), seconds["encode"], timings, host_rate, npu_rates[cores]),
+                "npu_rate_per_core_vs_1_core": per_core_vs_1,
+            }
+        )
+    return host_runs, rows
+
+
+def _pipeline_row(
+    cores: int, sentences: int, encode_seconds: list[float], timings: _Timings, host_rate: float, npu_rate: float
+) -> dict[str, Any]:
+    """The measures both modes report for one case: throughput against the bound, and CPU inside encode()."""
+    achieved = sentences / summarize(encode_seconds)["median"]
+    bound = min(host_rate, npu_rate)
+    host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*timings.cpu[1:]))  # [0]: warm-up
+    walls = [end - start for start, end in timings.windows[1:]]
+    return {
+        "npu_cores": cores,
+        "sentences_per_s": achieved,
+        "host_rate": host_rate,
+        "npu_rate": npu_rate,
+        "bound": bound,
+        "limited_by": "host" if host_rate < npu_rate else "npu",
+        "achieved_vs_bound": achieved / bound,
+        "wall_ms_per_encode": 1e3 * sum(walls) / len(walls),
+        "host_cpu_us_per_sentence": 1e6 * host_cpu / sentences,
+        "core_threads_cpu_us_per_sentence": 1e6 * threads_cpu / sentences,
+        "host_page_faults_per_encode": faults,
     }
-    write_json(args.out, result)
-    return result
+
+
+def _host_rate(host_runs: Sequence[dict[str, float]], sentences: int) -> float:
+    """Sentences/s of tokenize + embed + pool alone: the median of the timed runs."""
+    return 1e6 / summarize_stages(host_runs, sentences, with_encoder=False)["host"]["us_per_sentence_median"]
+
+
+def _time_host_stages(encoder: Any, sentences: list[str], batch_size: int, runs: list[dict[str, float]], _: int) -> None:
+    """A benchmark task: the host stages alone, once; appends their seconds to `runs`."""
+    runs.append(time_stages_once(encoder, sentences, batch_size, run_encoder=False))
 
 
 def _npu_encoder(bundle: Path, cores: int, hidden_size: int) -> tuple[Any, Any]:
@@ -184,7 +294,7 @@ def _at_latency(fake: Any, latency: float, run: Callable[[], object]) -> Callabl
     return task
 
 
-def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]]) -> None:
+def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]], _: int = 0) -> None:
     """Submit embedded (rows, hidden, mask) batches to the encoder's NPU backend at once; wait for all,
     the last first, so that the host thread sleeps until the cores are nearly done."""
     pending = [encoder._encoder.submit(hidden, mask) for _, hidden, mask in batches]
@@ -192,23 +302,17 @@ def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]]) -> None
         batch.result()
 
 
-def _timed_encode(
-    encoder: Any,
-    sentences: list[str],
-    batch_size: int,
-    windows: list[tuple[float, float]],
-    cpu: list[tuple[float, float, int]],
-) -> None:
-    """encode() once; appends its (start, end) to `windows`, and to `cpu` its CPU seconds (this thread,
-    the core threads) and this thread's minor page faults."""
+def _timed_encode(encoder: Any, sentences: list[str], batch_size: int, timings: _Timings, _: int = 0) -> None:
+    """encode() once; records its (start, end), its CPU seconds (this thread, the core threads) and this
+    thread's minor page faults in `timings`."""
     core_clocks = [time.pthread_getcpuclockid(worker.ident) for worker in encoder._encoder._workers]
     host_before, cores_before = time.thread_time(), sum(map(time.clock_gettime, core_clocks))
     faults_before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     start = time.perf_counter()
     encoder.encode(sentences, batch_size=batch_size)
-    windows.append((start, time.perf_counter()))
+    timings.windows.append((start, time.perf_counter()))
     faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults_before
-    cpu.append((time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults))
+    timings.cpu.append((time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults))
 
 
 def _calls_within(calls: Sequence[Any], windows: Sequence[tuple[float, float]]) -> list[Any]:

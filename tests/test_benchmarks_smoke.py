@@ -112,6 +112,59 @@ def test_npu_pipeline_runs_without_torch(common_args, tmp_path):
     assert printed.strip().endswith("ok 1")
 
 
+@pytest.fixture
+def device_args(common_args, tiny_bundle, tmp_path) -> list[str]:
+    """npu_pipeline --device on a copy of the tiny bundle with a placeholder model.mxq, 1 and 2 cores."""
+    from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
+
+    args = list(common_args)
+    args[args.index("--bundle") + 1] = str(bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle"))
+    return args + ["--device", "--limit", "40", "--cores", "1", "2", "--out", str(tmp_path / "npu.json")]
+
+
+def test_npu_pipeline_on_a_device_measures_the_cores_rate(device_args, tiny_bundle):
+    from bertnpu_runtime.testing import FakeNpu
+
+    latency = 500e-6
+    fake = FakeNpu(hidden_size=npu_pipeline._hidden_size(tiny_bundle), latency_s=latency)
+    result = npu_pipeline.main(device_args, qbruntime_module=fake)
+    assert (result["npu"], result["latencies_us_per_sentence"], result["sentences"]) == ("device 0", None, 80)
+    rows = {row["npu_cores"]: row for row in result["rows"]}
+    assert list(rows) == [1, 2]
+    for cores, row in rows.items():
+        assert row["bound"] == min(row["host_rate"], row["npu_rate"])
+        # Measured on the device: its calls last at least their sentences x latency, so no faster than this.
+        assert 0 < row["npu_rate"] <= cores / latency
+        assert row["achieved_vs_bound"] > 0 and row["host_cpu_us_per_sentence"] > 0
+    assert {call.core for call in fake.calls} == {(0, 0), (0, 1)}  # the 2-core encoder ran on both
+    assert not fake.busy_cores()  # each core count's encoder was closed before the next was opened
+    # The double's infer sleeps without holding the GIL, so a second core adds to the rate.
+    assert rows[1]["npu_rate_per_core_vs_1_core"] == 1.0
+    assert rows[2]["npu_rate_per_core_vs_1_core"] > 0.7
+
+
+def test_npu_pipeline_on_a_device_shows_an_infer_that_holds_the_gil(device_args, tiny_bundle, monkeypatch):
+    """What the per-core ratio is for: on a runtime whose infer keeps the GIL, the cores take turns."""
+    import ctypes
+
+    from bertnpu_runtime.testing import FakeNpu
+
+    def compute_holding_the_gil(self, inputs, start):  # in place of FakeNpu._compute: a call of latency_s per sentence
+        ctypes.PyDLL(None).usleep(int(len(inputs[0]) * self.latency_s * 1e6))  # PyDLL: the GIL stays held
+        return np.zeros(inputs[0].shape, np.float32)
+
+    monkeypatch.setattr(FakeNpu, "_compute", compute_holding_the_gil)
+    fake = FakeNpu(hidden_size=npu_pipeline._hidden_size(tiny_bundle), latency_s=500e-6)
+    rows = npu_pipeline.main(device_args, qbruntime_module=fake)["rows"]
+    assert rows[1]["npu_cores"] == 2 and rows[1]["npu_rate_per_core_vs_1_core"] < 0.6
+
+
+def test_npu_pipeline_on_a_device_says_what_is_missing(common_args, tmp_path):
+    with pytest.raises(SystemExit, match="has no model.mxq"):
+        npu_pipeline.main(common_args + ["--device", "--out", str(tmp_path / "npu.json")])
+    assert not (tmp_path / "npu.json").exists()
+
+
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
     result = footprint.main(common_args + ["--out", str(tmp_path / "footprint.json")])
     rows = {row["contender"]: row for row in result["rows"]}
