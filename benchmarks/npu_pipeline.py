@@ -53,8 +53,8 @@ LOSSES = ("before_first_call_ms", "in_calls_beyond_model_ms", "between_calls_ms"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], "npu_pipeline")
     parser.add_argument(
-        "--latency-us", type=float, nargs="+", default=[100.0],
-        help="modelled NPU time per sentence per core; several values take turns (default: %(default)s)",
+        "--latency-us", type=float, nargs="+", default=None,
+        help="modelled NPU time per sentence per core; several values take turns (default: 100)",
     )  # fmt: skip
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encode() batch size (default: %(default)s)")
@@ -64,12 +64,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--device", action="store_true",
-        help="run on the NPU card through qbruntime and the bundle's model.mxq, not the test double (--latency-us is not used)",
+        help="run on the NPU card through qbruntime and the bundle's model.mxq, not the test double (no --latency-us)",
     )  # fmt: skip
     parser.add_argument("--device-no", type=int, default=0, help="with --device: which card (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.copies < 1:
         parser.error(f"--copies must be at least 1, found {args.copies}")
+    if args.device and args.latency_us is not None:
+        parser.error("--latency-us models the test double's NPU; with --device the card's own time is measured")
+    if not args.device and args.latency_us is None:
+        args.latency_us = [100.0]
     return args
 
 

@@ -165,6 +165,12 @@ def test_npu_pipeline_on_a_device_says_what_is_missing(common_args, tmp_path):
     assert not (tmp_path / "npu.json").exists()
 
 
+def test_npu_pipeline_on_a_device_refuses_a_modelled_latency(common_args, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        npu_pipeline.main(common_args + ["--device", "--latency-us", "100", "--out", str(tmp_path / "npu.json")])
+    assert "--latency-us models the test double's NPU" in capsys.readouterr().err
+
+
 def test_footprint_runs_fresh_processes(common_args, tmp_path):
     result = footprint.main(common_args + ["--out", str(tmp_path / "footprint.json")])
     rows = {row["contender"]: row for row in result["rows"]}
