@@ -92,10 +92,9 @@ def main(argv: Sequence[str] | None = None, qbruntime_module: Any = None) -> dic
     run = start_run(args)
     sentences = run.sentences * args.copies
     if args.device:
-        host_runs, rows = _on_device(args, run, sentences, qbruntime_module)
+        host, rows = _on_device(args, run, sentences, qbruntime_module)
     else:
-        host_runs, rows = _with_test_double(args, run, sentences)
-    host = summarize_stages(host_runs, len(sentences), with_encoder=False)
+        host, rows = _with_test_double(args, run, sentences)
 
     copies = f" ({args.copies} copies of {len(run.sentences)})" if args.copies > 1 else ""
     workload = (
@@ -141,8 +140,8 @@ def main(argv: Sequence[str] | None = None, qbruntime_module: Any = None) -> dic
     return result
 
 
-def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
-    """Every latency and core count on the test double, taking turns in each round; (host stage runs, rows)."""
+def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every latency and core count on the test double, taking turns in each round; (host stages, rows)."""
     from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
 
     repeats = run.repeats
@@ -174,8 +173,7 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
             for encoder in [*encoders.values(), *ceiling_encoders.values()]:
                 encoder.close()
 
-    host_runs = host_runs[1:]  # [0] was the warm-up
-    host_rate = _host_rate(host_runs, len(sentences))
+    host, host_rate = _host_stages(host_runs[1:], len(sentences))  # [0] was the warm-up
     rows = []
     for latency_us, cores in runs:
         key, latency = (latency_us, cores), latency_us * 1e-6
@@ -195,14 +193,14 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
                 **_time_lost(calls, timings[key].windows[1:], core_ids[cores], latency),
             }
         )
-    return host_runs, rows
+    return host, rows
 
 
 def _on_device(
     args: argparse.Namespace, run: Run, sentences: list[str], qbruntime_module: Any
-) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every core count on the card, one after another (a core serves one encoder at a time), with the
-    host stages and the cores' own rate taking turns with encode(); (host stage runs, rows).
+    host stages and the cores' own rate taking turns with encode(); (host stages, rows).
 
     The NPU rate is measured, not modelled: encode()'s batches, embedded beforehand and submitted at
     once while the host thread sleeps (the test double's `prepared` run).
@@ -232,7 +230,7 @@ def _on_device(
         host_runs += runs[1:]  # [0] was the warm-up
         measured[cores] = (seconds, timings)
 
-    host_rate = _host_rate(host_runs, len(sentences))
+    host, host_rate = _host_stages(host_runs, len(sentences))
     npu_rates = {cores: len(sentences) / summarize(seconds["prepared"])["median"] for cores, (seconds, _) in measured.items()}
     rows = []
     for cores, (seconds, timings) in measured.items():
@@ -243,7 +241,7 @@ def _on_device(
                 "npu_rate_per_core_vs_1_core": per_core_vs_1,
             }
         )
-    return host_runs, rows
+    return host, rows
 
 
 def _pipeline_row(
@@ -269,9 +267,11 @@ def _pipeline_row(
     }
 
 
-def _host_rate(host_runs: Sequence[dict[str, float]], sentences: int) -> float:
-    """Sentences/s of tokenize + embed + pool alone: the median of the timed runs."""
-    return 1e6 / summarize_stages(host_runs, sentences, with_encoder=False)["host"]["us_per_sentence_median"]
+def _host_stages(host_runs: Sequence[dict[str, float]], sentences: int) -> tuple[dict[str, Any], float]:
+    """The host stages' us per sentence (median and p95 per stage) over the timed runs, and the host
+    rate: sentences/s of tokenize + embed + pool alone, from the median."""
+    host = summarize_stages(host_runs, sentences, with_encoder=False)
+    return host, 1e6 / host["host"]["us_per_sentence_median"]
 
 
 def _time_host_stages(encoder: Any, sentences: list[str], batch_size: int, runs: list[dict[str, float]], _: int) -> None:
