@@ -46,7 +46,6 @@ from .common import (
 )
 from .stages import summarize_stages, time_stages_once
 
-BATCH_SIZE = 32
 LOSSES = ("before_first_call_ms", "in_calls_beyond_model_ms", "between_calls_ms", "after_last_call_ms")
 
 
@@ -57,7 +56,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="modelled NPU time per sentence per core; several values take turns (default: 100)",
     )  # fmt: skip
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encode() batch size (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="encode() batch size (default: the NPU backend's, SentenceEncoder.default_batch_size)",
+    )  # fmt: skip
     parser.add_argument(
         "--copies", type=int, default=1,
         help="each encode() gets the STS-B dev sentences this many times over, in one list (default: %(default)s)",
@@ -74,6 +76,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--latency-us models the test double's NPU; with --device the card's own time is measured")
     if not args.device and args.latency_us is None:
         args.latency_us = [100.0]
+    if args.batch_size is None:
+        from bertnpu_runtime.backends.npu import NpuEncoder
+
+        args.batch_size = NpuEncoder.preferred_batch_size
     return args
 
 

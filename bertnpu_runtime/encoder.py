@@ -20,7 +20,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from .backends.base import EncoderBackend, PendingOutput, as_encoder_backend
+from .backends.base import EncoderBackend, PendingOutput, as_encoder_backend, preferred_batch_size
 from .backends.selection import open_backend
 from .batch_memory import BatchMemory
 from .bundle import TOKENIZER_FILE, Bundle
@@ -105,6 +105,13 @@ class SentenceEncoder:
         return self.manifest.hidden_size
 
     @property
+    def default_batch_size(self) -> int:
+        """The batch_size encode() uses when none is given: 32 on ONNX (sentence-transformers'
+        default), 64 on the NPU, where a batch's sentences share one length and each call costs the
+        host a thread wake-up."""
+        return preferred_batch_size(self._encoder)
+
+    @property
     def max_seq_length(self) -> int:
         """Texts longer than this many tokens (with [CLS] and [SEP]) are truncated."""
         return self.manifest.max_seq_length
@@ -116,14 +123,15 @@ class SentenceEncoder:
     def encode(
         self,
         sentences: str | Sequence[str],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize_embeddings: bool = False,
     ) -> np.ndarray:
         """Encode sentences to float32 vectors, as sentence-transformers' `encode` does.
 
         Returns [n, dim] for a list (in input order; [0, dim] for an empty list) and [dim] for a
-        single str. Vectors are L2-normalized when `normalize_embeddings` is set or the model itself
+        single str. `batch_size` is the most sentences in one encoder call (None: `default_batch_size`).
+        Vectors are L2-normalized when `normalize_embeddings` is set or the model itself
         normalizes (bundle.json "normalize"). Texts over `max_seq_length` tokens are truncated and
         a warning is logged; see `tokenize()` to check beforehand.
         """
@@ -135,6 +143,8 @@ class SentenceEncoder:
                 f"{os.getpid()}, forked from it: the encoder's threads and NPU models do not exist here. "
                 "Open a SentenceEncoder in each worker process (or start workers with the 'spawn' method)"
             )
+        if batch_size is None:
+            batch_size = self.default_batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, found {batch_size!r}")
         single = isinstance(sentences, str)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
+from bertnpu_runtime.backends.onnx import OnnxEncoder
 from conftest import in_forked_child
 
 SENTENCES = [
@@ -70,6 +71,26 @@ def test_bad_items_are_named(encoder, bad, message):
 def test_bad_batch_size(encoder, batch_size):
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         encoder.encode(SENTENCES, batch_size=batch_size)
+
+
+def test_onnx_batches_default_to_32_sentences(tiny_bundle):
+    """sentence-transformers' default batch_size, on ONNX and on a backend that names none."""
+    batch_rows = []
+
+    class Recording:
+        def __init__(self) -> None:
+            self._onnx = OnnxEncoder(tiny_bundle / "encoder.onnx")
+
+        def run(self, hidden, attention_mask):
+            batch_rows.append(len(hidden))
+            return self._onnx.run(hidden, attention_mask)
+
+    with SentenceEncoder(tiny_bundle, backend="onnx") as onnx:
+        assert onnx.default_batch_size == 32
+    with SentenceEncoder(tiny_bundle, backend=Recording()) as enc:
+        assert enc.default_batch_size == 32
+        enc.encode(["A man is playing a guitar."] * 100)
+    assert max(batch_rows) == 32 and sum(batch_rows) == 100
 
 
 def test_vectors_do_not_depend_on_batch_composition(encoder):
@@ -211,8 +232,6 @@ def test_many_chunks_keep_order_and_report_truncation(encoder, caplog):
 
 
 def test_an_open_backend_can_be_passed_in(tiny_bundle):
-    from bertnpu_runtime.backends.onnx import OnnxEncoder
-
     class Counting(OnnxEncoder):
         calls = 0
 
@@ -258,8 +277,6 @@ def test_batches_hold_one_bucket_and_at_most_batch_size(bucket):
 
 
 def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
-    from bertnpu_runtime.backends.onnx import OnnxEncoder
-
     encoder = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1)
     hidden = np.random.default_rng(0).standard_normal((2, 5, 32)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
@@ -276,8 +293,6 @@ def test_progress_bar_counts_sentences(encoder, capsys):
 
 
 def test_a_backend_with_only_run_works_and_a_bad_one_is_named(tiny_bundle):
-    from bertnpu_runtime.backends.onnx import OnnxEncoder
-
     class RunOnly:
         def __init__(self) -> None:
             self._onnx = OnnxEncoder(tiny_bundle / "encoder.onnx")
@@ -301,8 +316,6 @@ def test_a_backend_with_only_run_works_and_a_bad_one_is_named(tiny_bundle):
 
 
 def test_batch_memory_is_kept_between_encodes_but_not_after_a_failure(tiny_bundle):
-    from bertnpu_runtime.backends.onnx import OnnxEncoder
-
     class FailingOnce:
         """ONNX, except that call number `fail_at` raises."""
 

@@ -133,6 +133,22 @@ def test_short_batches_wait_one_chunk_for_more_of_their_length(npu_bundle):
         assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
 
 
+def test_npu_batches_default_to_64_sentences_and_batch_size_still_caps_them(npu_bundle):
+    """Without batch_size, a call takes up to 64 sentences of one length (fewer calls, each a thread
+    wake-up on the host); a batch_size given caps it as before."""
+    texts = ["A man is playing a guitar."] * 150  # one length: calls of a full batch, and the rest
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+        assert enc.default_batch_size == 64
+        by_default = enc.encode(texts)
+        default_calls = [call.sentences for call in fake.calls]
+        fake.calls.clear()
+        capped = enc.encode(texts, batch_size=32)
+    assert max(default_calls) == 64 and sum(default_calls) == 150
+    assert max(call.sentences for call in fake.calls) == 32 and sum(call.sentences for call in fake.calls) == 150
+    np.testing.assert_allclose(by_default, capped, atol=1e-5)
+
+
 def test_auto_picks_the_npu_when_device_and_mxq_exist(npu_bundle, onnx_vectors):
     with SentenceEncoder(npu_bundle, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx")) as enc:
         assert enc.backend == "npu"

@@ -7,6 +7,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# The batch_size SentenceEncoder.encode() uses when none is given, for a backend that names none:
+# sentence-transformers' default.
+DEFAULT_BATCH_SIZE = 32
+
 
 class PendingOutput(Protocol):
     """A batch handed to a backend with `submit`; `result()` blocks until its output is ready."""
@@ -25,6 +29,8 @@ class EncoderBackend(Protocol):
     hidden: float32 [batch, seq, hidden], C-contiguous; attention_mask: int64 [batch, seq], 1 = real token.
     Rows of padding (mask 0) may hold anything in the output; pooling ignores them.
     Implementations must be safe to call from several threads at once.
+    A backend may also set `preferred_batch_size`, the batch_size encode() uses when none is given
+    (see preferred_batch_size below); without it, DEFAULT_BATCH_SIZE.
     """
 
     name: str
@@ -43,6 +49,11 @@ class EncoderBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def preferred_batch_size(backend: EncoderBackend) -> int:
+    """The batch_size encode() uses on `backend` when none is given."""
+    return getattr(backend, "preferred_batch_size", DEFAULT_BATCH_SIZE)
 
 
 def as_encoder_backend(backend: Any) -> EncoderBackend:
