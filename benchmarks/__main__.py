@@ -17,7 +17,7 @@ BENCHMARKS = {"accuracy": accuracy, "speed": speed, "npu_pipeline": npu_pipeline
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the chosen benchmarks with the same bundle, model, threads and --quick."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--model", default=None, help="sentence-transformers reference folder (default: the bundle's source model)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bertnpu_runtime import data
+
 DEFAULT_BUNDLE = Path("bundles/all-MiniLM-L6-v2")
 RESULTS_DIR = Path("benchmarks/results")
 DEFAULT_THREADS = 2
@@ -38,7 +40,7 @@ BUILD_HINT = "build it with: python -m compile --model default --out {bundle}"
 
 def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: --bundle, --model, --threads, --quick, --stsb-dir, --out."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{result_name}", description=description)
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bertnpu bundle folder (default: %(default)s)")
     parser.add_argument(
         "--model",
@@ -47,7 +49,7 @@ def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for every contender (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a few sentences and repeats: checks that it runs, numbers mean little")
-    parser.add_argument("--stsb-dir", type=Path, default=None, help="STS-B CSV folder (default: compile.data.default_stsb_dir())")
+    parser.add_argument("--stsb-dir", type=Path, default=None, help="STS-B CSV folder (default: the copy shipped with bertnpu_runtime.data)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{result_name}.json", help="JSON result file (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help=f"first N STS-B dev pairs (default: all 1,500; --quick: {QUICK_PAIRS})")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 5; --quick: fewer)")
@@ -153,11 +155,9 @@ def _cpu_model() -> str:
 # ---- data ------------------------------------------------------------------------------------
 
 
-def load_stsb_dev(stsb_dir: Path | None) -> list[tuple[str, str, float]]:
-    """STS-B dev pairs (sentence1, sentence2, gold score 0..5)."""
-    from compile.data import STSB_DEV_FILE, default_stsb_dir, read_stsb_pairs
-
-    return read_stsb_pairs((stsb_dir or default_stsb_dir()) / STSB_DEV_FILE)
+def load_stsb_dev(directory: Path | None) -> list[tuple[str, str, float]]:
+    """STS-B dev pairs (sentence1, sentence2, gold score 0..5) from `directory`, else the shipped copy."""
+    return data.read_stsb_pairs((directory or data.stsb_dir()) / data.STSB_DEV_FILE)
 
 
 # ---- contenders ------------------------------------------------------------------------------

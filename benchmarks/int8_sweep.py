@@ -91,7 +91,9 @@ def time_alternating(encoders: dict[str, object], texts: list[str], repeats: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.int8_sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--pairs", type=int, default=500, help="first N STS-B dev pairs; 0 = all 1,500")
     parser.add_argument("--threads", type=int, default=2)

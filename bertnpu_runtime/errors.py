@@ -7,13 +7,21 @@ class BertNpuError(Exception):
     """Base class of all bertnpu errors."""
 
 
-class BundleError(BertNpuError):
-    """A bundle file is missing, corrupt, or disagrees with bundle.json. The message names the file."""
+class FileProblem(BertNpuError):
+    """Something is wrong with one file: `path` names it, `problem` says what."""
 
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class BundleError(FileProblem):
+    """A bundle file is missing, corrupt, or disagrees with bundle.json."""
+
+
+class DataError(FileProblem):
+    """A data file (calibration sentences, STS-B) is missing or cannot be read."""
 
 
 class BackendUnavailableError(BertNpuError):

@@ -6,18 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import CompileError
+from .pipeline import build_bundle
 
 __all__ = ["build_bundle", "CompileError"]
-
-
-def __getattr__(name: str) -> Any:
-    # build_bundle brings torch and transformers (seconds to import); compile.data, which tests and
-    # benchmarks use to read STS-B, must not.
-    if name == "build_bundle":
-        from .pipeline import build_bundle
-
-        return build_bundle
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

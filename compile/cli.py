@@ -20,8 +20,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help='"default" (embedded all-MiniLM-L6-v2), a model folder, or a hub id')
     parser.add_argument("--out", required=True, help="bundle folder to write")
-    parser.add_argument("--calib-data", help="CSV or text file of sentences (default: STS-B train split)")
-    parser.add_argument("--calib-samples", type=int, default=256, help="calibration sentences (default 256)")
+    parser.add_argument("--calib-data", help="CSV or text file of sentences (default: the shipped STS-B train split)")
+    parser.add_argument(
+        "--calib-samples", type=int, default=None,
+        help="calibration sentences (default 256; fewer than 100 only when given explicitly)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=42, help="seed for drawing calibration sentences (default 42)")
     parser.add_argument("--max-seq-length", type=int, help="override the model's max sequence length")
     parser.add_argument("--mxq", action="store_true", help="also compile model.mxq with Mobilint's qbcompiler")
@@ -40,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("compile")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    _quiet_third_party_progress()
     started = time.perf_counter()
     try:
         out = build_bundle(
@@ -62,3 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.removeHandler(handler)
     print(f"{out} ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _quiet_third_party_progress() -> None:
+    """One log line per step: transformers' and the hub's progress bars would interleave with them."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()

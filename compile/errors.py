@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bertnpu_runtime.errors import BertNpuError
 
-class CompileError(Exception):
+
+class CompileError(BertNpuError):
     """A bundle cannot be built: bad model, bad data, unwritable output, or a missing tool."""

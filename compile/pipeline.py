@@ -39,7 +39,7 @@ def build_bundle(
     out_dir: str | Path,
     *,
     calib_data: str | Path | None = None,
-    calib_samples: int = 256,
+    calib_samples: int | None = None,
     seed: int = 42,
     max_seq_length: int | None = None,
     mxq: bool = False,
@@ -52,9 +52,11 @@ def build_bundle(
 
     Always writes embeddings.npz, tokenizer.json, encoder.onnx, calib/ and bundle.json. `int8` adds
     encoder.int8.onnx, `mxq` model.mxq and `mblt` model.mblt (both need Mobilint's qbcompiler).
-    An existing non-empty `out_dir` is replaced only with `force`. Raises CompileError on bad input;
-    when only the qbcompiler steps fail, the bundle is still written without their files and the
-    error says so.
+    `calib_samples` sentences (default 256) are drawn from `calib_data` (default: the shipped STS-B
+    train split); see calibration.sample_sentences for a file with fewer. An existing non-empty
+    `out_dir` is replaced only with `force`. Raises CompileError on bad input, and before any work
+    when qbcompiler is needed and missing; when only the qbcompiler steps fail, the bundle is still
+    written without their files and the error says so.
     """
     out = Path(out_dir).expanduser().resolve()
     _check_out_dir(out, force)
@@ -62,6 +64,8 @@ def build_bundle(
     sentences = sample_sentences(calib_path, calib_samples, seed)  # bad data fails before the slow steps
     if target_device is not None:
         qb.inference_scheme(target_device)  # so does an unknown device name
+    if mxq or mblt:
+        qb.import_qbcompiler()  # and a missing compiler
     source = load_source_model(model, max_seq_length)
 
     staging = _make_staging_dir(out)

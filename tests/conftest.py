@@ -173,10 +173,7 @@ def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def stsb_dir() -> Path:
-    """The STS-B CSV folder (../shared/data/stsb or $BERTNPU_STSB_DIR); fails loudly when absent."""
-    from compile.data import default_stsb_dir
+    """The STS-B CSV folder the package reads (its shipped copy unless $BERTNPU_STSB_DIR is set)."""
+    from bertnpu_runtime.data import stsb_dir
 
-    directory = default_stsb_dir()
-    if not (directory / "stsb-en-train.csv").is_file():
-        pytest.fail(f"STS-B data not found: expected stsb-en-train.csv in {directory} (set BERTNPU_STSB_DIR)")
-    return directory
+    return stsb_dir()

@@ -32,7 +32,7 @@ from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.tokenization import Tokenizer
 from compile import build_bundle
 from compile.calibration import sample_sentences
-from compile.data import STSB_TRAIN_FILE
+from bertnpu_runtime.data import STSB_TRAIN_FILE
 from conftest import TINY_HIDDEN, TINY_LAYERS, TINY_MAX_POSITIONS, TINY_MAX_SEQ_LENGTH, tiny_vocab
 
 SENTENCES = [

@@ -114,11 +114,36 @@ def test_bad_calibration_data(tiny_model_dir: Path, tmp_path: Path):
         build_bundle(str(tiny_model_dir), tmp_path / "out", calib_samples=0)
 
 
-def test_calibration_from_a_text_file(tiny_model_dir: Path, tmp_path: Path):
+def test_calibration_from_a_text_file(tiny_model_dir: Path, tmp_path: Path, caplog):
     text = tmp_path / "sentences.txt"
     text.write_text("a dog runs\nthe man plays a flute on the beach\n\nwater\n")
-    out = build_bundle(str(tiny_model_dir), tmp_path / "bundle", calib_data=text, calib_samples=10)
+    with caplog.at_level("WARNING", logger="compile"):
+        out = build_bundle(str(tiny_model_dir), tmp_path / "bundle", calib_data=text, calib_samples=10)
     assert len(list((out / "calib").glob("*.npy"))) == 3  # fewer sentences than asked: all of them
+    assert f"{text} has 3 distinct sentences, fewer than the 10 asked for" in caplog.text
+
+
+def test_a_small_calibration_file_needs_an_explicit_count(tiny_model_dir: Path, tmp_path: Path):
+    text = tmp_path / "sentences.txt"
+    text.write_text("".join(f"sentence number {i}\n" for i in range(99)))
+    with pytest.raises(CompileError, match=r"99 distinct sentences, fewer than the 100 .*--calib-samples 99"):
+        build_bundle(str(tiny_model_dir), tmp_path / "bundle", calib_data=text)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_calibration_data_that_is_a_folder(tiny_model_dir: Path, tmp_path: Path):
+    with pytest.raises(CompileError, match=f"{tmp_path}: expected a file, found a folder"):
+        build_bundle(str(tiny_model_dir), tmp_path / "bundle", calib_data=tmp_path)
+
+
+def test_the_cli_prints_one_clean_line_per_step(tiny_model_dir: Path, tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--calib-samples", "4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "it/s" not in result.stderr and "%|" not in result.stderr
+    assert "wrote calib (" in result.stderr and "bundle ready" in result.stderr
 
 
 def test_max_seq_length_beyond_positions(tiny_model_dir: Path, tmp_path: Path):

@@ -182,16 +182,16 @@ def test_mblt_analysis_step(stand_in, api, tiny_model_dir: Path, tmp_path: Path)
     assert files[MBLT_FILE]["sha256"] == sha256_of(out / MBLT_FILE) and MXQ_FILE not in files
 
 
-def test_missing_qbcompiler_is_a_clear_error_and_the_rest_is_usable(monkeypatch, tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("flag", ["mxq", "mblt"])
+def test_missing_qbcompiler_is_named_before_any_work(monkeypatch, flag, tiny_model_dir: Path, tmp_path: Path):
     monkeypatch.setitem(sys.modules, "qbcompiler", None)  # makes `import qbcompiler` raise ImportError
+    loads = []
+    monkeypatch.setattr("compile.pipeline.load_source_model", lambda *args: loads.append(args))
     with pytest.raises(CompileError) as error:
-        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
+        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, **{flag: True})
     message = str(error.value)
     assert "qbcompiler" in message and "not importable" in message
-    assert "usable" in message and str(tmp_path / "b") in message
-    bundle = Bundle(tmp_path / "b")
-    assert not bundle.has(MXQ_FILE) and not (tmp_path / "b" / MXQ_FILE).exists()
-    assert bundle.path(ONNX_ENCODER_FILE).is_file()
+    assert loads == [] and not (tmp_path / "b").exists()
 
 
 def test_a_failing_compiler_leaves_no_mxq(stand_in, tiny_model_dir: Path, tmp_path: Path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bertnpu_runtime import SentenceEncoder
-from compile.data import STSB_DEV_FILE, read_stsb_pairs
+from bertnpu_runtime.data import STSB_DEV_FILE, read_stsb_pairs
 
 
 @pytest.fixture(scope="module")

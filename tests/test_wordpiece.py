@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as LibraryTokenizer
 from bertnpu_runtime import tokenization
 from bertnpu_runtime.tokenization import Tokenizer
 from bertnpu_runtime.wordpiece import FastWordPiece
-from compile.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
+from bertnpu_runtime.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
 
 MAX_LENGTH = 32  # short, so truncation is exercised often
 

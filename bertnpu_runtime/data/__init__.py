@@ -1,24 +1,40 @@
-"""Reading STS-B and plain sentence files. Shared by calibration, tests and benchmarks."""
+"""The data bertnpu ships, and readers for it.
+
+The STS Benchmark English train and dev splits (CSV, `sentence1,sentence2,score`, with their
+LICENSE beside them) are package data: the compiler's default calibration set and the accuracy
+benchmark's test set, found the same way in a checkout and in an installed wheel. Set
+$BERTNPU_STSB_DIR to read another copy of the same two files.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+from importlib.resources import files
 from pathlib import Path
 
-from .errors import CompileError
+from ..errors import DataError
 
 STSB_DIR_ENV = "BERTNPU_STSB_DIR"
 STSB_TRAIN_FILE = "stsb-en-train.csv"
 STSB_DEV_FILE = "stsb-en-dev.csv"
 
 
-def default_stsb_dir() -> Path:
-    """$BERTNPU_STSB_DIR, else ../shared/data/stsb next to the repository."""
+def shipped_stsb_dir() -> Path:
+    """The STS-B folder installed with this package."""
+    # A plain folder for every install pip makes (wheel, editable, checkout); zip imports are not supported.
+    return Path(str(files(__name__) / "stsb"))
+
+
+def stsb_dir() -> Path:
+    """$BERTNPU_STSB_DIR when set, else the shipped copy."""
     override = os.environ.get(STSB_DIR_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
+    return Path(override) if override else shipped_stsb_dir()
+
+
+def stsb_file(name: str) -> Path:
+    """`STSB_TRAIN_FILE` or `STSB_DEV_FILE` in `stsb_dir()`."""
+    return stsb_dir() / name
 
 
 def read_stsb_pairs(path: str | Path) -> list[tuple[str, str, float]]:
@@ -27,11 +43,11 @@ def read_stsb_pairs(path: str | Path) -> list[tuple[str, str, float]]:
     pairs = []
     for line_no, row in enumerate(_csv_rows(path), start=1):
         if len(row) != 3:
-            raise CompileError(f"{path}:{line_no}: expected 3 columns (sentence1,sentence2,score), found {len(row)}")
+            raise DataError(path, f"line {line_no}: expected 3 columns (sentence1,sentence2,score), found {len(row)}")
         try:
             score = float(row[2])
         except ValueError:
-            raise CompileError(f"{path}:{line_no}: score {row[2]!r} is not a number") from None
+            raise DataError(path, f"line {line_no}: score {row[2]!r} is not a number") from None
         pairs.append((row[0], row[1], score))
     return pairs
 
@@ -46,7 +62,7 @@ def read_sentences(path: str | Path) -> list[str]:
         sentences = [line.strip() for line in _read_text(path).splitlines()]
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
-        raise CompileError(f"{path}: no sentences found")
+        raise DataError(path, "no sentences found")
     return sentences
 
 
@@ -65,22 +81,24 @@ def _is_number(text: str) -> bool:
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
-    _check_exists(path)
+    _check_is_file(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             return [row for row in csv.reader(f) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CompileError(f"{path}: cannot be read as a UTF-8 CSV file ({exc})") from exc
+        raise DataError(path, f"cannot be read as a UTF-8 CSV file ({exc})") from exc
 
 
 def _read_text(path: Path) -> str:
-    _check_exists(path)
+    _check_is_file(path)
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CompileError(f"{path}: cannot be read as UTF-8 text ({exc})") from exc
+        raise DataError(path, f"cannot be read as UTF-8 text ({exc})") from exc
 
 
-def _check_exists(path: Path) -> None:
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(path, "expected a file, found a folder")
     if not path.is_file():
-        raise CompileError(f"{path}: file does not exist")
+        raise DataError(path, "file does not exist")
