@@ -11,12 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence, TextIO
 
 import numpy as np
 
+from .backends.npu_device import list_npu_devices
 from .encoder import SentenceEncoder
 from .errors import BertNpuError
 from .pooling import l2_normalize
@@ -40,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_encoder_options(encode)
     encode.add_argument("sentences", nargs="*", help="sentences for a cosine-similarity table")
     encode.add_argument("--input", metavar="FILE", help="text file, one sentence per line ('-' for stdin)")
-    encode.add_argument("--output", metavar="NPY", help="write the [n, dim] float32 vectors here (with --input)")
+    encode.add_argument(
+        "--output", metavar="NPY",
+        help="write the [n, dim] float32 vectors to this .npy file instead of printing a similarity table",
+    )  # fmt: skip
+    encode.add_argument("--allow-empty", action="store_true", help="an empty --input writes a [0, dim] file instead of failing")
     encode.add_argument(
         "--batch-size", type=int, default=None,
         help="most sentences per encoder call (default: 32 on ONNX, 64 on the NPU)",
@@ -82,12 +91,16 @@ def _encode(args: argparse.Namespace) -> int:
         raise ValueError("nothing to encode: give sentences as arguments or --input FILE")
     if args.input is not None and args.output is None:
         raise ValueError("--input needs --output FILE.npy for the vectors")
+    output = _npy_path(args.output) if args.output is not None else None  # a bad path fails before any work
     sentences = _read_lines(args.input) if args.input is not None else list(args.sentences)
+    if not sentences and not args.allow_empty:
+        source = "standard input" if args.input == "-" else args.input
+        raise ValueError(f"{source}: no lines to encode; pass --allow-empty to write a [0, dim] array anyway")
     with _open(args) as encoder:
         vectors = encoder.encode(sentences, batch_size=args.batch_size, normalize_embeddings=args.normalize)
-    if args.output is not None:
-        np.save(args.output, vectors)
-        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 vectors to {args.output}", file=sys.stderr)
+    if output is not None:
+        _save_npy(output, vectors)
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 vectors to {output}", file=sys.stderr)
     else:
         _print_similarity_table(sentences, vectors, sys.stdout)
     return 0
@@ -97,8 +110,10 @@ def _info(args: argparse.Namespace) -> int:
     with _open(args) as encoder:
         manifest = encoder.manifest
         print(json.dumps({
+            "bundle": str(encoder.bundle_dir.resolve()),
             "source_model": manifest.source_model,
             "backend": encoder.backend,
+            "backend_reason": encoder.backend_reason,
             "precision": encoder.precision,
             "dim": encoder.dim,
             "max_seq_length": encoder.max_seq_length,
@@ -106,15 +121,68 @@ def _info(args: argparse.Namespace) -> int:
             "pooling": manifest.pooling,
             "normalize": manifest.normalize,
             "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
-        }, indent=2))
+            "libraries": {name: _version(name) for name in ("bertnpu", "onnxruntime", "mobilint-qb-runtime", "tokenizers", "numpy")},
+            "npu_devices": list_npu_devices(),
+        }, indent=2))  # fmt: skip
     return 0
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 file, or of standard input for "-", without their line ends."""
+    name = "standard input" if path == "-" else path
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{name}: not UTF-8 text (byte {exc.start}, line {line}: {exc.reason})") from None
+    lines = re.split("\r\n|\r|\n", text)  # the line ends open() in text mode knows, and only those
+    if lines[-1] == "":
+        lines.pop()  # the last line's end, or an empty input
+    return lines
+
+
+def _npy_path(output: str) -> Path:
+    """Where np.save writes `output` (it adds ".npy" to a name without it); a folder is an error."""
+    path = Path(output)
+    if path.is_dir() or output.endswith(os.sep):
+        raise ValueError(f"--output {output}: is a folder; give a file name such as {path / 'vectors.npy'}")
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def _save_npy(path: Path, vectors: np.ndarray) -> None:
+    """Write `vectors` to `path` whole or not at all: into a temporary file beside it, then renamed."""
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, vectors)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only; open() would not
+        os.replace(temporary, path)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(f"cannot write {path}: {exc.strerror or exc}; nothing was written there") from exc
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _print_similarity_table(sentences: list[str], vectors: np.ndarray, out: TextIO) -> None:

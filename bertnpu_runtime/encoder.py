@@ -76,11 +76,13 @@ class SentenceEncoder:
         qbruntime_module: ModuleType | None = None,
     ) -> None:
         bundle = Bundle(bundle_dir, verify=verify_bundle)
+        self.bundle_dir: Path = bundle.directory
         self.manifest = bundle.manifest
         self._embedding = EmbeddingLayer(bundle.load_embeddings(), self.manifest.max_seq_length)
         self._tokenizer = Tokenizer(bundle.path(TOKENIZER_FILE), self.manifest.max_seq_length)
+        self.backend_reason = "an open encoder backend was passed in"
         if isinstance(backend, str):
-            backend = open_backend(
+            backend, self.backend_reason = open_backend(
                 bundle,
                 backend,
                 precision=precision,

@@ -57,3 +57,67 @@ def test_info(tiny_bundle, capsys):
     assert main(["info", "--bundle", str(tiny_bundle)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["backend"] == "onnx" and info["dim"] == 32 and "encoder.onnx" in info["files"]
+
+
+def test_empty_input_is_an_error_unless_allowed(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """`cat missing.txt | bertnpu encode --input -` gives the encoder an empty stdin."""
+    import io
+
+    out = tmp_path / "v.npy"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["encode", "--bundle", str(tiny_bundle), "--input", "-", "--output", str(out)]) == 2
+    assert "standard input: no lines to encode" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["encode", "--bundle", str(tiny_bundle), "--input", "-", "--output", str(out), "--allow-empty"]) == 0
+    assert np.load(out).shape == (0, 32)
+
+
+def test_non_utf8_input_names_its_source(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import io
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    args = ["encode", "--bundle", str(tiny_bundle), "--output", str(tmp_path / "v.npy"), "--input"]
+    assert main([*args, str(bad)]) == 2
+    assert f"{bad}: not UTF-8 text (byte 8, line 2" in capsys.readouterr().err
+    stdin = io.TextIOWrapper(io.BytesIO(bad.read_bytes()))
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main([*args, "-"]) == 2
+    assert "standard input: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_output_path_is_reported_as_written(tiny_bundle, tmp_path, capsys):
+    assert main(["encode", "--bundle", str(tiny_bundle), "--output", str(tmp_path / "vec"), "one"]) == 0
+    assert f"to {tmp_path / 'vec.npy'}" in capsys.readouterr().err
+    assert np.load(tmp_path / "vec.npy").shape == (1, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vec.npy"]
+
+
+def test_output_folder_is_an_error(tiny_bundle, tmp_path, capsys):
+    assert main(["encode", "--bundle", str(tiny_bundle), "--output", str(tmp_path), "one"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not tmp_path.with_name(tmp_path.name + ".npy").exists()
+
+
+def test_a_failed_write_leaves_nothing_and_names_the_file(tiny_bundle, tmp_path, monkeypatch, capsys):
+    previous = tmp_path / "v.npy"
+    previous.write_bytes(b"the previous vectors")
+
+    def disk_full(file, array):
+        file.write(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bertnpu_runtime.cli.np.save", disk_full)
+    assert main(["encode", "--bundle", str(tiny_bundle), "--output", str(previous), "one"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {previous}: No space left on device" in err
+    assert previous.read_bytes() == b"the previous vectors" and [p.name for p in tmp_path.iterdir()] == ["v.npy"]
+
+
+def test_info_says_what_runs_and_where(tiny_bundle, capsys):
+    assert main(["info", "--bundle", str(tiny_bundle)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["bundle"] == str(tiny_bundle.resolve())
+    assert info["backend_reason"].startswith("backend='auto' chose ONNX Runtime (CPU): ") and "model.mxq" in info["backend_reason"]
+    assert info["libraries"]["onnxruntime"] and info["libraries"]["numpy"] == np.__version__
+    assert info["npu_devices"] == []  # qbruntime is installed in the test environment and sees no card

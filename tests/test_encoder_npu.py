@@ -184,3 +184,16 @@ def test_static_variants_with_a_mask_input(tiny_bundle, tmp_path, onnx_vectors, 
         vectors = enc.encode(SENTENCES, batch_size=4)
     assert cosine_rows(vectors, onnx_vectors).min() >= 0.99999
     assert {call.shapes[0][-2] for call in fake.calls} <= {8, 16, 48}
+
+
+def test_the_placeholder_bundle_can_be_made_again(tiny_bundle, tmp_path):
+    """The README's example runs twice: the second time it replaces its own copy."""
+    target = tmp_path / "npu-bundle"
+    bundle_with_placeholder_mxq(tiny_bundle, target)
+    (target / "stale").write_text("from an earlier run")
+    with pytest.raises(FileExistsError, match=f"{target}: already exists; pass overwrite=True"):
+        bundle_with_placeholder_mxq(tiny_bundle, target)
+    bundle_with_placeholder_mxq(tiny_bundle, target, overwrite=True)
+    assert not (target / "stale").exists()
+    with SentenceEncoder(target, backend="npu", qbruntime_module=FakeNpu(target / "encoder.onnx")) as encoder:
+        assert encoder.encode("runs again").shape == (32,)

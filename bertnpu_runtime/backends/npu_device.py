@@ -22,8 +22,9 @@ CORES_PER_CLUSTER = 4
 _LOCAL_CORES = {"aries": CLUSTERS * CORES_PER_CLUSTER, "regulus": 1}
 
 
-def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
-    """None when qbruntime is importable and sees an NPU, else why not, in one line. Never raises.
+def list_npu_devices(qbruntime_module: ModuleType | Any | None = None) -> list[str] | str:
+    """The device names qbruntime sees (e.g. ["aries-rb"]), or why it cannot list them, in one
+    line. Never raises.
 
     Sets qbruntime's C++ log level to Off first: without a card, get_available_devices() logs an
     error line, which for backend="auto" is the expected answer, not an error.
@@ -34,9 +35,16 @@ def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
         return "qbruntime is not installed (pip install 'bertnpu[npu]')"
     try:
         qb.set_log_level(qb.LogLevel.Off)
-        devices = qb.get_available_devices()
+        return [str(name) for name in qb.get_available_devices()]
     except Exception as exc:  # a broken driver install must not break backend="auto"
         return f"qbruntime.get_available_devices() failed: {exc}"
+
+
+def probe_npu(qbruntime_module: ModuleType | Any | None = None) -> str | None:
+    """None when qbruntime is importable and sees an NPU, else why not, in one line. Never raises."""
+    devices = list_npu_devices(qbruntime_module)
+    if isinstance(devices, str):
+        return devices
     if not devices:
         return "no Mobilint NPU found (qbruntime.get_available_devices() returned [])"
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import ModuleType
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ..bundle import INT8_ENCODER_FILE, MXQ_FILE, ONNX_ENCODER_FILE, Bundle
 from ..errors import BackendUnavailableError
@@ -16,6 +16,13 @@ BACKENDS = ("auto", "npu", "onnx")
 PRECISIONS = ("float32", "int8")
 
 
+class OpenedBackend(NamedTuple):
+    """An open encoder backend and, in one line, why it is the one that runs."""
+
+    backend: EncoderBackend
+    reason: str
+
+
 def open_backend(
     bundle: Bundle,
     backend: str = "auto",
@@ -25,8 +32,8 @@ def open_backend(
     npu_cores: int | Sequence[tuple[int, int]] | None = None,
     num_threads: int | None = None,
     qbruntime_module: ModuleType | None = None,
-) -> EncoderBackend:
-    """Open the encoder backend the user asked for.
+) -> OpenedBackend:
+    """Open the encoder backend the user asked for, and say why it runs.
 
     auto: the NPU when qbruntime is installed, a device is present and the bundle has a model.mxq;
     otherwise ONNX Runtime, and the reason is logged. precision applies to the ONNX backend only:
@@ -50,7 +57,7 @@ def open_backend(
         if reason is None:
             from .npu import NpuEncoder
 
-            return NpuEncoder(
+            npu = NpuEncoder(
                 bundle.path(MXQ_FILE),
                 bundle.manifest.npu,
                 bundle.manifest.hidden_size,
@@ -58,14 +65,18 @@ def open_backend(
                 cores=npu_cores,
                 qbruntime_module=qbruntime_module,
             )
+            return OpenedBackend(npu, f"backend={backend!r}: the bundle has {MXQ_FILE} and qbruntime sees an NPU")
         if backend == "npu":
             raise BackendUnavailableError(f"backend='npu' cannot run: {reason}")
         logger.info("backend='auto' runs the encoder on ONNX Runtime (CPU): %s", reason)
+        why = f"backend='auto' chose ONNX Runtime (CPU): {reason}"
+    else:
+        why = "backend='onnx' was asked for"
 
     from .onnx import OnnxEncoder
 
     model_file = INT8_ENCODER_FILE if precision == "int8" else ONNX_ENCODER_FILE
-    return OnnxEncoder(bundle.path(model_file), num_threads=num_threads)
+    return OpenedBackend(OnnxEncoder(bundle.path(model_file), num_threads=num_threads), why)
 
 
 def _npu_unusable_reason(bundle: Bundle, qbruntime_module: ModuleType | None) -> str | None:

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..bundle import MANIFEST_FILE, MXQ_FILE, sha256_of
 
 
-def bundle_with_placeholder_mxq(bundle: str | Path, target: str | Path, npu: dict | None = None) -> Path:
+def bundle_with_placeholder_mxq(
+    bundle: str | Path, target: str | Path, npu: dict | None = None, *, overwrite: bool = False
+) -> Path:
     """A copy of `bundle` (files linked, not copied) with a placeholder model.mxq registered in bundle.json.
 
     The test double never reads the .mxq; it only has to exist and match its hash. `npu` replaces
-    the manifest's "npu" section (for example {"mask_input": "keep"}).
+    the manifest's "npu" section (for example {"mask_input": "keep"}). An existing `target` is
+    replaced with `overwrite=True`, else it is an error.
     """
     bundle, target = Path(bundle), Path(target)
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
     target.mkdir(parents=True)
     for item in bundle.iterdir():
         if item.name not in (MANIFEST_FILE, MXQ_FILE):
