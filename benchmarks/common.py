@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from bertnpu_runtime import data
+from bertnpu_runtime.bundle import Bundle
+from bertnpu_runtime.errors import BundleError
 
 DEFAULT_BUNDLE = Path("bundles/all-MiniLM-L6-v2")
 RESULTS_DIR = Path("benchmarks/results")
@@ -94,9 +96,11 @@ def pin_threads(threads: int) -> None:
 
 
 def check_bundle(bundle: Path) -> Path:
-    """The bundle folder, or exit with how to build it."""
-    if not (bundle / "bundle.json").is_file():
-        raise SystemExit(f"no bertnpu bundle at {bundle}; {BUILD_HINT.format(bundle=bundle)}")
+    """The bundle folder, or exit with what is wrong and how to build it."""
+    try:
+        Bundle(bundle, verify=False)
+    except BundleError as exc:
+        raise SystemExit(f"no usable bertnpu bundle at {bundle} ({exc}); {BUILD_HINT.format(bundle=bundle)}") from None
     return bundle
 
 
@@ -104,7 +108,6 @@ def reference_model_folder(bundle: Path, model: str | None) -> Path:
     """The sentence-transformers folder to compare against: --model, else the model the bundle was built from."""
     if model is not None:
         return Path(model)
-    from bertnpu_runtime.bundle import Bundle
     from compile.source_model import resolve_model_folder
 
     return resolve_model_folder(Bundle(bundle, verify=False).manifest.source_model)

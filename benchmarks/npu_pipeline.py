@@ -34,6 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bertnpu_runtime.pipeline import HostBatch
+
 from .common import (
     Run,
     base_parser,
@@ -79,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.batch_size is None:
         from bertnpu_runtime.backends.npu import NpuEncoder
 
-        args.batch_size = NpuEncoder.preferred_batch_size
+        args.batch_size = NpuEncoder.PREFERRED_BATCH_SIZE
     return args
 
 
@@ -160,7 +162,7 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
             for cores in args.cores:  # one encoder per core count serves every latency (see _at_latency)
                 encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
                 ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
-                core_ids[cores] = encoders[cores]._encoder.cores  # (cluster, core) pairs
+                core_ids[cores] = encoders[cores].pipeline.backend.cores  # (cluster, core) pairs
             # The host stages alone take turns with the encode() runs, so both see the same machine.
             host_runs: list[dict[str, float]] = []
             first = next(iter(encoders.values()))
@@ -168,7 +170,7 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
             timings = {key: _Timings() for key in runs}
             # The ceiling: encode()'s batches, embedded beforehand, all submitted at once, so the host
             # does nothing while the cores run. What is lost there is the double's and the machine's.
-            prepared = list(first._host_batches(sentences, args.batch_size, truncated=[]))
+            prepared = list(first.pipeline.host_batches(sentences, args.batch_size, truncated=[]))
             for key in runs:
                 latency, cores = key[0] * 1e-6, key[1]
                 timed = partial(_timed_encode, encoders[cores], sentences, args.batch_size, timings[key])
@@ -225,7 +227,7 @@ def _on_device(
         with encoder:
             runs: list[dict[str, float]] = []
             timings = _Timings()
-            prepared = list(encoder._host_batches(sentences, args.batch_size, truncated=[]))
+            prepared = list(encoder.pipeline.host_batches(sentences, args.batch_size, truncated=[]))
             tasks = {
                 "host": partial(_time_host_stages, encoder, sentences, args.batch_size, runs),
                 "encode": partial(_timed_encode, encoder, sentences, args.batch_size, timings),
@@ -303,10 +305,11 @@ def _at_latency(fake: Any, latency: float, run: Callable[[], object]) -> Callabl
     return task
 
 
-def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]], _: int = 0) -> None:
-    """Submit embedded (rows, hidden, mask) batches to the encoder's NPU backend at once; wait for all,
-    the last first, so that the host thread sleeps until the cores are nearly done."""
-    pending = [encoder._encoder.submit(hidden, mask) for _, hidden, mask in batches]
+def _run_prepared(encoder: Any, batches: Sequence[HostBatch], _: int = 0) -> None:
+    """Submit embedded batches to the encoder's NPU backend at once; wait for all, the last first,
+    so that the host thread sleeps until the cores are nearly done."""
+    backend = encoder.pipeline.backend
+    pending = [backend.submit(batch.hidden, batch.mask) for batch in batches]
     for batch in reversed(pending):
         batch.result()
 
@@ -314,7 +317,7 @@ def _run_prepared(encoder: Any, batches: Sequence[tuple[Any, Any, Any]], _: int 
 def _timed_encode(encoder: Any, sentences: list[str], batch_size: int, timings: _Timings, _: int = 0) -> None:
     """encode() once; records its (start, end), its CPU seconds (this thread, the core threads) and this
     thread's minor page faults in `timings`."""
-    core_clocks = [time.pthread_getcpuclockid(worker.ident) for worker in encoder._encoder._workers]
+    core_clocks = [time.pthread_getcpuclockid(ident) for ident in encoder.pipeline.backend.worker_thread_ids]
     host_before, cores_before = time.thread_time(), sum(map(time.clock_gettime, core_clocks))
     faults_before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     start = time.perf_counter()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from bertnpu_runtime.pooling import l2_normalize, pool
-
 from .common import summarize
 
 STAGES = ("tokenize", "embed", "encoder", "pool")
@@ -26,8 +24,8 @@ def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bo
     """
     spent = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
-    normalize = encoder.manifest.normalize
-    batches = encoder._token_batches(texts, batch_size, truncated=[])  # tokenizes a chunk when it needs one
+    pipeline = encoder.pipeline
+    batches = pipeline.token_batches(texts, batch_size, truncated=[])  # tokenizes a chunk when it needs one
     while True:
         start = clock()
         item = next(batches, None)
@@ -36,13 +34,11 @@ def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bo
         if item is None:
             return spent
         _, tokens = item
-        hidden = encoder._embedding(tokens.input_ids)  # [batch, seq, hidden]
+        hidden = pipeline.embed(tokens)  # [batch, seq, hidden]
         after_embed = clock()
-        output = encoder._encoder.run(hidden, tokens.attention_mask) if run_encoder else hidden
+        output = pipeline.backend.run(hidden, tokens.attention_mask) if run_encoder else hidden
         after_encoder = clock()
-        vectors = pool(output, tokens.attention_mask, encoder.manifest.pooling)  # [batch, hidden]
-        if normalize:
-            vectors = l2_normalize(vectors)
+        pipeline.pool(output, tokens.attention_mask)  # [batch, hidden], normalized where the model is
         end = clock()
         spent["embed"] += after_embed - after_tokenize
         spent["encoder"] += after_encoder - after_embed

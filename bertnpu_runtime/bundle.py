@@ -1,5 +1,6 @@
 """The bundle: the folder compile/ writes and the runtime loads. This module is the runtime's only
-reader of it; compile/manifest.py is the only writer, and both use the names defined here.
+reader of it; compile/manifest.py writes it, `register_files` here only adds files to a built
+bundle (the test double's placeholder .mxq), and both use the names defined here.
 
 Layout (format version 1):
     bundle.json         manifest: model facts, pooling, eps, and a SHA-256 for every file below
@@ -99,6 +100,21 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def register_files(directory: str | Path, names: list[str], npu: dict[str, Any] | None = None) -> None:
+    """List files already in a built bundle in its bundle.json, with their SHA-256; `npu` replaces
+    the manifest's "npu" section. The result is checked by reading it back."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    _read_manifest(path)  # a bundle.json this runtime reads, before it is changed
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for name in names:
+        data["files"][name] = {"sha256": sha256_of(directory / name)}
+    if npu is not None:
+        data["npu"] = npu
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _read_manifest(path)
 
 
 class Bundle:

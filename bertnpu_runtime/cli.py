@@ -4,6 +4,7 @@
     bertnpu encode --bundle DIR --input sentences.txt --output vectors.npy
     cat sentences.txt | bertnpu encode --bundle DIR --input - --output vectors.npy
     bertnpu info --bundle DIR
+    bertnpu compile --model default --out DIR        (the same as python -m compile)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .pooling import l2_normalize
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compile"]:
+        return _compile(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -40,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertnpu", description="Sentence vectors from a bertnpu bundle.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands.add_parser("compile", help="build a bundle from a model (python -m compile; needs the compile extra)")
 
     encode = commands.add_parser("encode", help="encode sentences: a similarity table, or vectors to .npy")
     _add_encoder_options(encode)
@@ -71,6 +76,16 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--npu-cores", type=int, default=None, help="number of NPU cores to use")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log which backend runs and progress")
+
+
+def _compile(argv: list[str]) -> int:
+    """`bertnpu compile ...` is `python -m compile ...`, where the compile extra is installed."""
+    try:
+        from compile.cli import main as compile_main
+    except ImportError as exc:
+        print(f"bertnpu: error: compile needs the compile extra: pip install 'bertnpu[compile]' ({exc})", file=sys.stderr)
+        return 2
+    return compile_main(argv)
 
 
 def _open(args: argparse.Namespace) -> SentenceEncoder:

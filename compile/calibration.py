@@ -1,5 +1,7 @@
-"""The qb Compiler's calibration set: sentences sampled with a fixed seed, each embedded alone on the
-host exactly as the runtime does it, saved as one float32 [1, seq, hidden] .npy per sentence."""
+"""The bundle's calib/ folder, written, listed, loaded and checked here only: the qb Compiler's
+calibration set, sentences sampled with a fixed seed, each embedded alone on the host exactly as the
+runtime does it, saved as one float32 [1, seq, hidden] .npy per sentence. The int8 step and the qb
+Compiler step read it through this module."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 from bertnpu_runtime.data import STSB_DIR_ENV, STSB_TRAIN_FILE, read_sentences, stsb_file
 from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.errors import DataError
-from bertnpu_runtime.tokenization import Tokenizer
+from bertnpu_runtime.tokenize import Tokenizer
 
 from .errors import CompileError
 
@@ -71,3 +73,37 @@ def write_calibration(sentences: list[str], embedding: EmbeddingLayer, tokenizer
         np.save(path, np.ascontiguousarray(hidden, dtype=np.float32))
         paths.append(path)
     return paths
+
+
+def calibration_files(calib_dir: Path) -> list[Path]:
+    """The calibration inputs, sorted by name; raises CompileError naming the folder if there are none."""
+    calib_dir = Path(calib_dir)
+    if not calib_dir.is_dir():
+        raise CompileError(f"{calib_dir}: calibration folder does not exist (expected NNNN.npy files)")
+    files = sorted(calib_dir.glob("*.npy"))
+    if not files:
+        raise CompileError(f"{calib_dir}: calibration folder holds no .npy files (expected float32 [1, seq, hidden] arrays)")
+    return files
+
+
+def load_calibration_sample(path: Path) -> np.ndarray:
+    """One calibration input: float32 [1, seq, hidden]; raises CompileError naming the file otherwise."""
+    try:
+        sample = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"{path}: cannot be read as a .npy array ({exc})") from exc
+    if sample.ndim != 3 or sample.shape[0] != 1 or sample.shape[1] == 0 or sample.dtype != np.float32:
+        raise CompileError(f"{path}: expected float32 [1, seq, hidden], found {sample.dtype} {list(sample.shape)}")
+    return sample
+
+
+def checked_calibration_files(calib_dir: Path) -> list[Path]:
+    """calibration_files, each loaded once to check it, so that a bad file is named before a
+    compiler starts rather than deep inside it."""
+    files = calibration_files(calib_dir)
+    hidden_sizes: dict[int, Path] = {}
+    for path in files:
+        hidden_sizes.setdefault(load_calibration_sample(path).shape[2], path)
+    if len(hidden_sizes) > 1:
+        raise CompileError(f"calibration files disagree on the hidden size: {hidden_sizes}")
+    return files

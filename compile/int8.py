@@ -24,7 +24,7 @@ import onnx
 
 from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT
 
-from .errors import CompileError
+from .calibration import checked_calibration_files, load_calibration_sample
 
 # Roles of the MatMuls in a BERT layer, told apart by the graph alone (names differ between exporters).
 QKV = "qkv"  # Q, K, V projections: three [hidden, hidden] weights reading the same tensor
@@ -98,8 +98,7 @@ def quantize_encoder(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, calib_dir, out_path = Path(onnx_path), Path(calib_dir), Path(out_path)
-    calib_files = calibration_files(calib_dir)
-    _check_calibration_files(calib_files)
+    calib_files = checked_calibration_files(calib_dir)
     _check_options(options)
 
     with tempfile.TemporaryDirectory(prefix="bertnpu-int8-") as tmp:
@@ -175,37 +174,6 @@ def quantize_encoder(
         "nodes_excluded": sorted(excluded),
         "options": _jsonable(asdict(options)),
     }
-
-
-def calibration_files(calib_dir: Path) -> list[Path]:
-    """The calibration inputs, sorted by name; raises CompileError naming the folder if there are none."""
-    calib_dir = Path(calib_dir)
-    if not calib_dir.is_dir():
-        raise CompileError(f"{calib_dir}: calibration folder does not exist (expected NNNN.npy files)")
-    files = sorted(calib_dir.glob("*.npy"))
-    if not files:
-        raise CompileError(f"{calib_dir}: calibration folder holds no .npy files (expected float32 [1, seq, hidden] arrays)")
-    return files
-
-
-def load_calibration_sample(path: Path) -> np.ndarray:
-    """One calibration input: float32 [1, seq, hidden]; raises CompileError naming the file otherwise."""
-    try:
-        sample = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CompileError(f"{path}: cannot be read as a .npy array ({exc})") from exc
-    if sample.ndim != 3 or sample.shape[0] != 1 or sample.shape[1] == 0 or sample.dtype != np.float32:
-        raise CompileError(f"{path}: expected float32 [1, seq, hidden], found {sample.dtype} {list(sample.shape)}")
-    return sample
-
-
-def _check_calibration_files(files: list[Path]) -> None:
-    """Fail before calibration starts, naming the first bad file, rather than deep inside ORT."""
-    hidden_sizes = {}
-    for path in files:
-        hidden_sizes.setdefault(load_calibration_sample(path).shape[2], path)
-    if len(hidden_sizes) > 1:
-        raise CompileError(f"calibration files disagree on the hidden size: {hidden_sizes}")
 
 
 class _CalibrationReader:

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT
 
-from .int8 import load_calibration_sample
+from .calibration import load_calibration_sample
 
 
 def smooth_matmul_inputs(model: onnx.ModelProto, matmul_names: list[str], calib_files: list[Path], alpha: float) -> int:

@@ -20,7 +20,7 @@ from bertnpu_runtime.bundle import (
     load_embedding_tables,
 )
 from bertnpu_runtime.embedding import EmbeddingLayer
-from bertnpu_runtime.tokenization import Tokenizer
+from bertnpu_runtime.tokenize import Tokenizer
 
 from . import qb
 from .calibration import default_calib_data, sample_sentences, write_calibration

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 
 from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT
 
+from .calibration import checked_calibration_files, load_calibration_sample
 from .errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def inference_scheme(target_device: str) -> str:
 
 
 def _example(calib_dir: Path) -> torch.Tensor:
-    return torch.from_numpy(np.load(min(calib_dir.glob("*.npy"))))  # [1, seq, hidden]
+    return torch.from_numpy(load_calibration_sample(checked_calibration_files(calib_dir)[0]))  # [1, seq, hidden]
 
 
 def _tensor_input(calib_dir: Path) -> dict[str, Any]:

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from bertnpu_runtime import chunk_table
-from bertnpu_runtime.chunk_table import ChunkTable
+from bertnpu_runtime.tokenize import chunk_table
+from bertnpu_runtime.tokenize.chunk_table import ChunkTable
 
 
 class CountingIds:

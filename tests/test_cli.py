@@ -121,3 +121,24 @@ def test_info_says_what_runs_and_where(tiny_bundle, capsys):
     assert info["backend_reason"].startswith("backend='auto' chose ONNX Runtime (CPU): ") and "model.mxq" in info["backend_reason"]
     assert info["libraries"]["onnxruntime"] and info["libraries"]["numpy"] == np.__version__
     assert info["npu_devices"] == []  # qbruntime is installed in the test environment and sees no card
+
+
+def test_bertnpu_compile_is_python_m_compile(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["compile", "--model", str(tiny_model_dir), "--out", str(out), "--calib-samples", "4"]) == 0
+    with SentenceEncoder(out, backend="onnx") as encoder:
+        assert encoder.encode("compiled through bertnpu").shape == (32,)
+
+
+def test_bertnpu_compile_without_the_extra_names_it():
+    from conftest import run_with_imports_blocked
+
+    out = run_with_imports_blocked(("torch",), """
+        import contextlib, io
+        from bertnpu_runtime.cli import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["compile", "--model", "default", "--out", "x"])
+        print(code, err.getvalue())
+    """)
+    assert out.startswith("2 ") and "pip install 'bertnpu[compile]'" in out

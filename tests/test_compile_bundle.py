@@ -29,7 +29,7 @@ from bertnpu_runtime.bundle import (
     sha256_of,
 )
 from bertnpu_runtime.embedding import EmbeddingLayer
-from bertnpu_runtime.tokenization import Tokenizer
+from bertnpu_runtime.tokenize import Tokenizer
 from compile import build_bundle
 from compile.calibration import sample_sentences
 from bertnpu_runtime.data import STSB_TRAIN_FILE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertnpu_runtime.bundle import CALIB_DIR, MANIFEST_FILE, MXQ_FILE, ONNX_ENCODER_FILE, ONNX_HIDDEN_INPUT, Bundle, sha256_of
+from bertnpu_runtime.bundle import CALIB_DIR, MANIFEST_FILE, MXQ_FILE, ONNX_HIDDEN_INPUT, Bundle, sha256_of
 from compile import CompileError, build_bundle
 from compile.qb import MBLT_FILE, QUANTIZATION_SETTINGS
 from conftest import TINY_HIDDEN

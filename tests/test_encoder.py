@@ -1,6 +1,5 @@
 """SentenceEncoder on the tiny bundle: shapes, conventions, bad input, batching, threads."""
 
-import itertools
 import logging
 import os
 import threading
@@ -136,8 +135,8 @@ def test_very_long_text_is_truncated_quickly_and_reported(encoder, caplog):
 def test_truncated_prefix_matches_full_tokenization(encoder):
     # The tokenizer cuts huge texts at whitespace before tokenizing; the kept tokens must be identical.
     text = " ".join(f"token{i % 7}" for i in range(5000))
-    fast = encoder._tokenizer.encode([text])
-    full = encoder._tokenizer._tokenizer.encode(text)
+    fast = encoder.pipeline.tokenizer.encode([text])
+    full = encoder.pipeline.tokenizer._tokenizer.encode(text)
     assert fast.input_ids[0].tolist() == full.ids
 
 
@@ -243,37 +242,10 @@ def test_an_open_backend_can_be_passed_in(tiny_bundle):
         expected = reference.encode(SENTENCES)
     with SentenceEncoder(tiny_bundle, backend=Counting(tiny_bundle / "encoder.onnx")) as enc:
         np.testing.assert_allclose(enc.encode(SENTENCES), expected, atol=1e-6)
-    assert Counting.calls == 1 and enc._encoder is None  # used, then closed with the SentenceEncoder
+    assert Counting.calls == 1 and enc._pipeline is None  # used, then closed with the SentenceEncoder
 
 
 # --- how texts become batches --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("count, batch_size", [(0, 4), (1, 4), (5, 4), (300, 8), (5000, 32)])
-def test_chunks_cover_every_text_once_growing_from_one_batch(count, batch_size):
-    from bertnpu_runtime.encoder import _BATCHES_PER_CHUNK, _chunks
-
-    chunks = list(_chunks(count, batch_size))
-    assert [i for first, last in chunks for i in range(first, last)] == list(range(count))
-    sizes = [last - first for first, last in chunks]
-    if sizes:
-        assert sizes[0] == min(batch_size, count)
-        assert max(sizes) <= batch_size * _BATCHES_PER_CHUNK
-        assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
-
-
-@pytest.mark.parametrize("bucket", [lambda n: None, lambda n: n, lambda n: -(-n // 4) * 4], ids=["none", "exact", "by4"])
-def test_batches_hold_one_bucket_and_at_most_batch_size(bucket):
-    from bertnpu_runtime.encoder import _batch_bounds
-
-    lengths = np.sort(np.random.default_rng(0).integers(1, 30, size=200))[::-1]
-    bounds = list(_batch_bounds(lengths, 8, bucket))
-    assert [i for start, stop in bounds for i in range(start, stop)] == list(range(200))
-    for start, stop in bounds:
-        assert 1 <= stop - start <= 8
-        assert len({bucket(int(n)) for n in lengths[start:stop]}) == 1
-    if bucket(1) is None:
-        assert len(bounds) == 25  # no bucket: plain batches of 8
 
 
 def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
@@ -281,7 +253,7 @@ def test_onnx_submit_gives_run_output_and_refuses_after_close(tiny_bundle):
     hidden = np.random.default_rng(0).standard_normal((2, 5, 32)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     np.testing.assert_array_equal(encoder.submit(hidden, mask).result(), encoder.run(hidden, mask))
-    assert encoder.batch_bucket(7) is None
+    assert encoder.hints.bucket is None  # any lengths share a batch
     encoder.close()
     with pytest.raises(RuntimeError, match="after close"):
         encoder.submit(hidden, mask)
@@ -335,13 +307,13 @@ def test_batch_memory_is_kept_between_encodes_but_not_after_a_failure(tiny_bundl
     backend = FailingOnce()
     with SentenceEncoder(tiny_bundle, backend=backend) as enc:
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
-        memory = enc._batch_memory
+        memory = enc.pipeline._batch_memory
         assert memory is not None and memory.nbytes > 0
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
-        assert enc._batch_memory is memory and enc._batch_memory.nbytes == memory.nbytes  # reused, not grown
+        assert enc.pipeline._batch_memory is memory and enc.pipeline._batch_memory.nbytes == memory.nbytes  # reused, not grown
 
         backend.fail_at = backend.calls + 3
         with pytest.raises(RuntimeError, match="encoder failed"):
             enc.encode(texts, batch_size=3)
-        assert enc._batch_memory is None  # its batches were not all given back: not reused
+        assert enc.pipeline._batch_memory is None  # its batches were not all given back: not reused
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)

@@ -15,9 +15,10 @@ from bertnpu_runtime.backends.onnx import OnnxEncoder
 from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, TOKENIZER_FILE, Bundle
 from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.pooling import l2_normalize, pool
-from bertnpu_runtime.tokenization import Tokenizer
+from bertnpu_runtime.tokenize import Tokenizer
 from compile.errors import CompileError
-from compile.int8 import DEFAULT_OPTIONS, MATMUL_ROLES, calibration_files, matmul_roles, quantize_encoder
+from compile.calibration import calibration_files
+from compile.int8 import DEFAULT_OPTIONS, MATMUL_ROLES, matmul_roles, quantize_encoder
 from compile.int8_smooth import smooth_matmul_inputs
 
 SENTENCES = [

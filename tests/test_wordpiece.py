@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as LibraryTokenizer
 
-from bertnpu_runtime import tokenization
-from bertnpu_runtime.tokenization import Tokenizer
-from bertnpu_runtime.wordpiece import FastWordPiece
+from bertnpu_runtime.tokenize import tokenizer as tokenization
+from bertnpu_runtime.tokenize import TokenRows, Tokenizer
+from bertnpu_runtime.tokenize.wordpiece import FastWordPiece
 from bertnpu_runtime.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
 
 MAX_LENGTH = 32  # short, so truncation is exercised often
@@ -141,7 +141,7 @@ def test_unpadded_tokens_take_and_concatenate_keep_each_texts_ids(default_bundle
     texts = EDGE_CASES + ["a", "two words"]
     tokens = tokenizer.encode_unpadded(texts)
     first, second = np.array([5, 0, 10]), np.array([len(texts) - 1, 3])
-    joined = tokenization.UnpaddedTokens.concatenate([tokens.take(first), tokens.take(second)])
+    joined = TokenRows.concatenate([tokens.take(first), tokens.take(second)])
     expected = tokenizer.encode([texts[i] for i in [*first, *second]])
     got = joined.padded()
     for name in ("input_ids", "attention_mask", "lengths", "truncated"):

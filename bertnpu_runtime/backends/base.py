@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# The batch_size SentenceEncoder.encode() uses when none is given, for a backend that names none:
-# sentence-transformers' default.
+# The batch_size encode() uses when none is given, for a backend that names none: sentence-transformers' default.
 DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class BackendHints:
+    """What the pipeline needs to know to feed a backend well.
+
+    queued_tokens: how much submitted work, in (padded) tokens, to keep queued beyond the batch the
+        pipeline waits for: 1 (one batch) for a backend that already uses every CPU core per batch
+        (ONNX); enough for an NPU to stay busy while the host tokenizes the next chunk of texts.
+    preferred_batch_size: encode()'s batch_size when none is given.
+    bucket: sentence length -> bucket; sentences of different buckets should not share a batch
+        (the NPU runs each width as its own call). None: any lengths may share one (ONNX pads them).
+    """
+
+    queued_tokens: int = 1
+    preferred_batch_size: int = DEFAULT_BATCH_SIZE
+    bucket: Callable[[int], int | None] | None = None
 
 
 class PendingOutput(Protocol):
@@ -20,6 +38,7 @@ class PendingOutput(Protocol):
     def result(self) -> np.ndarray: ...
 
 
+@runtime_checkable
 class EncoderBackend(Protocol):
     """Runs the BERT encoder (everything after the embedding LayerNorm).
 
@@ -29,37 +48,22 @@ class EncoderBackend(Protocol):
     hidden: float32 [batch, seq, hidden], C-contiguous; attention_mask: int64 [batch, seq], 1 = real token.
     Rows of padding (mask 0) may hold anything in the output; pooling ignores them.
     Implementations must be safe to call from several threads at once.
-    A backend may also set `preferred_batch_size`, the batch_size encode() uses when none is given
-    (see preferred_batch_size below); without it, DEFAULT_BATCH_SIZE.
     """
 
     name: str
-    # How much submitted work, in (padded) tokens, to keep queued beyond the batch SentenceEncoder
-    # waits for: 1 (one batch) for a backend that already uses every CPU core per batch (ONNX);
-    # enough for an NPU to stay busy while the host tokenizes the next chunk of texts.
-    queued_tokens: int
+    hints: BackendHints
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
     def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> PendingOutput: ...
 
-    def batch_bucket(self, length: int) -> int | None:
-        """Sentences whose lengths give different buckets should not share a batch (the NPU runs
-        each width as its own call); None: any lengths may share one (ONNX pads them)."""
-        ...
-
     def close(self) -> None: ...
-
-
-def preferred_batch_size(backend: EncoderBackend) -> int:
-    """The batch_size encode() uses on `backend` when none is given."""
-    return getattr(backend, "preferred_batch_size", DEFAULT_BATCH_SIZE)
 
 
 def as_encoder_backend(backend: Any) -> EncoderBackend:
     """`backend` itself when it has the whole interface; one with only `run` (and `close`, `name`),
     wrapped so that `submit` runs the batch at once. Anything else is a TypeError."""
-    if all(hasattr(backend, attr) for attr in ("run", "submit", "batch_bucket", "queued_tokens", "close", "name")):
+    if isinstance(backend, EncoderBackend) and isinstance(backend.hints, BackendHints):
         return backend
     if not callable(getattr(backend, "run", None)):
         raise TypeError(
@@ -72,7 +76,7 @@ def as_encoder_backend(backend: Any) -> EncoderBackend:
 class _RunOnly:
     """An encoder with only `run`: submitted batches run at once, one at a time, in any length mix."""
 
-    queued_tokens = 1
+    hints = BackendHints()
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
@@ -88,9 +92,6 @@ class _RunOnly:
         except Exception as exc:  # noqa: BLE001 - raised again by result(), like a thread's would be
             done.set_exception(exc)
         return done
-
-    def batch_bucket(self, length: int) -> None:
-        return None
 
     def close(self) -> None:
         close = getattr(self._backend, "close", None)

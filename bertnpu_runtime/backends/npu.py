@@ -12,7 +12,7 @@ How a padded batch becomes NPU calls depends on the .mxq (bundle.json's npu.mask
 - a mask input ("keep" / "additive"): each sentence is zero-padded to the smallest width a model
   variant accepts, a second float32 input (1, width, 1) carries the mask (see bundle.NpuSpec), and
   the padded rows are sliced off after. Sentences padded to the same width share one call.
-`batch_bucket` tells SentenceEncoder that width, so it can form batches that need a single call.
+`hints.bucket` tells the pipeline that width, so it can form batches that need a single call.
 Finding the card, choosing its cores and reading the .mxq's widths are in npu_device.py.
 """
 
@@ -23,6 +23,7 @@ import logging
 import math
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
 from ..errors import BackendUnavailableError, BundleError
+from .base import BackendHints
 from .npu_device import available_devices, device_core_count, first_line, read_variants, select_cores
 
 logger = logging.getLogger("bertnpu")
@@ -53,13 +55,12 @@ class NpuEncoder:
     """
 
     name = "npu"
-    # SentenceEncoder keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
+    # The pipeline keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
     # (16 tokens a sentence) ~1,000 sentences, which outlasts tokenizing the next chunk of texts.
-    queued_tokens = 16_384
+    QUEUED_TOKENS = 16_384
     # encode()'s batch_size when none is given. A call holds sentences of one length, unpadded, so a
-    # larger batch wastes no NPU time, and every call costs the host a thread wake-up and the GIL:
-    # batches of 64 make 90 calls of STS-B dev instead of 132 (benchmarks/README.md, npu_pipeline).
-    preferred_batch_size = 64
+    # larger batch wastes no NPU time, and every call costs the host a thread wake-up and the GIL.
+    PREFERRED_BATCH_SIZE = 64
 
     def __init__(
         self,
@@ -110,6 +111,7 @@ class NpuEncoder:
         except BaseException:
             self.close()
             raise
+        self.hints = BackendHints(self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for)
         for model, (cluster, core) in zip(self._models, self.cores):
             worker = threading.Thread(target=self._serve, args=(model,), name=f"bertnpu-npu-{cluster}-{core}", daemon=True)
             worker.start()
@@ -169,11 +171,12 @@ class NpuEncoder:
                 self._calls.put((call_inputs, results, index))
         seq = hidden.shape[1]
         whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
-        return PendingBatch(self, hidden.shape, calls, results, whole)
+        return PendingBatch(hidden.shape, calls, results, whole, self._call_output)
 
-    def batch_bucket(self, length: int) -> int:
-        """The width a sentence of `length` tokens runs at: sentences of one bucket can share a call."""
-        return self._width_for(length)
+    @property
+    def worker_thread_ids(self) -> list[int]:
+        """The thread ident of each core's worker (to read its CPU clock, for example)."""
+        return [worker.ident for worker in self._workers if worker.ident is not None]
 
     def _plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """Group the sentences into NPU calls: (row indices, width), longest first.
@@ -330,14 +333,14 @@ class PendingBatch:
 
     def __init__(
         self,
-        encoder: NpuEncoder,
         shape: tuple[int, ...],
         calls: list[tuple[np.ndarray, int]],
         results: queue.SimpleQueue,
         whole: bool,
+        call_output: Callable[[np.ndarray, int, int], np.ndarray],
     ) -> None:
-        self._encoder = encoder
         self._shape = shape
+        self._call_output = call_output  # (infer result, sentences, width) -> checked [n, width, hidden]
         self._calls = calls
         self._results = results
         self._whole = whole  # one call of every row, unpadded: its output is the batch's, no copy
@@ -368,7 +371,7 @@ class PendingBatch:
                 error = error or result
                 continue
             rows, width = self._calls[index]
-            out = self._encoder._call_output(result, len(rows), width)
+            out = self._call_output(result, len(rows), width)
             if output is None:
                 output = out
             else:

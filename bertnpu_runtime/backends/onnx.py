@@ -9,6 +9,7 @@ import numpy as np
 
 from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
 from ..errors import BackendUnavailableError, BundleError
+from .base import BackendHints
 
 
 class OnnxEncoder:
@@ -19,7 +20,7 @@ class OnnxEncoder:
     """
 
     name = "onnx"
-    queued_tokens = 1  # one batch waits while another runs
+    hints = BackendHints(queued_tokens=1)  # one batch waits while another runs; any lengths share a batch
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None) -> None:
         try:
@@ -54,9 +55,6 @@ class OnnxEncoder:
         if self._session is None:
             raise RuntimeError("OnnxEncoder.submit() called after close()")
         return self._worker.submit(self.run, hidden, attention_mask)
-
-    def batch_bucket(self, length: int) -> None:
-        """Any lengths can share a batch: padding is masked."""
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)

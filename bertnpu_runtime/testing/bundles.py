@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from ..bundle import MANIFEST_FILE, MXQ_FILE, sha256_of
+from ..bundle import MANIFEST_FILE, MXQ_FILE, register_files
 
 
 def bundle_with_placeholder_mxq(
@@ -30,11 +29,7 @@ def bundle_with_placeholder_mxq(
     for item in bundle.iterdir():
         if item.name not in (MANIFEST_FILE, MXQ_FILE):
             (target / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
-    mxq = target / MXQ_FILE
-    mxq.write_bytes(b"placeholder .mxq for the qbruntime test double\n")
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
-    manifest["files"][MXQ_FILE] = {"sha256": sha256_of(mxq)}
-    if npu is not None:
-        manifest["npu"] = npu
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (target / MXQ_FILE).write_bytes(b"placeholder .mxq for the qbruntime test double\n")
+    shutil.copyfile(bundle / MANIFEST_FILE, target / MANIFEST_FILE)
+    register_files(target, [MXQ_FILE], npu=npu)
     return target

@@ -29,7 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .chunk_table import ChunkTable
-from .token_rows import Rows, interleave
+from .token_rows import TokenRows
 
 # BertNormalizer(clean_text=True): control characters other than \t \n \r are deleted (\x0b and \x0c
 # included: they are Unicode category Cc), and those three become spaces.
@@ -102,9 +102,8 @@ class FastWordPiece:
         """False when `text` cannot hold a special token: it lacks the tokens' common prefix."""
         return self._special_prefix in (text.lower() if self._lowercase else text)
 
-    def encode_plain(self, texts: list[str], max_length: int) -> Rows:
-        """(ids int64 [total], lengths int64 [texts], truncated bool [texts]) of plain texts, back to
-        back with [CLS]/[SEP], each cut to max_length tokens. ASCII and other texts go separately:
+    def encode_plain(self, texts: list[str], max_length: int) -> TokenRows:
+        """The token rows of plain texts, back to back with [CLS]/[SEP], each cut to max_length tokens. ASCII and other texts go separately:
         only ASCII text may be lower-cased here."""
         is_ascii = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
         if is_ascii.all():
@@ -114,12 +113,12 @@ class FastWordPiece:
         parts = []
         for rows, table in ((np.flatnonzero(is_ascii), self._ascii_chunks), (np.flatnonzero(~is_ascii), self._chunks)):
             parts.append((rows, self._encode_joined([texts[i] for i in rows], table, max_length)))
-        return interleave(len(texts), parts)
+        return TokenRows.interleave(len(texts), parts)
 
-    def _encode_joined(self, texts: list[str], table: ChunkTable, max_length: int) -> Rows:
+    def _encode_joined(self, texts: list[str], table: ChunkTable, max_length: int) -> TokenRows:
         """encode_plain for texts that are all ASCII (the ASCII table) or none (the other)."""
         if not texts:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
+            return TokenRows.empty()
         joined = _TEXT_BREAK.join(["", *texts, ""])
         if table is self._ascii_chunks and self._lowercase:  # str.lower is BertNormalizer's lower case on ASCII only
             joined = joined.lower()
@@ -131,12 +130,12 @@ class FastWordPiece:
         lengths[0] = ends[0] + 1
         np.subtract(ends[1:], ends[:-1], out=lengths[1:])
         if lengths.max() <= max_length:
-            return ids, lengths, np.zeros(len(texts), dtype=bool)
+            return TokenRows(ids, lengths, np.zeros(len(texts), dtype=bool))
         truncated = lengths > max_length  # keep each text's first max_length - 1 tokens and its [SEP]
         position = np.arange(len(ids)) - np.repeat(ends - lengths + 1, lengths)
         ids = ids[(position < max_length - 1) | (ids == self._sep_id)]
         lengths = np.minimum(lengths, max_length)
-        return ids, lengths, truncated
+        return TokenRows(ids, lengths, truncated)
 
     def encode(self, text: str, max_length: int) -> tuple[list[int], bool] | None:
         """(ids with [CLS]/[SEP], truncated?) for an ASCII text, or None when the text needs `tokenizers`."""

@@ -7,14 +7,13 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as _HfTokenizer
 
-from .errors import BundleError
-from .token_rows import concatenate, interleave, rows_of, segment_positions
+from ..errors import BundleError
+from .token_rows import TokenizedBatch, TokenRows
 from .wordpiece import FastWordPiece
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
@@ -26,52 +25,6 @@ _TEXTS_PER_GIL_YIELD = 192
 # Lets a thread waiting for the GIL take it. time.sleep(0) would too, but sleeps for Linux's timer
 # slack (50 us) where sched_yield takes about 1 us.
 _release_gil = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
-
-
-@dataclass(frozen=True)
-class TokenizedBatch:
-    """Token ids of a batch, right-padded to its longest member."""
-
-    input_ids: np.ndarray  # int64 [batch, seq]
-    attention_mask: np.ndarray  # int64 [batch, seq], 1 = real token
-    lengths: np.ndarray  # int64 [batch], real tokens per sentence (with [CLS]/[SEP])
-    truncated: np.ndarray  # bool [batch], True where the text had more than max_seq_length tokens
-
-
-@dataclass(frozen=True)
-class UnpaddedTokens:
-    """Token ids of several texts back to back, unpadded; `padded(rows)` makes a batch of some of them."""
-
-    ids: np.ndarray  # int64 [total tokens], text after text
-    lengths: np.ndarray  # int64 [texts], tokens per text (with [CLS]/[SEP])
-    truncated: np.ndarray  # bool [texts], True where the text had more than max_seq_length tokens
-    starts: np.ndarray = field(init=False, repr=False)  # int64 [texts], where each text's ids begin
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "starts", np.cumsum(self.lengths) - self.lengths)
-
-    def padded(self, rows: np.ndarray | None = None) -> TokenizedBatch:
-        """The texts `rows` (default: all, in order), right-padded to the longest of them."""
-        pick = slice(None) if rows is None else rows
-        lengths, starts, truncated = self.lengths[pick], self.starts[pick], self.truncated[pick]
-        seq_len = int(lengths.max()) if len(lengths) else 0
-        if len(lengths) and lengths.min() == seq_len:  # one length (every NPU batch): no padding
-            input_ids = self.ids[starts[:, None] + np.arange(seq_len)]
-            return TokenizedBatch(input_ids, np.ones(input_ids.shape, dtype=np.int64), lengths, truncated)
-        keep = np.arange(seq_len) < lengths[:, None]  # [batch, seq]
-        positions = np.where(keep, starts[:, None] + np.arange(seq_len), 0)  # index into ids; 0 where padding
-        input_ids = np.where(keep, self.ids[positions], 0)
-        return TokenizedBatch(input_ids, keep.astype(np.int64), lengths, truncated)
-
-    def take(self, rows: np.ndarray) -> UnpaddedTokens:
-        """The texts `rows`, in that order, still unpadded."""
-        lengths = self.lengths[rows]
-        return UnpaddedTokens(self.ids[segment_positions(self.starts[rows], lengths)], lengths, self.truncated[rows])
-
-    @staticmethod
-    def concatenate(parts: list[UnpaddedTokens]) -> UnpaddedTokens:
-        """The texts of every part, part after part."""
-        return UnpaddedTokens(*concatenate([(p.ids, p.lengths, p.truncated) for p in parts]))
 
 
 def validate_texts(texts: Iterable[str]) -> list[str]:
@@ -107,14 +60,14 @@ class Tokenizer:
         """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
         return self.encode_unpadded(texts).padded()
 
-    def encode_unpadded(self, texts: list[str]) -> UnpaddedTokens:
+    def encode_unpadded(self, texts: list[str]) -> TokenRows:
         """Tokenize already-validated texts, without padding them to a common length.
 
         Plain texts (see wordpiece.py) take the fast path many at a time; the others, one by one
         or through `tokenizers`.
         """
         if self._fast is None:
-            return _unpadded_from_rows(self._library_ids(texts))
+            return _token_rows(self._library_ids(texts))
         long = [i for i, text in enumerate(texts) if len(text) > self._char_bound]  # cut to a prefix first
         odd = sorted(set(self._fast.not_plain(texts) + long))  # the texts the joined path cannot take
         if not odd:
@@ -123,12 +76,10 @@ class Tokenizer:
         is_plain[odd] = False
         plain = np.flatnonzero(is_plain)
         plain_tokens = self._encode_plain([texts[i] for i in plain])
-        odd_rows = self._odd_rows([texts[i] for i in odd])
-        odd_tokens = rows_of([ids for ids, _ in odd_rows], [cut for _, cut in odd_rows])
-        parts = [(plain, (plain_tokens.ids, plain_tokens.lengths, plain_tokens.truncated)), (np.array(odd, dtype=np.intp), odd_tokens)]
-        return UnpaddedTokens(*interleave(len(texts), parts))
+        odd_tokens = _token_rows(self._odd_rows([texts[i] for i in odd]))
+        return TokenRows.interleave(len(texts), [(plain, plain_tokens), (np.array(odd, dtype=np.intp), odd_tokens)])
 
-    def _encode_plain(self, texts: list[str]) -> UnpaddedTokens:
+    def _encode_plain(self, texts: list[str]) -> TokenRows:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
         to let other threads run: without one, this holds the GIL for the whole switch interval
         (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones."""
@@ -136,9 +87,7 @@ class Tokenizer:
         for start in range(0, len(texts), _TEXTS_PER_GIL_YIELD):
             groups.append(self._fast.encode_plain(texts[start : start + _TEXTS_PER_GIL_YIELD], self.max_seq_length))
             _release_gil()
-        if len(groups) <= 1:
-            return UnpaddedTokens(*(groups[0] if groups else self._fast.encode_plain([], self.max_seq_length)))
-        return UnpaddedTokens(*concatenate(groups))
+        return TokenRows.concatenate(groups) if groups else TokenRows.empty()
 
     def _odd_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         """Texts that are not plain: ASCII ones on the fast path one by one, the rest through `tokenizers`."""
@@ -179,9 +128,9 @@ class Tokenizer:
         return text[:cut] if cut > 0 else text
 
 
-def _unpadded_from_rows(rows: list[tuple[list[int], bool]]) -> UnpaddedTokens:
-    """UnpaddedTokens from (ids, truncated?) per text."""
-    return UnpaddedTokens(*rows_of([ids for ids, _ in rows], [cut for _, cut in rows]))
+def _token_rows(rows: list[tuple[list[int], bool]]) -> TokenRows:
+    """TokenRows from (ids, truncated?) per text."""
+    return TokenRows.from_lists([ids for ids, _ in rows], [cut for _, cut in rows])
 
 
 def _replace_surrogates(text: str) -> str:

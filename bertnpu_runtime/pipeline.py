@@ -1,0 +1,174 @@
+"""The pipeline: tokenize -> embed (host) -> encoder (NPU or ONNX) -> pool -> normalize.
+
+The host stages of later batches overlap the encoder's work on earlier ones: each batch is
+submitted as soon as it is embedded, and collected when it is done or once enough work is queued
+behind it. This is the public stage API that SentenceEncoder, the benchmarks, the server and the
+Ray job call; each stage is also callable alone (`token_batches`, `embed`, `pool`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from .backends.base import EncoderBackend, PendingOutput
+from .batch_memory import BatchMemory
+from .batching import chunk_bounds, plan_chunk
+from .embedding import EmbeddingLayer
+from .pooling import l2_normalize, pool
+from .tokenize import TokenizedBatch, Tokenizer, TokenRows
+
+# An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size (64 MiB).
+KEPT_BATCH_MEMORY_BYTES = 64 << 20
+
+
+class HostBatch(NamedTuple):
+    """One batch as the host hands it to the encoder."""
+
+    rows: np.ndarray  # int [batch]: the index of each sentence's text
+    hidden: np.ndarray  # float32 [batch, seq, hidden]: embedding + LayerNorm output
+    mask: np.ndarray  # int64 [batch, seq]: 1 = real token
+
+
+class Encoded(NamedTuple):
+    """What `Pipeline.encode` returns."""
+
+    vectors: np.ndarray  # float32 [texts, dim], in text order
+    truncated: list[int]  # indices of the texts cut at max_seq_length tokens
+
+
+Progress = Callable[[Iterator[HostBatch], int], Iterator[HostBatch]]  # (batches, texts) -> the same batches
+
+
+class _InFlight(NamedTuple):
+    """A batch submitted to the encoder and not yet collected."""
+
+    batch: HostBatch  # its hidden states are read by the encoder until its output is ready
+    pending: PendingOutput
+
+
+class Pipeline:
+    """Texts to sentence vectors through one tokenizer, embedding layer and encoder backend.
+
+    Args:
+        tokenizer, embedding, backend: the stages; the backend stays its owner's to close.
+        pooling: the pooling mode ("mean", "cls" or "max").
+        normalize: L2-normalize every vector (the model ends in a Normalize module).
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, embedding: EmbeddingLayer, backend: EncoderBackend, pooling: str, normalize: bool
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.embedding = embedding
+        self.backend = backend
+        self.pooling = pooling
+        self.normalize = normalize
+        self._batch_memory: BatchMemory | None = None  # the last encode()'s, for the next
+        self._batch_memory_lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.embedding.hidden_size
+
+    def encode(
+        self, texts: list[str], batch_size: int, *, normalize: bool = False, progress: Progress | None = None
+    ) -> Encoded:
+        """Vectors of already-validated texts, at most `batch_size` per encoder call; normalized when
+        `normalize` or the model's own `normalize` says so. `progress` wraps the batches, if given."""
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        truncated: list[int] = []
+        memory = self._take_batch_memory()
+        batches = self.host_batches(texts, batch_size, truncated, memory)
+        if progress is not None:
+            batches = progress(batches, len(texts))
+        for rows, pooled in self.pooled_batches(batches, memory, normalize=normalize):
+            vectors[rows] = pooled  # batch by batch, while the encoder runs later ones
+        self._keep_batch_memory(memory)  # not after an error: its batches may still be on the encoder
+        return Encoded(vectors, truncated)
+
+    def token_batches(self, texts: list[str], batch_size: int, truncated: list[int]) -> Iterator[tuple[np.ndarray, TokenizedBatch]]:
+        """Yield (text indices, padded token ids) per batch, as batching.py plans them; the indices
+        of truncated texts are appended to `truncated`."""
+        bucket = self.backend.hints.bucket or _one_bucket
+        carried_indices, carried = np.empty(0, dtype=np.intp), TokenRows.empty()  # held back by the last chunk
+        for first, last in chunk_bounds(len(texts), batch_size):
+            tokens = self.tokenizer.encode_unpadded(texts[first:last])
+            truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
+            indices = np.concatenate([carried_indices, np.arange(first, last)])  # the text of each row
+            tokens = TokenRows.concatenate([carried, tokens]) if len(carried) else tokens
+            plan = plan_chunk(tokens.lengths, batch_size, bucket, carried=len(carried), final=last == len(texts))
+            for rows in plan.batches:
+                yield indices[rows], tokens.padded(rows)
+            carried_indices, carried = indices[plan.held], tokens.take(plan.held)
+
+    def embed(self, tokens: TokenizedBatch, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 [batch, seq, hidden]: the embedding + LayerNorm of a padded batch (into `out` if given)."""
+        return self.embedding(tokens.input_ids, out)
+
+    def host_batches(
+        self, texts: list[str], batch_size: int, truncated: list[int], memory: BatchMemory | None = None
+    ) -> Iterator[HostBatch]:
+        """token_batches, embedded. The hidden states are taken from `memory` when given (the
+        consumer gives them back), else fresh arrays."""
+        for rows, tokens in self.token_batches(texts, batch_size, truncated):
+            out = None if memory is None else memory.take((*tokens.input_ids.shape, self.dim))
+            yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask)
+
+    def pool(self, output: np.ndarray, mask: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """float32 [batch, dim]: the encoder's output pooled, and L2-normalized when asked or when
+        the model normalizes."""
+        pooled = pool(output, mask, self.pooling)
+        return l2_normalize(pooled) if normalize or self.normalize else pooled
+
+    def pooled_batches(
+        self, host_batches: Iterable[HostBatch], memory: BatchMemory | None = None, *, normalize: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (text indices, vectors) per batch. Batches are submitted as soon as they are
+        embedded; the oldest is collected when it is done, or waited for once the encoder has
+        `hints.queued_tokens` of work after it, so the host tokenizes, embeds and pools while the
+        encoder runs. Each batch's hidden states go back to `memory`, if given, once it is pooled."""
+        backend = self.backend
+        budget = backend.hints.queued_tokens
+        in_flight: deque[_InFlight] = deque()
+        queued = 0  # padded tokens submitted after the oldest batch in flight
+
+        def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
+            batch, pending = in_flight.popleft()
+            vectors = self.pool(pending.result(), batch.mask, normalize)
+            if memory is not None:
+                memory.give_back(batch.hidden)
+            return batch.rows, vectors
+
+        for batch in host_batches:  # tokenizing and embedding here overlaps the encoder
+            in_flight.append(_InFlight(batch, backend.submit(batch.hidden, batch.mask)))
+            queued += batch.mask.size if len(in_flight) > 1 else 0
+            while len(in_flight) > 1 and (queued >= budget or in_flight[0].pending.done()):
+                queued -= in_flight[1].batch.mask.size  # the next oldest becomes the oldest: its tokens no longer count
+                yield oldest_pooled()
+        while in_flight:
+            yield oldest_pooled()
+
+    def release_memory(self) -> None:
+        """Drop the batch memory kept between encode() calls."""
+        self._batch_memory = None
+
+    def _take_batch_memory(self) -> BatchMemory:
+        """The last encode()'s batch memory, or new memory while another encode() holds it."""
+        with self._batch_memory_lock:
+            memory, self._batch_memory = self._batch_memory, None
+        return memory or BatchMemory()
+
+    def _keep_batch_memory(self, memory: BatchMemory) -> None:
+        if memory.nbytes <= KEPT_BATCH_MEMORY_BYTES:
+            with self._batch_memory_lock:
+                self._batch_memory = memory
+
+
+def _one_bucket(length: int) -> None:
+    """Any lengths may share a batch."""
+    return None
