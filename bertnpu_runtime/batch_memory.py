@@ -1,8 +1,7 @@
 """Memory for the hidden states of encode()'s batches, used again batch after batch.
 
 A fresh array for every embedded batch can cost the host a page fault per 4 KB the first time it
-is written: on STS-B dev, in a process with one SentenceEncoder, 4,500-6,700 faults per 3,000
-sentences and ~2 us of CPU per sentence (benchmarks/README.md). encode() is done with its batches
+is written, thousands per few thousand sentences. encode() is done with its batches
 in the order it made them (it collects the encoder's outputs in submission order), so one ring of
 memory serves them all: a batch takes the space after the newest one, and the oldest one's space
 comes free.
