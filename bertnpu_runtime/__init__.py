@@ -7,7 +7,7 @@ Mobilint NPU (qbruntime) or ONNX Runtime. Lightweight: numpy and tokenizers, nev
 """
 
 from .encoder import SentenceEncoder
-from .errors import BackendUnavailableError, BertNpuError, BundleError
+from .errors import BackendUnavailableError, BertNpuError, BundleError, NpuTimeoutError
 
-__all__ = ["SentenceEncoder", "BertNpuError", "BundleError", "BackendUnavailableError"]
+__all__ = ["SentenceEncoder", "BertNpuError", "BundleError", "BackendUnavailableError", "NpuTimeoutError"]
 __version__ = "0.1.0"

@@ -39,6 +39,8 @@ class SentenceEncoder:
         device_no: which NPU device to open.
         npu_cores: NPU cores to launch model instances on: a count, or (cluster, core) pairs.
         num_threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
+        npu_timeout_s: the longest wait for one NPU call; past it encode() raises NpuTimeoutError
+            naming the core (the NPU backend only).
         verify_bundle: check every file used against its SHA-256 in bundle.json.
         qbruntime_module: a stand-in for `qbruntime` (see bertnpu_runtime.testing); None for the real one.
     """
@@ -52,6 +54,7 @@ class SentenceEncoder:
         device_no: int = 0,
         npu_cores: int | Sequence[tuple[int, int]] | None = None,
         num_threads: int | None = None,
+        npu_timeout_s: float = 30.0,
         verify_bundle: bool = True,
         qbruntime_module: ModuleType | None = None,
     ) -> None:
@@ -69,6 +72,7 @@ class SentenceEncoder:
                 device_no=device_no,
                 npu_cores=npu_cores,
                 num_threads=num_threads,
+                npu_timeout_s=npu_timeout_s,
                 qbruntime_module=qbruntime_module,
             )
         encoder_backend = as_encoder_backend(backend)

@@ -26,3 +26,7 @@ class DataError(FileProblem):
 
 class BackendUnavailableError(BertNpuError):
     """The requested encoder backend cannot run here (no device, no .mxq, library not installed)."""
+
+
+class NpuTimeoutError(BertNpuError):
+    """An NPU call did not finish within the encoder's npu_timeout_s. The message names the core."""

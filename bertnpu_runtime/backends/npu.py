@@ -21,8 +21,10 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
-from ..errors import BackendUnavailableError, BundleError
+from ..errors import BackendUnavailableError, BundleError, NpuTimeoutError
 from .base import BackendHints
 from .npu_device import available_devices, device_core_count, first_line, read_variants, select_cores
 
@@ -51,8 +53,13 @@ class NpuEncoder:
         False sends one sentence per call, the way Mobilint's tutorial runs BERT. If the runtime
         refuses a 4-D call, its sentences are sent one at a time instead, and so is everything
         after (logged once as a warning).
+    timeout_s: the longest wait for an NPU call's result; past it, the waiting encode() raises
+        NpuTimeoutError naming the busy core. Also qbruntime's own QBRUNTIME_NPU_TIMEOUT_MS where
+        the environment does not set it. close() waits at most CLOSE_TIMEOUT_S for the workers.
     qbruntime_module: the qbruntime module to use; a bertnpu_runtime.testing.FakeNpu in tests.
     """
+
+    CLOSE_TIMEOUT_S = 5.0
 
     name = "npu"
     # The pipeline keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
@@ -71,8 +78,13 @@ class NpuEncoder:
         device_no: int = 0,
         cores: int | Sequence[tuple[int, int]] | None = None,
         group_equal_lengths: bool = True,
+        timeout_s: float = 30.0,
         qbruntime_module: ModuleType | Any | None = None,
     ) -> None:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+            raise ValueError(f"npu timeout must be a positive number of seconds, found {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
+        os.environ.setdefault("QBRUNTIME_NPU_TIMEOUT_MS", str(math.ceil(self.timeout_s * 1000)))
         if qbruntime_module is None:
             try:
                 qbruntime_module = importlib.import_module("qbruntime")
@@ -93,6 +105,7 @@ class NpuEncoder:
         self._outstanding = 0  # calls queued or running
         self._lock = threading.Lock()  # guards _outstanding, and _closed against queueing
         self._workers: list[threading.Thread] = []
+        self._running: dict[tuple[int, int], float] = {}  # core -> when its current call started
         self._closed = False
 
         try:
@@ -113,7 +126,9 @@ class NpuEncoder:
             raise
         self.hints = BackendHints(self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for)
         for model, (cluster, core) in zip(self._models, self.cores):
-            worker = threading.Thread(target=self._serve, args=(model,), name=f"bertnpu-npu-{cluster}-{core}", daemon=True)
+            worker = threading.Thread(
+                target=self._serve, args=(model, (cluster, core)), name=f"bertnpu-npu-{cluster}-{core}", daemon=True
+            )
             worker.start()
             self._workers.append(worker)
         logger.info(
@@ -171,7 +186,7 @@ class NpuEncoder:
                 self._calls.put((call_inputs, results, index))
         seq = hidden.shape[1]
         whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
-        return PendingBatch(hidden.shape, calls, results, whole, self._call_output)
+        return PendingBatch(hidden.shape, calls, results, whole, self._call_output, self.timeout_s, self._stuck_cores)
 
     @property
     def worker_thread_ids(self) -> list[int]:
@@ -255,17 +270,25 @@ class NpuEncoder:
             inputs = [a[0] for a in inputs]  # 3-D (H, W, C), the form Mobilint's tutorial uses
         return inputs
 
-    def _serve(self, model: Any) -> None:
+    def _serve(self, model: Any, core: tuple[int, int]) -> None:
         """A core's worker: run queued calls on `model` until told to stop."""
         while (call := self._calls.get()) is not None:
             inputs, results, index = call
+            self._running[core] = time.monotonic()
             try:
                 output = self._infer(model, inputs)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
                 output = exc
+            del self._running[core]
             with self._lock:
                 self._outstanding -= 1
             results.put((index, output))
+
+    def _stuck_cores(self) -> str:
+        """The cores inside a call, and for how long, for a timeout's message."""
+        now = time.monotonic()
+        busy = [f"(cluster {c}, core {k}) for {now - started:.1f} s" for (c, k), started in sorted(self._running.items())]
+        return "busy: " + ", ".join(busy) if busy else "no core is inside a call (the calls are queued)"
 
     def _infer(self, model: Any, inputs: list[np.ndarray]) -> np.ndarray:
         """One call's output. A 4-D call that qbruntime refuses is run again one sentence at a time;
@@ -275,8 +298,8 @@ class NpuEncoder:
             return model.infer(inputs)[0]
         except (ValueError, self._qb.QbRuntimeError) as refused:
             sentences = len(inputs[0]) if inputs[0].ndim == 4 else 1
-            if sentences == 1:
-                raise
+            if sentences == 1 or not _is_shape_refusal(refused):
+                raise  # any other failure fails this call only; the calling mode stays
             outputs = [model.infer([x[i] for x in inputs])[0] for i in range(sentences)]  # 3-D each
             self._stop_grouping(sentences, refused)
             return np.stack(outputs)
@@ -310,11 +333,20 @@ class NpuEncoder:
             self._closed = True
             for _ in self._workers:
                 self._calls.put(None)  # behind every call already queued: those still run
+        deadline = time.monotonic() + self.CLOSE_TIMEOUT_S
         for worker in self._workers:
-            worker.join()
+            worker.join(max(0.0, deadline - time.monotonic()))
+        stuck = {core for core, worker in zip(getattr(self, "cores", []), self._workers) if worker.is_alive()}
         self._workers = []
         models, self._models = self._models, []
-        for model in models:
+        for model, core in zip(models, getattr(self, "cores", [])):
+            if core in stuck:  # its worker is still inside infer: disposing under it could hang too
+                logger.warning(
+                    "npu backend: core (cluster %d, core %d) is still inside a call after %.0f s; its model "
+                    "is left undisposed (its worker thread is a daemon and ends with the process)",
+                    *core, self.CLOSE_TIMEOUT_S,
+                )  # fmt: skip
+                continue
             try:
                 model.dispose()
             except self._qb.QbRuntimeError as exc:
@@ -338,7 +370,11 @@ class PendingBatch:
         results: queue.SimpleQueue,
         whole: bool,
         call_output: Callable[[np.ndarray, int, int], np.ndarray],
+        timeout_s: float = math.inf,
+        stuck_cores: Callable[[], str] = lambda: "",
     ) -> None:
+        self._timeout_s = timeout_s
+        self._stuck_cores = stuck_cores
         self._shape = shape
         self._call_output = call_output  # (infer result, sentences, width) -> checked [n, width, hidden]
         self._calls = calls
@@ -366,7 +402,13 @@ class PendingBatch:
         output = None if self._whole else np.zeros(self._shape, np.float32)
         error: BaseException | None = None
         for _ in self._calls:  # every call reports, even after one failed, so none is left behind
-            index, result = self._results.get()
+            try:
+                index, result = self._results.get(timeout=self._timeout_s)
+            except queue.Empty:
+                return None, NpuTimeoutError(
+                    f"an NPU call gave no result within npu_timeout_s={self._timeout_s:g} s; {self._stuck_cores()}. "
+                    "The core may be hung: close() this encoder and open a new one (other cores, or after a reset)"
+                )
             if isinstance(result, BaseException):
                 error = error or result
                 continue
@@ -377,6 +419,13 @@ class PendingBatch:
             else:
                 output[rows, : min(width, seq)] = out[:, :seq]
         return output, error
+
+
+def _is_shape_refusal(exc: BaseException) -> bool:
+    """Whether qbruntime refused a call for its shape or batch size (its Python layer's "Input shape
+    is invalid", a shape or batch-size code), as opposed to a failure of the call itself."""
+    text = first_line(exc).lower()
+    return "shape" in text or "batch" in text
 
 
 def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: int) -> np.ndarray:

@@ -31,6 +31,7 @@ def open_backend(
     device_no: int = 0,
     npu_cores: int | Sequence[tuple[int, int]] | None = None,
     num_threads: int | None = None,
+    npu_timeout_s: float = 30.0,
     qbruntime_module: ModuleType | None = None,
 ) -> OpenedBackend:
     """Open the encoder backend the user asked for, and say why it runs.
@@ -63,6 +64,7 @@ def open_backend(
                 bundle.manifest.hidden_size,
                 device_no=device_no,
                 cores=npu_cores,
+                timeout_s=npu_timeout_s,
                 qbruntime_module=qbruntime_module,
             )
             return OpenedBackend(npu, f"backend={backend!r}: the bundle has {MXQ_FILE} and qbruntime sees an NPU")

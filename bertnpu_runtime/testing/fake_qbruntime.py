@@ -305,6 +305,9 @@ class FakeNpu:
         self._lock = threading.Lock()
         self._busy: dict[tuple[int, int, int], int] = {}  # (dev_no, cluster, core) -> model id
         self._model_ids = itertools.count()
+        self._faults: dict[tuple[int, int], tuple[str, set[int] | None]] = {}  # core -> (kind, call numbers or all)
+        self._core_calls: dict[tuple[int, int], int] = {}  # core -> infer calls started on it
+        self.unhang = threading.Event()  # set it to let hung calls return (a test's clean-up)
 
         # Module-level names of qbruntime that are plain types.
         self.QbRuntimeError = QbRuntimeError
@@ -339,6 +342,28 @@ class FakeNpu:
         with self._lock:
             self.models.append(model)
         return model
+
+    # Faults, for hardening tests: what a failing card would do.
+
+    def fail_core(self, core: tuple[int, int], *, calls: Sequence[int] | None = None, code: str = "Model_InferFailed") -> None:
+        """Make infer on `core` raise QbRuntimeError(code) on that core's calls numbered `calls`
+        (1 = its first call since the fake was made), or on every call when `calls` is None."""
+        self._faults[tuple(core)] = (code, None if calls is None else set(calls))
+
+    def hang_core(self, core: tuple[int, int]) -> None:
+        """Make every infer on `core` block until `unhang` is set (a card that never answers)."""
+        self._faults[tuple(core)] = ("hang", None)
+
+    def _inject_fault(self, core: tuple[int, int]) -> None:
+        with self._lock:
+            number = self._core_calls[core] = self._core_calls.get(core, 0) + 1
+        fault = self._faults.get(core)
+        if fault is None or (fault[1] is not None and number not in fault[1]):
+            return
+        if fault[0] == "hang":
+            self.unhang.wait()
+            return
+        raise _error(fault[0])
 
     # What tests and benchmarks read.
 
@@ -508,6 +533,7 @@ class _FakeModel:
             raise _error("Model_ShapeMismatched")
         if not is_hwc:
             batched = [a.transpose(0, 2, 3, 1) for a in batched]
+        self._npu._inject_fault(self._cores[0])
         start = time.perf_counter()
         output = self._npu._compute(batched, start)  # [n, 1, W, C]
         end = time.perf_counter()
