@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class Tokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)
         self._fast = FastWordPiece.from_tokenizer(self._tokenizer)
+        self._bert_words = _splits_bert_words(json.loads(self._tokenizer.to_str()))
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
@@ -120,12 +123,59 @@ class Tokenizer:
         return rows
 
     def _bounded(self, text: str) -> str:
-        """A whitespace-cut prefix of a very long text. Whole words only, so its tokens are a prefix of
-        the text's, and the same as the text's first max_seq_length tokens whenever the prefix still overflows."""
+        """A prefix of a very long text, cut where a BERT word starts, so its tokens are a prefix of
+        the text's, and the same as the text's first max_seq_length tokens whenever the prefix still
+        overflows. Any text then costs a bounded amount of work, with or without spaces."""
         if len(text) <= self._char_bound:
             return text
-        cut = text.rfind(" ", 0, self._char_bound)
-        return text[:cut] if cut > 0 else text
+        if not self._bert_words:  # another pipeline's word starts are not known here: spaces only
+            cut = text.rfind(" ", 0, self._char_bound)
+            return text[:cut] if cut > 0 else text
+        return text[: _word_start_before(text, self._char_bound)]
+
+
+# A cut looks this far back for a word start. A run this long without one is a single word of
+# over 100 characters, which WordPiece maps to one [UNK] whether it is cut or not.
+_WORD_START_SEARCH = 1000
+# BERT's CJK ideograph blocks: BertNormalizer puts spaces around each such character.
+_CJK_BLOCKS = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)  # fmt: skip
+
+
+def _splits_bert_words(config: dict) -> bool:
+    """Whether the tokenizer splits words as BERT does: BertNormalizer with its CJK spacing, then
+    BertPreTokenizer (whitespace and punctuation)."""
+    normalizer = config.get("normalizer") or {}
+    return (
+        normalizer.get("type") == "BertNormalizer"
+        and normalizer.get("handle_chinese_chars", True)
+        and (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+    )
+
+
+def _word_start_before(text: str, limit: int) -> int:
+    """The last index <= limit where BERT's pre-tokenizer starts a new word: a whitespace character,
+    a punctuation mark or a CJK ideograph (each stands alone), or `limit` itself within an over-long word."""
+    for index in range(limit, max(0, limit - _WORD_START_SEARCH), -1):
+        if _starts_word(text[index]):
+            return index
+    return limit
+
+
+def _starts_word(char: str) -> bool:
+    """BertNormalizer's whitespace (" \t\n\r", Zs), BertPreTokenizer's punctuation (ASCII
+    non-alphanumerics, P*) and CJK ideographs; not control characters, which are deleted inside a word."""
+    if char in " \t\n\r":
+        return True
+    code = ord(char)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    category = unicodedata.category(char)
+    if category == "Zs" or category.startswith("P"):
+        return True
+    return any(low <= code <= high for low, high in _CJK_BLOCKS)
 
 
 def _token_rows(rows: list[tuple[list[int], bool]]) -> TokenRows:
