@@ -147,3 +147,23 @@ def test_unpadded_tokens_take_and_concatenate_keep_each_texts_ids(default_bundle
     for name in ("input_ids", "attention_mask", "lengths", "truncated"):
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
     assert len(tokens.take(np.array([], dtype=np.int64)).ids) == 0
+
+
+LONG_TEXTS = [
+    "中文字" * 2_000,  # no spaces: cut between ideographs
+    "word\u00a0" * 2_000,  # no ASCII space: cut at the NBSP
+    "a" * 3_000,  # one over-long word: [UNK] however it is cut
+    "caf\u00e9," * 1_000,  # cut before a comma, accents stripped after
+    "x" * 1_020 + " tail",  # the word start is 5 characters past the bound's search
+    "ab\x1ccd" * 500,  # control characters are deleted inside a word, so never a cut point
+]
+
+
+def test_long_texts_are_cut_at_a_word_start_with_the_library_s_ids(default_bundle, monkeypatch):
+    """Only a bounded prefix reaches `tokenizers`, and its ids are the whole text's first ones."""
+    tokenizer = Tokenizer(default_bundle / "tokenizer.json", MAX_LENGTH)
+    seen: list[int] = []
+    real = tokenizer._tokenizer.encode_batch_fast
+    monkeypatch.setattr(tokenizer._tokenizer, "encode_batch_fast", lambda texts: seen.extend(map(len, texts)) or real(texts))
+    assert_same_ids(tokenizer, library_tokenizer(default_bundle / "tokenizer.json"), LONG_TEXTS)
+    assert seen and max(seen) <= MAX_LENGTH * tokenization._CHARS_PER_TOKEN_BOUND
