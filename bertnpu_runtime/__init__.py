@@ -7,7 +7,14 @@ Mobilint NPU (qbruntime) or ONNX Runtime. Lightweight: numpy and tokenizers, nev
 """
 
 from .encoder import SentenceEncoder
-from .errors import BackendUnavailableError, BertNpuError, BundleError, NpuTimeoutError
+from .errors import BackendUnavailableError, BertNpuError, BundleError, EncoderOutputError, NpuTimeoutError
 
-__all__ = ["SentenceEncoder", "BertNpuError", "BundleError", "BackendUnavailableError", "NpuTimeoutError"]
+__all__ = [
+    "SentenceEncoder",
+    "BertNpuError",
+    "BundleError",
+    "BackendUnavailableError",
+    "EncoderOutputError",
+    "NpuTimeoutError",
+]
 __version__ = "0.1.0"

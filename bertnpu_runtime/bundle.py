@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .embedding import EmbeddingTables
 from .errors import BundleError
+from .pooling import POOLING_MODES
 
 FORMAT_NAME = "bertnpu-bundle"
 FORMAT_VERSION = 1
@@ -153,63 +156,156 @@ class Bundle:
 
 
 def load_embedding_tables(path: Path, manifest: Manifest | None = None) -> EmbeddingTables:
-    """Read embeddings.npz, checking keys, dtypes and shapes (against the manifest when given)."""
+    """Read embeddings.npz, checking keys, dtypes and shapes (against the manifest when given)
+    from the arrays' headers before any table is read, and its eps against the manifest's."""
+    headers = _npz_headers(path)
+    missing = [k for k in EMBEDDING_KEYS if k not in headers]
+    if missing:
+        raise BundleError(path, f"missing arrays {missing}; expected {list(EMBEDDING_KEYS)}")
+    _check_table_headers(path, headers, manifest)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in EMBEDDING_KEYS if k not in npz.files]
-            if missing:
-                raise BundleError(path, f"missing arrays {missing}; expected {list(EMBEDDING_KEYS)}")
             arrays = {k: npz[k] for k in EMBEDDING_KEYS}
-    except BundleError:
-        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BundleError(path, f"cannot be read as a NumPy .npz archive ({exc})") from exc
-
-    word = arrays[WORD_KEY]
-    if word.ndim != 2:
-        raise BundleError(path, f"{WORD_KEY} must be 2-D [vocab, hidden], found shape {word.shape}")
-    hidden = word.shape[1]
-    for key in (POSITION_KEY, TOKEN_TYPE_KEY):
-        if arrays[key].ndim != 2 or arrays[key].shape[1] != hidden:
-            raise BundleError(path, f"{key} must be [rows, {hidden}], found shape {arrays[key].shape}")
-    for key in (LN_WEIGHT_KEY, LN_BIAS_KEY):
-        if arrays[key].shape != (hidden,):
-            raise BundleError(path, f"{key} must have shape ({hidden},), found {arrays[key].shape}")
-    for key in EMBEDDING_KEYS[:-1]:
-        if arrays[key].dtype != np.float32:
-            raise BundleError(path, f"{key} must be float32, found {arrays[key].dtype}")
-    if manifest is not None:
-        if hidden != manifest.hidden_size:
-            raise BundleError(path, f"hidden size {hidden} disagrees with {manifest.hidden_size} in {MANIFEST_FILE}")
-        if word.shape[0] != manifest.vocab_size:
-            raise BundleError(path, f"vocabulary of {word.shape[0]} rows disagrees with {manifest.vocab_size} in {MANIFEST_FILE}")
-        if arrays[POSITION_KEY].shape[0] < manifest.max_seq_length:
-            raise BundleError(
-                path,
-                f"{arrays[POSITION_KEY].shape[0]} position rows, fewer than max_seq_length "
-                f"{manifest.max_seq_length} in {MANIFEST_FILE}",
-            )
+    eps = float(arrays[LN_EPS_KEY])
+    if not 0 < eps < 1:
+        raise BundleError(path, f"{LN_EPS_KEY} must be a positive number below 1, found {eps!r}")
+    if manifest is not None and not math.isclose(eps, manifest.layer_norm_eps, rel_tol=1e-6):
+        raise BundleError(
+            path, f"{LN_EPS_KEY} {eps!r} disagrees with layer_norm_eps {manifest.layer_norm_eps!r} in {MANIFEST_FILE}"
+        )
     return EmbeddingTables(
-        word=word,
+        word=arrays[WORD_KEY],
         position=arrays[POSITION_KEY],
         token_type=arrays[TOKEN_TYPE_KEY],
         layer_norm_weight=arrays[LN_WEIGHT_KEY],
         layer_norm_bias=arrays[LN_BIAS_KEY],
-        layer_norm_eps=float(arrays[LN_EPS_KEY]),
+        layer_norm_eps=eps,
     )
 
 
-_REQUIRED_FIELDS = {
-    "source_model": str,
-    "hidden_size": int,
-    "num_layers": int,
-    "vocab_size": int,
-    "max_seq_length": int,
-    "pooling": str,
-    "normalize": bool,
-    "layer_norm_eps": float,
-    "files": dict,
+# A deflated member cannot expand more than this (deflate's limit is 1032:1).
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of every array in an .npz, from the headers alone, each checked to fit in
+    the bytes the archive holds for it: a header cannot make the reader allocate more than the file has."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f"{info.filename} has .npy format version {version}, not 1.0 or 2.0")
+                name = info.filename[: -len(".npy")]
+                declared = math.prod(shape) * dtype.itemsize
+                stored = info.file_size if info.compress_type == zipfile.ZIP_STORED else info.compress_size * _MAX_DEFLATE_RATIO
+                if declared > min(info.file_size, stored) or info.compress_size > path.stat().st_size:
+                    raise BundleError(
+                        path, f"{name} declares shape {shape} ({declared} bytes), more than the archive holds for it"
+                    )
+                headers[name] = (tuple(shape), dtype)
+    except BundleError:
+        raise
+    except zipfile.BadZipFile as exc:
+        raise BundleError(path, f"cannot be read as a NumPy .npz archive, a zip of .npy files ({exc})") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise BundleError(path, f"cannot be read as a NumPy .npz archive ({exc})") from exc
+    return headers
+
+
+def _check_table_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]], manifest: Manifest | None) -> None:
+    shapes = {key: shape for key, (shape, _) in headers.items()}
+    word = shapes[WORD_KEY]
+    if len(word) != 2:
+        raise BundleError(path, f"{WORD_KEY} must be 2-D [vocab, hidden], found shape {word}")
+    hidden = word[1]
+    for key in (POSITION_KEY, TOKEN_TYPE_KEY):
+        if len(shapes[key]) != 2 or shapes[key][1] != hidden:
+            raise BundleError(path, f"{key} must be [rows, {hidden}], found shape {shapes[key]}")
+    for key in (LN_WEIGHT_KEY, LN_BIAS_KEY):
+        if shapes[key] != (hidden,):
+            raise BundleError(path, f"{key} must have shape ({hidden},), found {shapes[key]}")
+    for key in EMBEDDING_KEYS[:-1]:
+        if headers[key][1] != np.float32:
+            raise BundleError(path, f"{key} must be float32, found {headers[key][1]}")
+    eps_shape, eps_dtype = headers[LN_EPS_KEY]
+    if eps_shape != () or eps_dtype.kind != "f":
+        raise BundleError(path, f"{LN_EPS_KEY} must be one float (shape ()), found {eps_dtype} {eps_shape}")
+    if manifest is not None:
+        if hidden != manifest.hidden_size:
+            raise BundleError(path, f"hidden size {hidden} disagrees with {manifest.hidden_size} in {MANIFEST_FILE}")
+        if word[0] != manifest.vocab_size:
+            raise BundleError(path, f"vocabulary of {word[0]} rows disagrees with {manifest.vocab_size} in {MANIFEST_FILE}")
+        if shapes[POSITION_KEY][0] < manifest.max_seq_length:
+            raise BundleError(
+                path,
+                f"{shapes[POSITION_KEY][0]} position rows, fewer than max_seq_length "
+                f"{manifest.max_seq_length} in {MANIFEST_FILE}",
+            )
+
+
+def _positive_int(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if type(value) is not int:
+            return f"must be an integer, found {value!r}"
+        return None if 1 <= value <= limit else f"must be between 1 and {limit}, found {value}"
+
+    return check
+
+
+def _of_type(kind: type) -> Callable[[Any], str | None]:
+    return lambda value: None if type(value) is kind else f"must be {kind.__name__}, found {value!r:.60}"
+
+
+def _check_max_seq_length(value: Any) -> str | None:
+    if type(value) is not int:
+        return f"must be an integer, found {value!r}"
+    # [CLS] and [SEP] take two tokens: a shorter length leaves no room for text.
+    return None if 3 <= value <= MAX_SEQ_LENGTH_LIMIT else f"must be between 3 and {MAX_SEQ_LENGTH_LIMIT}, found {value}"
+
+
+def _check_pooling(value: Any) -> str | None:
+    return None if value in POOLING_MODES else f"must be one of {list(POOLING_MODES)}, found {value!r:.60}"
+
+
+def _check_eps(value: Any) -> str | None:
+    if type(value) not in (int, float):
+        return f"must be a number, found {value!r:.60}"
+    return None if 0 < value < 1 else f"must be a positive number below 1, found {value!r}"
+
+
+def _check_optional_object(value: Any) -> str | None:
+    return None if value is None or type(value) is dict else f"must be a JSON object or null, found {value!r:.60}"
+
+
+# Bounds that no BERT comes near; they keep a corrupt manifest from asking for absurd tables.
+MAX_SEQ_LENGTH_LIMIT = 1 << 16
+HIDDEN_SIZE_LIMIT = 1 << 14
+VOCAB_SIZE_LIMIT = 1 << 22
+
+# bundle.json's schema: each field and the check of its value (None = fine, else what is wrong).
+_MANIFEST_SCHEMA: dict[str, Callable[[Any], str | None]] = {
+    "source_model": _of_type(str),
+    "hidden_size": _positive_int(HIDDEN_SIZE_LIMIT),
+    "num_layers": _positive_int(1024),
+    "vocab_size": _positive_int(VOCAB_SIZE_LIMIT),
+    "max_seq_length": _check_max_seq_length,
+    "pooling": _check_pooling,
+    "normalize": _of_type(bool),
+    "layer_norm_eps": _check_eps,
+    "files": _of_type(dict),
 }
+_OPTIONAL_SECTIONS = ("npu", "int8")
 
 
 def _read_manifest(path: Path) -> Manifest:
@@ -219,29 +315,34 @@ def _read_manifest(path: Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(path, f"is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise BundleError(path, "is nested too deeply to be a bundle manifest") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise BundleError(path, f'expected a JSON object with "format": "{FORMAT_NAME}"')
-    if data.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            path, f"format_version {data.get('format_version')!r} is not {FORMAT_VERSION}, the version this runtime reads"
-        )
-    for name, kind in _REQUIRED_FIELDS.items():
-        value = data.get(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BundleError(path, f'field "{name}" must be {kind.__name__}, found {value!r}')
+    version = data.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 compare equal to 1
+        raise BundleError(path, f"format_version {version!r} is not {FORMAT_VERSION}, the version this runtime reads")
+    for name, check in _MANIFEST_SCHEMA.items():
+        if name not in data:
+            raise BundleError(path, f'field "{name}" is missing')
+        problem = check(data[name])
+        if problem is not None:
+            raise BundleError(path, f'field "{name}" {problem}')
+    for name in _OPTIONAL_SECTIONS:
+        problem = _check_optional_object(data.get(name))
+        if problem is not None:
+            raise BundleError(path, f'field "{name}" {problem}')
     files = {}
     for rel, entry in data["files"].items():
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or len(digest) != 64:
-            raise BundleError(path, f'files["{rel}"] needs a 64-hex "sha256", found {entry!r}')
+            raise BundleError(path, f'files["{rel}"] needs a 64-hex "sha256", found {entry!r:.80}')
         files[rel] = digest
     npu = data.get("npu") or {}
     mask_input = npu.get("mask_input")
     if mask_input not in (None, "keep", "additive"):
-        raise BundleError(path, f'npu.mask_input must be null, "keep" or "additive", found {mask_input!r}')
-    known = set(_REQUIRED_FIELDS) | {"format", "format_version", "npu", "int8"}
+        raise BundleError(path, f'npu.mask_input must be null, "keep" or "additive", found {mask_input!r:.60}')
+    known = set(_MANIFEST_SCHEMA) | {"format", "format_version", *_OPTIONAL_SECTIONS}
     return Manifest(
         source_model=data["source_model"],
         hidden_size=data["hidden_size"],

@@ -138,6 +138,7 @@ def _info(args: argparse.Namespace) -> int:
             "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
             "libraries": {name: _version(name) for name in ("bertnpu", "onnxruntime", "mobilint-qb-runtime", "tokenizers", "numpy")},
             "npu_devices": list_npu_devices(),
+            "npu_cores_in_service": encoder.npu_cores_in_service,
         }, indent=2))  # fmt: skip
     return 0
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from .backends.base import EncoderBackend, as_encoder_backend
 from .backends.selection import open_backend
-from .bundle import TOKENIZER_FILE, Bundle
+from .bundle import EMBEDDINGS_FILE, TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
+from .errors import BundleError
 from .pipeline import HostBatch, Pipeline
 from .tokenize import TokenizedBatch, Tokenizer, validate_texts
 
@@ -61,8 +62,16 @@ class SentenceEncoder:
         bundle = Bundle(bundle_dir, verify=verify_bundle)
         self.bundle_dir: Path = bundle.directory
         self.manifest = bundle.manifest
-        embedding = EmbeddingLayer(bundle.load_embeddings(), self.manifest.max_seq_length)
-        self._tokenizer = Tokenizer(bundle.path(TOKENIZER_FILE), self.manifest.max_seq_length)
+        tables = bundle.load_embeddings()
+        embedding = EmbeddingLayer(tables, self.manifest.max_seq_length)
+        tokenizer_path = bundle.path(TOKENIZER_FILE)
+        self._tokenizer = Tokenizer(tokenizer_path, self.manifest.max_seq_length)
+        if (largest := self._tokenizer.largest_id()) >= len(tables.word):
+            raise BundleError(
+                tokenizer_path,
+                f"produces token ids up to {largest}, but {EMBEDDINGS_FILE} has {len(tables.word)} word "
+                "embeddings: the tokenizer is from another model",
+            )
         self.backend_reason = "an open encoder backend was passed in"
         if isinstance(backend, str):
             backend, self.backend_reason = open_backend(
@@ -97,6 +106,12 @@ class SentenceEncoder:
         default), 64 on the NPU, where a batch's sentences share one length and each call costs the
         host a thread wake-up."""
         return self.pipeline.backend.hints.preferred_batch_size
+
+    @property
+    def npu_cores_in_service(self) -> list[tuple[int, int]]:
+        """The NPU cores still taking calls, as (cluster, core) pairs; a core whose calls keep
+        failing is taken out of service. Empty when the encoder does not run on the NPU."""
+        return list(getattr(self.pipeline.backend, "cores_in_service", []))
 
     @property
     def pipeline(self) -> Pipeline:
@@ -139,12 +154,13 @@ class SentenceEncoder:
             )
         if batch_size is None:
             batch_size = self.default_batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, found {batch_size!r}")
+        batch_size = _positive_integer(batch_size, "batch_size")
+        if not isinstance(normalize_embeddings, (bool, np.bool_)):
+            raise TypeError(f"normalize_embeddings must be True or False, found {normalize_embeddings!r:.40}")
         single = isinstance(sentences, str)
         texts = validate_texts([sentences] if single else sentences)
         progress = _progress if _wants_progress(show_progress_bar) else None
-        vectors, truncated = pipeline.encode(texts, batch_size, normalize=normalize_embeddings, progress=progress)
+        vectors, truncated = pipeline.encode(texts, batch_size, normalize=bool(normalize_embeddings), progress=progress)
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
         return vectors[0] if single else vectors
 
@@ -168,6 +184,13 @@ class SentenceEncoder:
             f"SentenceEncoder(model={self.manifest.source_model!r}, backend={self.backend!r}, "
             f"precision={self.precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
         )
+
+
+def _positive_integer(value: object, name: str) -> int:
+    """An integer of any kind (int, numpy integers) that is at least 1, as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, found {value!r:.40}")
+    return int(value)
 
 
 def _close_in_process(pid: int, backend: EncoderBackend) -> None:

@@ -30,3 +30,7 @@ class BackendUnavailableError(BertNpuError):
 
 class NpuTimeoutError(BertNpuError):
     """An NPU call did not finish within the encoder's npu_timeout_s. The message names the core."""
+
+
+class EncoderOutputError(BertNpuError):
+    """The encoder backend returned values that are not finite numbers (NaN or infinity)."""

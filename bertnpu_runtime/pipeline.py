@@ -19,6 +19,7 @@ from .backends.base import EncoderBackend, PendingOutput
 from .batch_memory import BatchMemory
 from .batching import chunk_bounds, plan_chunk
 from .embedding import EmbeddingLayer
+from .errors import EncoderOutputError
 from .pooling import l2_normalize, pool
 from .tokenize import TokenizedBatch, Tokenizer, TokenRows
 
@@ -140,6 +141,8 @@ class Pipeline:
         def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
             batch, pending = in_flight.popleft()
             vectors = self.pool(pending.result(), batch.mask, normalize)
+            if not np.isfinite(vectors).all():
+                raise _non_finite(backend.name, batch.rows, vectors)
             if memory is not None:
                 memory.give_back(batch.hidden)
             return batch.rows, vectors
@@ -167,6 +170,14 @@ class Pipeline:
         if memory.nbytes <= KEPT_BATCH_MEMORY_BYTES:
             with self._batch_memory_lock:
                 self._batch_memory = memory
+
+
+def _non_finite(backend: str, rows: np.ndarray, vectors: np.ndarray) -> EncoderOutputError:
+    bad = rows[~np.isfinite(vectors).all(axis=1)]
+    return EncoderOutputError(
+        f"the {backend} encoder returned NaN or infinite values for {len(bad)} text(s), first at index {bad[0]} "
+        f"(indices {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}): the model or its compiled graph is broken"
+    )
 
 
 def _one_bucket(length: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -177,3 +178,11 @@ def stsb_dir() -> Path:
     from bertnpu_runtime.data import stsb_dir
 
     return stsb_dir()
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny bundle that a test may break."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    return copy

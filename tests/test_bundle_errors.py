@@ -1,34 +1,13 @@
 """A missing, corrupt or mismatched bundle file gives an error that names the file."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from bertnpu_runtime import BundleError, SentenceEncoder
-from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_FILE, sha256_of
-
-
-@pytest.fixture
-def bundle_copy(tiny_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    return copy
-
-
-def rewrite_manifest(bundle, **changes):
-    path = bundle / MANIFEST_FILE
-    data = json.loads(path.read_text())
-    data.update(changes)
-    path.write_text(json.dumps(data))
-    return data
-
-
-def rehash(bundle, relative_path):
-    data = json.loads((bundle / MANIFEST_FILE).read_text())
-    data["files"][relative_path]["sha256"] = sha256_of(bundle / relative_path)
-    (bundle / MANIFEST_FILE).write_text(json.dumps(data))
+from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 
 
 def test_missing_folder(tmp_path):
@@ -56,7 +35,7 @@ def test_manifest_wrong_version(bundle_copy):
 
 def test_manifest_field_of_wrong_type(bundle_copy):
     rewrite_manifest(bundle_copy, hidden_size="32")
-    with pytest.raises(BundleError, match='field "hidden_size" must be int'):
+    with pytest.raises(BundleError, match='field "hidden_size" must be an integer'):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 
@@ -85,33 +64,19 @@ def test_truncated_npz_is_named_when_not_verifying(bundle_copy):
 
 
 def test_embeddings_disagreeing_with_manifest(bundle_copy):
-    path = bundle_copy / EMBEDDINGS_FILE
-    with np.load(path) as npz:
-        arrays = dict(npz)
-    arrays["word_embeddings"] = arrays["word_embeddings"][:, :-1]
-    np.savez(path, **arrays)
-    rehash(bundle_copy, EMBEDDINGS_FILE)
+    rewrite_tables(bundle_copy, word_embeddings=table(bundle_copy, "word_embeddings")[:, :-1])
     with pytest.raises(BundleError, match=rf"{EMBEDDINGS_FILE}: position_embeddings must be \[rows, 31\]"):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 
 def test_embeddings_of_wrong_dtype(bundle_copy):
-    path = bundle_copy / EMBEDDINGS_FILE
-    with np.load(path) as npz:
-        arrays = dict(npz)
-    arrays["word_embeddings"] = arrays["word_embeddings"].astype(np.float64)
-    np.savez(path, **arrays)
-    rehash(bundle_copy, EMBEDDINGS_FILE)
+    rewrite_tables(bundle_copy, word_embeddings=table(bundle_copy, "word_embeddings").astype(np.float64))
     with pytest.raises(BundleError, match="word_embeddings must be float32, found float64"):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 
 def test_embeddings_missing_a_key(bundle_copy):
-    path = bundle_copy / EMBEDDINGS_FILE
-    with np.load(path) as npz:
-        arrays = {k: v for k, v in npz.items() if k != "layer_norm_eps"}
-    np.savez(path, **arrays)
-    rehash(bundle_copy, EMBEDDINGS_FILE)
+    rewrite_tables(bundle_copy, drop=("layer_norm_eps",))
     with pytest.raises(BundleError, match=r"missing arrays \['layer_norm_eps'\]"):
         SentenceEncoder(bundle_copy, backend="onnx")
 

@@ -121,6 +121,7 @@ def test_info_says_what_runs_and_where(tiny_bundle, capsys):
     assert info["backend_reason"].startswith("backend='auto' chose ONNX Runtime (CPU): ") and "model.mxq" in info["backend_reason"]
     assert info["libraries"]["onnxruntime"] and info["libraries"]["numpy"] == np.__version__
     assert info["npu_devices"] == []  # qbruntime is installed in the test environment and sees no card
+    assert info["npu_cores_in_service"] == []  # the encoder runs on ONNX Runtime
 
 
 def test_bertnpu_compile_is_python_m_compile(tiny_model_dir, tmp_path, capsys):

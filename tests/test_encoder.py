@@ -68,7 +68,7 @@ def test_bad_items_are_named(encoder, bad, message):
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
 def test_bad_batch_size(encoder, batch_size):
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         encoder.encode(SENTENCES, batch_size=batch_size)
 
 

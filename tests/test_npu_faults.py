@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bertnpu_runtime import NpuTimeoutError, SentenceEncoder
+from bertnpu_runtime import BackendUnavailableError, NpuTimeoutError, SentenceEncoder
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 
 TEXTS = [f"sentence number {i} about a dog in the park" for i in range(40)]
@@ -82,3 +82,51 @@ def test_a_shape_refusal_turns_grouping_off(npu_bundle, tiny_bundle, caplog):
 def test_a_bad_timeout_is_refused(npu_bundle, timeout):
     with pytest.raises(ValueError, match="npu timeout must be a positive number"):
         SentenceEncoder(npu_bundle, backend="npu", npu_timeout_s=timeout, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx"))
+
+
+def test_a_core_that_keeps_failing_goes_out_of_service_and_the_others_serve(npu_bundle, tiny_bundle, caplog):
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode(TEXTS)
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    fake.fail_core((0, 1))  # every call
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=2, qbruntime_module=fake) as encoder:
+        assert encoder.npu_cores_in_service == [(0, 0), (0, 1)]
+        failed = 0
+        for _ in range(10):  # each failure fails that encode(); after three in a row the core is dropped
+            try:
+                vectors = encoder.encode(TEXTS, batch_size=4)
+            except BackendUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - the failing core's QbRuntimeError
+                failed += 1
+        assert encoder.npu_cores_in_service == [(0, 0)]
+        assert 1 <= failed <= 3
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+        assert "core (cluster 0, core 1) failed 3 calls in a row" in caplog.text
+        assert "Model_InferFailed" in caplog.text
+
+
+def test_no_core_left_is_a_clear_error_at_once(npu_bundle):
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    fake.fail_core((0, 0))
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_timeout_s=20, qbruntime_module=fake) as encoder:
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017 - the first failures are the runtime's own
+            encoder.encode(TEXTS, batch_size=2)  # 20 calls: the third failure takes the only core out
+        with pytest.raises(BackendUnavailableError, match=r"no NPU core is left in service.*\(cluster 0, core 0\): Model_InferFailed"):
+            encoder.encode(TEXTS)
+        assert time.monotonic() - started < 10  # the queued calls failed; none waited for the timeout
+        assert encoder.npu_cores_in_service == []
+
+
+def test_failures_that_are_not_in_a_row_keep_the_core(npu_bundle):
+    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    fake.fail_core((0, 0), calls=[1, 2, 4, 5, 7, 8])
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as encoder:
+        for _ in range(9):
+            try:
+                encoder.encode(["one sentence"])
+            except Exception:  # noqa: BLE001
+                pass
+        assert encoder.npu_cores_in_service == [(0, 0)]
+        assert encoder.encode(["one sentence"]).shape == (1, encoder.dim)

@@ -60,6 +60,8 @@ class NpuEncoder:
     """
 
     CLOSE_TIMEOUT_S = 5.0
+    # A core whose calls fail this many times in a row is taken out of service; the others go on.
+    FAILURES_BEFORE_OUT_OF_SERVICE = 3
 
     name = "npu"
     # The pipeline keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
@@ -106,6 +108,8 @@ class NpuEncoder:
         self._lock = threading.Lock()  # guards _outstanding, and _closed against queueing
         self._workers: list[threading.Thread] = []
         self._running: dict[tuple[int, int], float] = {}  # core -> when its current call started
+        self._in_service: list[tuple[int, int]] = []
+        self._out_of_service: dict[tuple[int, int], str] = {}  # core -> its last failure
         self._closed = False
 
         try:
@@ -125,6 +129,7 @@ class NpuEncoder:
             self.close()
             raise
         self.hints = BackendHints(self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for)
+        self._in_service = list(self.cores)
         for model, (cluster, core) in zip(self._models, self.cores):
             worker = threading.Thread(
                 target=self._serve, args=(model, (cluster, core)), name=f"bertnpu-npu-{cluster}-{core}", daemon=True
@@ -181,12 +186,20 @@ class NpuEncoder:
         with self._lock:  # so that close() cannot slip in between: no call is queued behind the workers' stop
             if self._closed:
                 raise RuntimeError("NpuEncoder.submit() called after close()")
+            if not self._in_service:
+                raise self._no_core_left()
             self._outstanding += len(calls)
             for index, call_inputs in enumerate(inputs):
                 self._calls.put((call_inputs, results, index))
         seq = hidden.shape[1]
         whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
         return PendingBatch(hidden.shape, calls, results, whole, self._call_output, self.timeout_s, self._stuck_cores)
+
+    @property
+    def cores_in_service(self) -> list[tuple[int, int]]:
+        """The (cluster, core) pairs still taking calls; a core whose calls failed
+        FAILURES_BEFORE_OUT_OF_SERVICE times in a row is no longer among them."""
+        return list(self._in_service)
 
     @property
     def worker_thread_ids(self) -> list[int]:
@@ -206,7 +219,7 @@ class NpuEncoder:
         if not self._group:
             per_call = 1
         elif self._outstanding == 0:
-            per_call = max(1, math.ceil(real / len(self._models)))
+            per_call = max(1, math.ceil(real / max(1, len(self._in_service))))
         else:
             per_call = real
         return [
@@ -271,18 +284,59 @@ class NpuEncoder:
         return inputs
 
     def _serve(self, model: Any, core: tuple[int, int]) -> None:
-        """A core's worker: run queued calls on `model` until told to stop."""
+        """A core's worker: run queued calls on `model` until told to stop, or until its calls have
+        failed FAILURES_BEFORE_OUT_OF_SERVICE times in a row."""
+        failures = 0
         while (call := self._calls.get()) is not None:
             inputs, results, index = call
             self._running[core] = time.monotonic()
             try:
                 output = self._infer(model, inputs)
+                failures = 0
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
                 output = exc
+                failures += 1
             del self._running[core]
             with self._lock:
                 self._outstanding -= 1
             results.put((index, output))
+            if failures >= self.FAILURES_BEFORE_OUT_OF_SERVICE:
+                self._take_out_of_service(core, output)
+                return
+
+    def _take_out_of_service(self, core: tuple[int, int], failure: BaseException) -> None:
+        """Stop giving `core` calls. When it was the last core, the calls still queued fail, and so
+        does every later submit()."""
+        with self._lock:
+            self._in_service.remove(core)
+            self._out_of_service[core] = first_line(failure)
+            left = list(self._in_service)
+            orphans = []
+            if not left:  # no worker will take these: fail them now rather than at the timeout
+                while True:
+                    try:
+                        orphans.append(self._calls.get_nowait())
+                    except queue.Empty:
+                        break
+        logger.warning(
+            "npu backend: core (cluster %d, core %d) failed %d calls in a row (last: %s) and is out of service; "
+            "cores still in service: %s",
+            *core, self.FAILURES_BEFORE_OUT_OF_SERVICE, first_line(failure), left or "none",
+        )  # fmt: skip
+        for call in orphans:
+            if call is None:
+                continue
+            with self._lock:
+                self._outstanding -= 1
+            _, results, index = call
+            results.put((index, self._no_core_left()))
+
+    def _no_core_left(self) -> BackendUnavailableError:
+        failed = "; ".join(f"(cluster {c}, core {k}): {why}" for (c, k), why in sorted(self._out_of_service.items()))
+        return BackendUnavailableError(
+            f"no NPU core is left in service: each failed {self.FAILURES_BEFORE_OUT_OF_SERVICE} calls in a row "
+            f"({failed}). close() this encoder and open a new one (after a device reset, or on other cores)"
+        )
 
     def _stuck_cores(self) -> str:
         """The cores inside a call, and for how long, for a timeout's message."""

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..bundle import NpuSpec
 from ..errors import BundleError
 
@@ -107,13 +109,20 @@ def select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: in
     """The (cluster, core) pairs to launch on, cluster-major; see NpuEncoder's `cores`."""
     if cores is None:
         cores = device_cores
-    if isinstance(cores, int):
+    if isinstance(cores, (bool, float, str)) or not isinstance(cores, (int, np.integer, Sequence)):
+        raise ValueError(f"cores must be a count or a list of (cluster, core) pairs, found {cores!r:.40}")
+    if isinstance(cores, (int, np.integer)):
+        cores = int(cores)
         if not 1 <= cores <= device_cores:
             raise ValueError(f"cores={cores}, but the device has {device_cores} local cores")
         return [divmod(i, CORES_PER_CLUSTER) for i in range(cores)]
-    pairs = [tuple(pair) for pair in cores]
+    pairs = [tuple(pair) if isinstance(pair, Sequence) and not isinstance(pair, str) else (pair,) for pair in cores]
     for pair in pairs:
-        if len(pair) != 2 or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER):
+        if (
+            len(pair) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in pair)
+            or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER)
+        ):
             raise ValueError(f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}")
     if not pairs or len(set(pairs)) != len(pairs):
         raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")

@@ -22,7 +22,11 @@ class OnnxEncoder:
     name = "onnx"
     hints = BackendHints(queued_tokens=1)  # one batch waits while another runs; any lengths share a batch
 
-    def __init__(self, model_path: str | Path, num_threads: int | None = None) -> None:
+    def __init__(self, model_path: str | Path, num_threads: int | None = None, hidden_size: int | None = None) -> None:
+        """num_threads: ONNX Runtime's intra-op threads (None: its own choice, every core).
+        hidden_size: the width the graph's hidden states must have (bundle.json's), checked at load."""
+        if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r}")
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -43,6 +47,8 @@ class OnnxEncoder:
             raise BundleError(
                 model_path, f"expected inputs {ONNX_HIDDEN_INPUT!r} and {ONNX_MASK_INPUT!r}, found {sorted(input_names)}"
             )
+        if hidden_size is not None:
+            _check_width(model_path, self._session, hidden_size)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertnpu-onnx")
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -59,3 +65,17 @@ class OnnxEncoder:
     def close(self) -> None:
         self._worker.shutdown(wait=True)
         self._session = None
+
+
+def _check_width(model_path: str | Path, session: object, hidden_size: int) -> None:
+    """The graph's hidden-state input and output end in hidden_size where their shapes say so."""
+    hidden_input = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
+    outputs = {o.name: o for o in session.get_outputs()}
+    if ONNX_OUTPUT not in outputs:
+        raise BundleError(model_path, f"expected an output {ONNX_OUTPUT!r}, found {sorted(outputs)}")
+    for what, shape in ((f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape), (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape)):
+        width = shape[-1] if shape else None
+        if len(shape or ()) != 3 or (isinstance(width, int) and width != hidden_size):
+            raise BundleError(
+                model_path, f"{what} has shape {shape}; expected [batch, seq, {hidden_size}] (bundle.json's hidden_size)"
+            )

@@ -41,6 +41,8 @@ def open_backend(
     "int8" loads encoder.int8.onnx, the CPU preview of the NPU's quantization (the NPU always runs
     the .mxq's own int8), so it is never chosen implicitly.
     """
+    if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r:.40}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, found {backend!r}")
     if precision not in PRECISIONS:
@@ -78,7 +80,7 @@ def open_backend(
     from .onnx import OnnxEncoder
 
     model_file = INT8_ENCODER_FILE if precision == "int8" else ONNX_ENCODER_FILE
-    return OpenedBackend(OnnxEncoder(bundle.path(model_file), num_threads=num_threads), why)
+    return OpenedBackend(OnnxEncoder(bundle.path(model_file), num_threads=num_threads, hidden_size=bundle.manifest.hidden_size), why)
 
 
 def _npu_unusable_reason(bundle: Bundle, qbruntime_module: ModuleType | None) -> str | None:

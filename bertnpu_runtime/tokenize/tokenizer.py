@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Set
@@ -21,7 +20,6 @@ from .wordpiece import FastWordPiece
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
 _CHARS_PER_TOKEN_BOUND = 32
-_SURROGATES = re.compile("[\ud800-\udfff]")
 # Texts tokenized between two pauses (see Tokenizer._encode_plain).
 _TEXTS_PER_GIL_YIELD = 192
 # Lets a thread waiting for the GIL take it. time.sleep(0) would too, but sleeps for Linux's timer
@@ -33,6 +31,8 @@ def validate_texts(texts: Iterable[str]) -> list[str]:
     """Return texts as a list, or raise TypeError naming the first item that is not a str."""
     if isinstance(texts, (str, bytes, Mapping, Set)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a str or a sequence of str, found {type(texts).__name__}")
+    if getattr(texts, "ndim", None) == 0:  # a 0-d numpy array is iterable in type only
+        raise TypeError("texts is a 0-d array: pass its text as a str (array.item()) or a list of str")
     texts = list(texts)
     if not all(map(isinstance, texts, itertools.repeat(str))):  # a C loop: a Python one costs 60 us per 1,000 texts
         index, text = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
@@ -58,6 +58,19 @@ class Tokenizer:
         self._fast = FastWordPiece.from_tokenizer(self._tokenizer)
         self._bert_words = _splits_bert_words(json.loads(self._tokenizer.to_str()))
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
+
+    def largest_id(self) -> int:
+        """The largest token id this tokenizer can produce: its vocabulary, added tokens and the
+        special tokens its post-processor inserts ([CLS], [SEP])."""
+        config = json.loads(self._tokenizer.to_str())
+        ids = [max(self._tokenizer.get_vocab(with_added_tokens=True).values(), default=0)]
+        for token in ((config.get("post_processor") or {}).get("special_tokens") or {}).values():
+            ids.extend(token.get("ids") or [])
+        for name in ("cls", "sep"):  # BertProcessing keeps them as [token, id]
+            pair = (config.get("post_processor") or {}).get(name)
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int):
+                ids.append(pair[1])
+        return max(ids)
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
         """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
@@ -184,5 +197,6 @@ def _token_rows(rows: list[tuple[list[int], bool]]) -> TokenRows:
 
 
 def _replace_surrogates(text: str) -> str:
-    """Replace code points UTF-8 cannot carry (lone surrogates) with U+FFFD, the replacement character."""
-    return _SURROGATES.sub("\ufffd", text)
+    """Join surrogate pairs given as two code units into the character they encode (as a UTF-16
+    round trip would), and replace lone surrogates, which no UTF can carry, with U+FFFD."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
