@@ -1,7 +1,7 @@
 """NPU pipeline: does the host keep 1, 2 and 4 NPU cores busy? Measured with the qbruntime test double, or on a card.
 
     python -m benchmarks.npu_pipeline [--bundle DIR] [--latency-us 100 [150 ...]] [--cores 1 2 4] [--copies K] [--quick]
-    python -m benchmarks.npu_pipeline --device [--device-no N] [--cores 1 2 4 8] ...   # on a card; the bundle needs model.mxq
+    python -m benchmarks.npu_pipeline --device [--device-no N] [--cores 1 2 4 8] [--trace FILE] ...   # on a card; the bundle needs model.mxq
 
 The test double (bertnpu_runtime.testing.FakeNpu) makes every infer call last the modelled latency
 per sentence, on as many cores as asked, and returns zeros; no card is needed. For each latency and
@@ -17,7 +17,13 @@ the threads that drive the cores.
 With --device the same encode() runs on the card's cores through qbruntime, one core count after
 another, and the NPU rate is measured: the cores' throughput on the same batches embedded
 beforehand, with the host thread asleep. `npu_rate_per_core_vs_1_core` near 1 says the cores
-scale; near 1 / cores, that `infer` holds Python's GIL and the cores take turns.
+scale; near 1 / cores, that `infer` holds Python's GIL and the cores take turns. Each row also
+records what mobilint-ml reports (utilisation, memory, temperature, power) after its runs, and
+`--trace FILE` writes qbruntime's event trace of each core count to FILE with the count in its name.
+
+Calls hold one sentence each, the runtime's default in single-core mode; `--group-sentences`
+sends sentences of one length together (and lets the double take such calls), to measure what
+the default costs the host.
 """
 
 from __future__ import annotations
@@ -71,7 +77,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run on the NPU card through qbruntime and the bundle's model.mxq, not the test double (no --latency-us)",
     )  # fmt: skip
     parser.add_argument("--device-no", type=int, default=0, help="with --device: which card (default: %(default)s)")
+    parser.add_argument("--trace", type=Path, help="with --device: qbruntime's event trace, one file per core count")
+    parser.add_argument(
+        "--group-sentences", action="store_true",
+        help="several sentences of one length per NPU call (default: one per call, the runtime's default)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.trace is not None and not args.device:
+        parser.error("--trace records qbruntime's events on a card: use it with --device")
     if args.copies < 1:
         parser.error(f"--copies must be at least 1, found {args.copies}")
     if args.device and args.latency_us is not None:
@@ -137,6 +150,7 @@ def main(argv: Sequence[str] | None = None, qbruntime_module: Any = None) -> dic
         "benchmark": "npu_pipeline",
         "meta": run_metadata(args),
         "npu": f"device {args.device_no}" if args.device else "test double",
+        "group_sentences": args.group_sentences,
         "latencies_us_per_sentence": None if args.device else args.latency_us,
         "batch_size": args.batch_size,
         "sentences": len(sentences),
@@ -160,8 +174,8 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
         hidden_size = _hidden_size(npu_bundle)
         try:
             for cores in args.cores:  # one encoder per core count serves every latency (see _at_latency)
-                encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
-                ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size)
+                encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size, args.group_sentences)
+                ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size, args.group_sentences)
                 core_ids[cores] = encoders[cores].pipeline.backend.cores  # (cluster, core) pairs
             # The host stages alone take turns with the encode() runs, so both see the same machine.
             host_runs: list[dict[str, float]] = []
@@ -214,14 +228,17 @@ def _on_device(
     """
     from bertnpu_runtime import SentenceEncoder
     from bertnpu_runtime.errors import BackendUnavailableError
+    from bertnpu_runtime.monitor import npu_status
 
     host_runs: list[dict[str, float]] = []
-    measured = {}
+    measured, monitored = {}, {}
     for cores in args.cores:
+        trace = None if args.trace is None else args.trace.with_name(f"{args.trace.stem}-{cores}cores{args.trace.suffix}")
         try:
             encoder = SentenceEncoder(
-                run.bundle, backend="npu", device_no=args.device_no, npu_cores=cores, qbruntime_module=qbruntime_module
-            )
+                run.bundle, backend="npu", device_no=args.device_no, npu_cores=cores,
+                npu_group_sentences=args.group_sentences, npu_trace_path=trace, qbruntime_module=qbruntime_module,
+            )  # fmt: skip
         except (BackendUnavailableError, ValueError) as exc:
             raise SystemExit(f"--device: {exc}") from exc
         with encoder:
@@ -234,6 +251,7 @@ def _on_device(
                 "prepared": partial(_run_prepared, encoder, prepared),
             }
             seconds = interleave(tasks, run.repeats, warmup=1)
+            monitored[cores] = npu_status()  # while the models are still launched
         host_runs += runs[1:]  # [0] was the warm-up
         measured[cores] = (seconds, timings)
 
@@ -246,6 +264,7 @@ def _on_device(
             {
                 **_pipeline_row(cores, len(sentences), seconds["encode"], timings, host_rate, npu_rates[cores]),
                 "npu_rate_per_core_vs_1_core": per_core_vs_1,
+                "npu_monitor": monitored[cores],
             }
         )
     return host, rows
@@ -286,13 +305,15 @@ def _time_host_stages(encoder: Any, sentences: list[str], batch_size: int, runs:
     runs.append(time_stages_once(encoder, sentences, batch_size, run_encoder=False))
 
 
-def _npu_encoder(bundle: Path, cores: int, hidden_size: int) -> tuple[Any, Any]:
-    """A SentenceEncoder on `cores` cores of a fresh test double, and the double (its latency_s is set per run)."""
+def _npu_encoder(bundle: Path, cores: int, hidden_size: int, group: bool) -> tuple[Any, Any]:
+    """A SentenceEncoder on `cores` cores of a fresh test double, and the double (its latency_s is set
+    per run); `group`: several sentences per call, which the double then accepts."""
     from bertnpu_runtime import SentenceEncoder
     from bertnpu_runtime.testing import FakeNpu
 
-    fake = FakeNpu(hidden_size=hidden_size, num_cores=8)
-    return SentenceEncoder(bundle, backend="npu", npu_cores=cores, qbruntime_module=fake), fake
+    fake = FakeNpu(hidden_size=hidden_size, num_cores=8, max_batch=None if group else 1)
+    encoder = SentenceEncoder(bundle, backend="npu", npu_cores=cores, npu_group_sentences=group, qbruntime_module=fake)
+    return encoder, fake
 
 
 def _at_latency(fake: Any, latency: float, run: Callable[[], object]) -> Callable[[int], None]:

@@ -60,20 +60,32 @@ ONNX_OUTPUT = "last_hidden_state"
 NPU_ADDITIVE_MASK_PAD = -10000.0
 
 
+NPU_GRAPHS = ("model", "encoder")
+NPU_MASK_INPUTS = (None, "keep", "additive", "auto")
+NPU_INFERENCE_SCHEMES = ("single", "multi", "global4", "global8", "all")
+
+
 @dataclass(frozen=True)
 class NpuSpec:
-    """How the bundle's model.mxq expects its inputs.
+    """How the bundle's model.mxq was compiled and expects its inputs (bundle.json's "npu").
 
+    graph: "model" (the whole BertModel, Mobilint's recipe), "encoder" (BertModel.encoder alone),
+    or None (not recorded: bundles written before compile recorded it, or no .mxq). Either way the
+    .mxq takes the embedding output, float32 (H, W, C) = (1, seq, hidden) per sentence.
     mask_input: None when the .mxq takes hidden states only (each sentence runs unpadded at its
-    true length, the tutorial's way). Otherwise the .mxq has a second input, the padding mask,
-    float32 of shape (H, W, C) = (1, seq, 1) per sentence (4-D (n, 1, seq, 1) for n sentences),
-    with the same W as the hidden states (1, seq, hidden):
-      "keep":     1.0 for a real token, 0.0 for padding;
+    true length). Otherwise a second input, the padding mask, float32 (1, seq, 1) per sentence
+    (4-D (n, 1, seq, 1) for n sentences), with the same W as the hidden states:
+      "keep":     1.0 for a real token, 0.0 for padding (the Hugging Face attention_mask);
       "additive": 0.0 for a real token, NPU_ADDITIVE_MASK_PAD (-10000.0) for padding, to be added
-                  to the attention scores.
+                  to the attention scores;
+      "auto":     decided at launch from the .mxq: a second input is the "keep" mask that Mobilint's
+                  recipe marks as the padding mask; a single input means no mask.
+    inference_scheme: the core modes it was compiled for (None: the compiler's default).
     """
 
     mask_input: str | None = None
+    graph: str | None = None
+    inference_scheme: str | None = None
 
 
 @dataclass(frozen=True)
@@ -338,10 +350,7 @@ def _read_manifest(path: Path) -> Manifest:
         if not isinstance(digest, str) or len(digest) != 64:
             raise BundleError(path, f'files["{rel}"] needs a 64-hex "sha256", found {entry!r:.80}')
         files[rel] = digest
-    npu = data.get("npu") or {}
-    mask_input = npu.get("mask_input")
-    if mask_input not in (None, "keep", "additive"):
-        raise BundleError(path, f'npu.mask_input must be null, "keep" or "additive", found {mask_input!r:.60}')
+    npu = _read_npu_section(path, data.get("npu") or {})
     known = set(_MANIFEST_SCHEMA) | {"format", "format_version", *_OPTIONAL_SECTIONS}
     return Manifest(
         source_model=data["source_model"],
@@ -353,7 +362,19 @@ def _read_manifest(path: Path) -> Manifest:
         normalize=data["normalize"],
         layer_norm_eps=float(data["layer_norm_eps"]),
         files=files,
-        npu=NpuSpec(mask_input=mask_input),
+        npu=npu,
         int8=data.get("int8"),
         extra={k: v for k, v in data.items() if k not in known},
     )
+
+
+def _read_npu_section(path: Path, npu: dict[str, Any]) -> NpuSpec:
+    for name, allowed in (
+        ("mask_input", NPU_MASK_INPUTS),
+        ("graph", (None, *NPU_GRAPHS)),
+        ("inference_scheme", (None, *NPU_INFERENCE_SCHEMES)),
+    ):
+        if npu.get(name) not in allowed:
+            shown = ", ".join("null" if a is None else f'"{a}"' for a in allowed)
+            raise BundleError(path, f"npu.{name} must be one of {shown}, found {npu.get(name)!r:.60}")
+    return NpuSpec(mask_input=npu.get("mask_input"), graph=npu.get("graph"), inference_scheme=npu.get("inference_scheme"))

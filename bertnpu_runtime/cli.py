@@ -23,6 +23,7 @@ from typing import Sequence, TextIO
 import numpy as np
 
 from .backends.npu_device import list_npu_devices
+from .monitor import npu_status
 from .encoder import SentenceEncoder
 from .errors import BertNpuError
 from .pooling import l2_normalize
@@ -136,9 +137,10 @@ def _info(args: argparse.Namespace) -> int:
             "pooling": manifest.pooling,
             "normalize": manifest.normalize,
             "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
-            "libraries": {name: _version(name) for name in ("bertnpu", "onnxruntime", "mobilint-qb-runtime", "tokenizers", "numpy")},
+            "libraries": {name: _version(name) for name in ("bertnpu", "onnxruntime", "mobilint-qb-runtime", "mobilint-ml", "tokenizers", "numpy")},
             "npu_devices": list_npu_devices(),
             "npu_cores_in_service": encoder.npu_cores_in_service,
+            "npu_monitor": npu_status(),
         }, indent=2))  # fmt: skip
     return 0
 

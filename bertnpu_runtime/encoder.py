@@ -37,8 +37,13 @@ class SentenceEncoder:
             object with just `run(hidden, attention_mask)` works too, run one batch at a time),
             which the SentenceEncoder then owns and closes.
         precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend only).
-        device_no: which NPU device to open.
-        npu_cores: NPU cores to launch model instances on: a count, or (cluster, core) pairs.
+        device_no: which NPU device to open. npu_device_name: open it by board name ("aries",
+            "regulus", ...) on a host with more than one kind of card.
+        npu_core_mode: "single" (one model per NPU core), "multi", "global4" (one per cluster) or
+            "global8" (one over both clusters: the lowest latency per sentence); see NpuEncoder.
+        npu_cores: single-core mode's cores: a count, or (cluster, core) pairs.
+        npu_group_sentences: several sentences of one length per NPU call (None: in multi mode only).
+        npu_trace_path: write qbruntime's event trace of the encoder's NPU calls to this file.
         num_threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
         npu_timeout_s: the longest wait for one NPU call; past it encode() raises NpuTimeoutError
             naming the core (the NPU backend only).
@@ -53,7 +58,11 @@ class SentenceEncoder:
         *,
         precision: str = "float32",
         device_no: int = 0,
+        npu_device_name: str | None = None,
+        npu_core_mode: str = "single",
         npu_cores: int | Sequence[tuple[int, int]] | None = None,
+        npu_group_sentences: bool | None = None,
+        npu_trace_path: str | Path | None = None,
         num_threads: int | None = None,
         npu_timeout_s: float = 30.0,
         verify_bundle: bool = True,
@@ -79,7 +88,11 @@ class SentenceEncoder:
                 backend,
                 precision=precision,
                 device_no=device_no,
+                npu_device_name=npu_device_name,
+                npu_core_mode=npu_core_mode,
                 npu_cores=npu_cores,
+                npu_group_sentences=npu_group_sentences,
+                npu_trace_path=npu_trace_path,
                 num_threads=num_threads,
                 npu_timeout_s=npu_timeout_s,
                 qbruntime_module=qbruntime_module,

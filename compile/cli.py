@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from . import qb
 from .errors import CompileError
 from .pipeline import build_bundle
 
@@ -29,7 +30,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seq-length", type=int, help="override the model's max sequence length")
     parser.add_argument("--mxq", action="store_true", help="also compile model.mxq with Mobilint's qbcompiler")
     parser.add_argument("--mblt", action="store_true", help="also write model.mblt, the qbcompiler analysis graph")
-    parser.add_argument("--target-device", help="qbcompiler target device (newer qbcompiler releases)")
+    parser.add_argument(
+        "--npu-graph", choices=qb.NPU_GRAPHS, default="model",
+        help="what --mxq/--mblt compile: the whole BertModel, Mobilint's recipe (default), or the encoder alone",
+    )  # fmt: skip
+    parser.add_argument(
+        "--inference-scheme", choices=qb.INFERENCE_SCHEMES,
+        help="NPU core modes the .mxq supports (qbcompiler's inference_scheme; left to the compiler when not given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-device", choices=qb.COMPILE_DEVICES, default="auto",
+        help="where qbcompiler computes (its device=): auto = gpu when CUDA is available, else cpu",
+    )  # fmt: skip
     parser.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx (int8 CPU encoder)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     return parser.parse_args(argv)
@@ -55,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_seq_length=args.max_seq_length,
             mxq=args.mxq,
             mblt=args.mblt,
-            target_device=args.target_device,
+            npu_graph=args.npu_graph,
+            inference_scheme=args.inference_scheme,
+            compile_device=args.compile_device,
             int8=args.int8,
             force=args.force,
         )

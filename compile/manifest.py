@@ -30,10 +30,12 @@ def write_manifest(
     normalize: bool,
     layer_norm_eps: float,
     int8: dict[str, Any] | None = None,
+    npu: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Hash every file already in `bundle_dir` and write bundle.json next to them. `extra` holds
-    informative fields (calibration, tool versions, ...) that the runtime keeps but does not need."""
+    informative fields (calibration, tool versions, ...) that the runtime keeps but does not need.
+    `npu` describes the compiled model.mxq (None: the bundle has none)."""
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -45,7 +47,7 @@ def write_manifest(
         "pooling": pooling,
         "normalize": normalize,
         "layer_norm_eps": float(layer_norm_eps),
-        "npu": {"mask_input": None},  # the encoder .mxq takes hidden states only
+        "npu": npu if npu is not None else {"mask_input": None},
         "files": file_hashes(bundle_dir),
     }
     if int8 is not None:

@@ -33,6 +33,9 @@ from .tokenizer_export import export_tokenizer
 
 log = logging.getLogger(__name__)
 
+# The whole-model graph's example input, as in Mobilint's BERT tutorial.
+EXAMPLE_SENTENCE = "Hello, my dog is cute"
+
 
 def build_bundle(
     model: str,
@@ -44,14 +47,17 @@ def build_bundle(
     max_seq_length: int | None = None,
     mxq: bool = False,
     mblt: bool = False,
-    target_device: str | None = None,
+    npu_graph: str = "model",
+    inference_scheme: str | None = None,
+    compile_device: str = "auto",
     int8: bool = False,
     force: bool = False,
 ) -> Path:
     """Build a bundle from `model` ("default", a local folder, or a hub id) into `out_dir`; return its path.
 
     Always writes embeddings.npz, tokenizer.json, encoder.onnx, calib/ and bundle.json. `int8` adds
-    encoder.int8.onnx, `mxq` model.mxq and `mblt` model.mblt (both need Mobilint's qbcompiler).
+    encoder.int8.onnx, `mxq` model.mxq and `mblt` model.mblt (both need Mobilint's qbcompiler; see
+    qb.py for `npu_graph`, `inference_scheme` and `compile_device`).
     `calib_samples` sentences (default 256) are drawn from `calib_data` (default: the shipped STS-B
     train split); see calibration.sample_sentences for a file with fewer. An existing non-empty
     `out_dir` is replaced only with `force`. Raises CompileError on bad input, and before any work
@@ -62,17 +68,15 @@ def build_bundle(
     _check_out_dir(out, force)
     calib_path = Path(calib_data).expanduser() if calib_data is not None else default_calib_data()
     sentences = sample_sentences(calib_path, calib_samples, seed)  # bad data fails before the slow steps
-    if target_device is not None:
-        qb.inference_scheme(target_device)  # so does an unknown device name
-    if mxq or mblt:
-        qb.import_qbcompiler()  # and a missing compiler
+    qb.check_options(npu_graph, inference_scheme, compile_device)  # so does an unknown option
+    if mxq or mblt:  # and a missing compiler, or one that lacks what the options need
+        qb.check_compiler_api(qb.import_qbcompiler(), inference_scheme, compile_device)
     source = load_source_model(model, max_seq_length)
 
     staging = _make_staging_dir(out)
     try:
-        int8_info, qb_error = _write_files(
-            source, staging, sentences, int8=int8, mxq=mxq, mblt=mblt, target_device=target_device
-        )
+        npu_options = {"graph": npu_graph, "inference_scheme": inference_scheme, "compile_device": compile_device}
+        int8_info, qb_error = _write_files(source, staging, sentences, int8=int8, mxq=mxq, mblt=mblt, npu=npu_options)
         config = source.config
         write_manifest(
             staging,
@@ -85,7 +89,8 @@ def build_bundle(
             normalize=source.settings.normalize,
             layer_norm_eps=config.layer_norm_eps,
             int8=int8_info,
-            extra=_informative_fields(source, calib_path, len(sentences), seed, target_device),
+            npu=qb.npu_manifest(**npu_options) if mxq and qb_error is None else None,
+            extra=_informative_fields(source, calib_path, len(sentences), seed),
         )
         _log_wrote(staging, "bundle.json")
         _move_into_place(staging, out)
@@ -109,7 +114,7 @@ def _write_files(
     int8: bool,
     mxq: bool,
     mblt: bool,
-    target_device: str | None,
+    npu: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, CompileError | None]:
     """Every bundle file but the manifest. Returns the int8 step's info and a qbcompiler failure, if any."""
     export_tokenizer(source.folder, staging / TOKENIZER_FILE, source.config.vocab_size)
@@ -135,13 +140,16 @@ def _write_files(
         int8_info = quantize_encoder(staging / ONNX_ENCODER_FILE, staging / CALIB_DIR, staging / INT8_ENCODER_FILE)
         _log_wrote(staging, INT8_ENCODER_FILE)
 
-    device = {"target_device": target_device}
-    steps = [(mblt, qb.MBLT_FILE, qb.compile_mblt, device), (mxq, MXQ_FILE, qb.compile_mxq, device)]
+    example_ids = tokenizer.encode([EXAMPLE_SENTENCE]).input_ids[0].tolist()
+    steps = [
+        (mblt, qb.MBLT_FILE, qb.compile_mblt, {"graph": npu["graph"]}),
+        (mxq, MXQ_FILE, qb.compile_mxq, npu),
+    ]
     for wanted, name, step, kwargs in steps:
         if not wanted:
             continue
         try:
-            step(source.model, staging / CALIB_DIR, staging / name, **kwargs)
+            step(source.model, staging / CALIB_DIR, staging / name, example_ids=example_ids, **kwargs)
         except CompileError as exc:
             (staging / name).unlink(missing_ok=True)  # never hash a half-written compiler output
             return int8_info, exc
@@ -182,9 +190,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _informative_fields(
-    source: SourceModel, calib_path: Path, samples: int, seed: int, target_device: str | None
-) -> dict[str, Any]:
+def _informative_fields(source: SourceModel, calib_path: Path, samples: int, seed: int) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
@@ -193,7 +199,6 @@ def _informative_fields(
     return {
         "source_folder": str(source.folder),
         "calibration": {"source": str(calib_path), "samples": samples, "seed": seed},
-        "target_device": target_device,
         "tools": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

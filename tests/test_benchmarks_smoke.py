@@ -143,13 +143,33 @@ def test_npu_pipeline_on_a_device_measures_the_cores_rate(device_args, tiny_bund
     assert rows[2]["npu_rate_per_core_vs_1_core"] > 0.7
 
 
+def test_npu_pipeline_on_a_device_traces_and_monitors(device_args, tiny_bundle, tmp_path):
+    import json
+
+    from bertnpu_runtime.testing import FakeNpu
+
+    fake = FakeNpu(hidden_size=npu_pipeline._hidden_size(tiny_bundle), latency_s=1e-4)
+    result = npu_pipeline.main([*device_args, "--trace", str(tmp_path / "trace.json")], qbruntime_module=fake)
+    for cores in (1, 2):
+        events = json.loads((tmp_path / f"trace-{cores}cores.json").read_text())["traceEvents"]
+        assert len({event["tid"] for event in events}) == cores
+    assert all(row["npu_monitor"]["available"] is False for row in result["rows"])  # mobilint-ml, no driver
+
+
+def test_npu_pipeline_groups_sentences_when_asked(common_args):
+    single = npu_pipeline.main([*common_args, "--limit", "40", "--cores", "1", "--latency-us", "50"])
+    grouped = npu_pipeline.main([*common_args, "--limit", "40", "--cores", "1", "--latency-us", "50", "--group-sentences"])
+    assert single["rows"][0]["infer_calls_per_encode"] == single["sentences"]  # one sentence per call, the default
+    assert grouped["group_sentences"] and grouped["rows"][0]["infer_calls_per_encode"] < grouped["sentences"] / 2
+
+
 def test_npu_pipeline_on_a_device_shows_an_infer_that_holds_the_gil(device_args, tiny_bundle, monkeypatch):
     """What the per-core ratio is for: on a runtime whose infer keeps the GIL, the cores take turns."""
     import ctypes
 
     from bertnpu_runtime.testing import FakeNpu
 
-    def compute_holding_the_gil(self, inputs, start):  # in place of FakeNpu._compute: a call of latency_s per sentence
+    def compute_holding_the_gil(self, inputs, start, lanes=1):  # in place of FakeNpu._compute: a call of latency_s per sentence
         ctypes.PyDLL(None).usleep(int(len(inputs[0]) * self.latency_s * 1e6))  # PyDLL: the GIL stays held
         return np.zeros(inputs[0].shape, np.float32)
 

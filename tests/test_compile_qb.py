@@ -1,10 +1,12 @@
-"""The qbcompiler steps against a stand-in `qbcompiler` module that checks the arguments it gets."""
+"""The qbcompiler steps against a stand-in built from Mobilint's published calls (tests/standins/qbcompiler):
+it takes only the keywords their code passes, so any other is a TypeError, as it can be on the real one."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -13,171 +15,133 @@ import torch
 
 from bertnpu_runtime.bundle import CALIB_DIR, MANIFEST_FILE, MXQ_FILE, ONNX_HIDDEN_INPUT, Bundle, sha256_of
 from compile import CompileError, build_bundle
-from compile.qb import MBLT_FILE, QUANTIZATION_SETTINGS
-from conftest import TINY_HIDDEN
+from compile.qb import MBLT_FILE, MODEL_INPUTS, QUANTIZATION_SETTINGS
 
+STANDINS = Path(__file__).parent / "standins"
 SEED_SETTINGS = {"quantization_method": 1, "quantization_output": 0, "quantization_mode": 1, "percentile": 0.999, "topk_ratio": 0.01}
-
-
-class _Dim:
-    def __init__(self, size: int) -> None:
-        self.size, self.dynamic = size, False
-
-    def set_dynamic(self) -> None:
-        self.dynamic = True
-
-
-class _Wrapped:
-    def __init__(self, name: str, tensor: torch.Tensor) -> None:
-        self.name, self.tensor = name, tensor
-        self.src_shape = [_Dim(d) for d in tensor.shape]
-
-
-class _QuantizationConfig:
-    """The older API: QuantizationConfig.from_kwargs(quantization_method=..., ...)."""
-
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> "_QuantizationConfig":
-        return cls(**kwargs)
-
-
-class _CalibrationConfig:
-    """The newer API: CalibrationConfig(method=, output=, mode=, max_percentile=CalibrationConfig.MaxPercentile(...))."""
-
-    class MaxPercentile:
-        def __init__(self, *, percentile: float, topk_ratio: float) -> None:
-            self.percentile, self.topk_ratio = percentile, topk_ratio
-
-    def __init__(self, *, method: int, output: int, mode: int, max_percentile: "_CalibrationConfig.MaxPercentile") -> None:
-        self.method, self.output, self.mode, self.max_percentile = method, output, mode, max_percentile
-
-    def as_seed_settings(self) -> dict:
-        return {
-            "quantization_method": self.method,
-            "quantization_output": self.output,
-            "quantization_mode": self.mode,
-            "percentile": self.max_percentile.percentile,
-            "topk_ratio": self.max_percentile.topk_ratio,
-        }
-
-
-def _check_model(model) -> None:
-    """The encoder alone, in eval mode, taking any sequence length."""
-    assert not model.training
-    for seq in (3, 17):  # any length: the graph has no fixed sequence size
-        out = model(torch.randn(1, seq, TINY_HIDDEN))
-        assert isinstance(out, torch.Tensor) and out.shape == (1, seq, TINY_HIDDEN)
-
-
-def _check_input(api: str, kwargs: dict) -> None:
-    """The example input as each API wants it: newer, a tensor + dynamic_axes; older, a wrap_tensor marked dynamic."""
-    feed_dict = kwargs["feed_dict"]
-    assert list(feed_dict) == [ONNX_HIDDEN_INPUT]
-    if api == "calibration":
-        tensor = feed_dict[ONNX_HIDDEN_INPUT]
-        assert kwargs["dynamic_axes"] == {ONNX_HIDDEN_INPUT: [1]}
-    else:
-        wrapped = feed_dict[ONNX_HIDDEN_INPUT]
-        assert wrapped.name == ONNX_HIDDEN_INPUT and "dynamic_axes" not in kwargs
-        assert [d.dynamic for d in wrapped.src_shape] == [False, True, False]
-        tensor = wrapped.tensor
-    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
-    assert tuple(tensor.shape[::2]) == (1, TINY_HIDDEN)
+# The keywords of Mobilint's BERT compile_mxq.py, plus device= (their STT script, the guides).
+PUBLISHED_MXQ_KEYWORDS = {"model", "save_path", "calib_data_path", "backend", "feed_dict", "calibration_config", "device"}
+SEED_MBLT_KEYWORDS = {"model", "mblt_save_path", "backend", "feed_dict", "cpu_offload"}
 
 
 @pytest.fixture
 def stand_in(monkeypatch: pytest.MonkeyPatch):
-    """Install a fake qbcompiler; `api` picks the newer CalibrationConfig or the older QuantizationConfig."""
+    """Import the stand-in as `qbcompiler`; api="legacy" swaps in the API before CalibrationConfig."""
 
     def install(api: str = "calibration"):
-        calls: list[tuple[str, dict]] = []
-        qb = types.ModuleType("qbcompiler")
-        if api == "calibration":
-            qb.CalibrationConfig = _CalibrationConfig
-        else:
-            qb.QuantizationConfig = _QuantizationConfig
+        for name in [m for m in sys.modules if m == "qbcompiler" or m.startswith("qbcompiler.")]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.syspath_prepend(str(STANDINS))
+        import qbcompiler
 
-        def mxq_compile(**kwargs):
-            calls.append(("mxq_compile", kwargs))
-            _check_model(kwargs["model"])
-            _check_input(api, kwargs)
-            calib = Path(kwargs["calib_data_path"])
-            assert calib.name == CALIB_DIR and len(list(calib.glob("*.npy"))) == 4
-            assert kwargs["backend"] == "torch"
-            allowed = {"model", "save_path", "calib_data_path", "backend", "feed_dict", "dynamic_axes", "target_device", "inference_scheme"}
-            assert set(kwargs) - allowed == {f"{api}_config"}
-            config = kwargs[f"{api}_config"]
-            assert (config.as_seed_settings() if api == "calibration" else config.kwargs) == SEED_SETTINGS
-            Path(kwargs["save_path"]).write_bytes(b"fake mxq")
-
-        def mblt_compile(**kwargs):
-            calls.append(("mblt_compile", kwargs))
-            _check_model(kwargs["model"])
-            _check_input(api, kwargs)
-            assert kwargs["backend"] == "torch"
-            Path(kwargs["mblt_save_path"]).write_bytes(b"fake mblt")
-
-        qb.mxq_compile, qb.mblt_compile = mxq_compile, mblt_compile
-        util = types.ModuleType("qbcompiler.model_dict.parser.backend.torch.util")
-        util.wrap_tensor = _Wrapped
-        monkeypatch.setitem(sys.modules, "qbcompiler", qb)
-        parts = util.__name__.split(".")
-        for i in range(2, len(parts)):
-            monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        monkeypatch.setitem(sys.modules, util.__name__, util)
-        return calls
+        qbcompiler.calls.clear()
+        if api == "legacy":
+            monkeypatch.delattr(qbcompiler, "CalibrationConfig")
+            monkeypatch.setattr(qbcompiler, "QuantizationConfig", qbcompiler.LEGACY.QuantizationConfig, raising=False)
+            monkeypatch.setattr(qbcompiler, "mxq_compile", qbcompiler.LEGACY.mxq_compile)
+        return qbcompiler.calls
 
     return install
+
+
+def build(model_dir: Path, out: Path, **options):
+    return build_bundle(str(model_dir), out, calib_samples=4, **options)
 
 
 def test_quantization_settings_are_the_seeds():
     assert QUANTIZATION_SETTINGS == SEED_SETTINGS
 
 
-@pytest.mark.parametrize("api", ["calibration", "quantization"])
-def test_mxq_is_compiled_with_the_seed_settings(stand_in, api, tiny_model_dir: Path, tmp_path: Path):
-    calls = stand_in(api)
-    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="aries-rb")
-    assert [name for name, _ in calls] == ["mxq_compile"]
-    kwargs = calls[0][1]
-    assert kwargs["target_device"] == "aries-rb"
-    if api == "calibration":  # ARIES holds every core scheme in one .mxq; REGULUS only "single"
-        assert kwargs["inference_scheme"] == "all"
-    assert Path(kwargs["save_path"]).name == MXQ_FILE
-    assert (out / MXQ_FILE).read_bytes() == b"fake mxq"
+def test_the_whole_model_is_compiled_as_mobilint_does(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True)
+    [(name, kwargs)] = calls
+    assert name == "mxq_compile" and set(kwargs) == PUBLISHED_MXQ_KEYWORDS
+    assert type(kwargs["model"]).__name__ == "BertModel" and kwargs["backend"] == "torch"
+    assert kwargs["device"] == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert kwargs["calibration_config"].settings() == SEED_SETTINGS
+    feed = kwargs["feed_dict"]
+    assert list(feed) == list(MODEL_INPUTS)
+    assert all([d.dynamic for d in w.src_shape] == [False, True] for w in feed.values())
+    assert feed["attention_mask"].attention_mask == "padding_mask" and feed["input_ids"].attention_mask is None
+    assert Path(kwargs["calib_data_path"]).name == CALIB_DIR
     bundle = Bundle(out)
     assert bundle.path(MXQ_FILE) == out / MXQ_FILE  # listed and hash-checked
-    assert bundle.manifest.npu.mask_input is None
+    npu = json.loads((out / MANIFEST_FILE).read_text())["npu"]
+    assert npu == {
+        "graph": "model", "compiled_inputs": list(MODEL_INPUTS), "mask_input": "auto",
+        "inference_scheme": None, "compile_device": kwargs["device"],
+    }  # fmt: skip
+    assert bundle.manifest.npu.mask_input == "auto" and bundle.manifest.npu.graph == "model"
 
 
-def test_target_device_is_left_out_when_not_given(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_the_example_input_is_the_tutorials_sentence(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
-    build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
-    assert "target_device" not in calls[0][1] and "inference_scheme" not in calls[0][1]
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True)
+    ids = calls[0][1]["feed_dict"]["input_ids"].tensor
+    from bertnpu_runtime.tokenize import Tokenizer
+
+    expected = Tokenizer(out / "tokenizer.json", 128).encode(["Hello, my dog is cute"]).input_ids
+    np.testing.assert_array_equal(ids.numpy(), expected)
 
 
-def test_regulus_gets_the_single_scheme(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_an_inference_scheme_is_passed_when_given(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
-    build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="regulus-rb")
-    assert calls[0][1]["inference_scheme"] == "single"
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True, inference_scheme="multi", compile_device="cpu")
+    assert calls[0][1]["inference_scheme"] == "multi" and calls[0][1]["device"] == "cpu"
+    assert Bundle(out).manifest.npu.inference_scheme == "multi"
 
 
-def test_unknown_target_device_is_named_before_any_work(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_the_encoder_graph_is_an_option(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
-    with pytest.raises(CompileError, match="'tpu-9'"):
-        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True, target_device="tpu-9")
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True, npu_graph="encoder")
+    kwargs = calls[0][1]
+    assert type(kwargs["model"]).__name__ == "EncoderOnly" and list(kwargs["feed_dict"]) == [ONNX_HIDDEN_INPUT]
+    wrapped = kwargs["feed_dict"][ONNX_HIDDEN_INPUT]
+    assert [d.dynamic for d in wrapped.src_shape] == [False, True, False] and wrapped.tensor.dtype == torch.float32
+    assert Bundle(out).manifest.npu.graph == "encoder" and Bundle(out).manifest.npu.mask_input is None
+
+
+def test_the_legacy_api_gets_the_seeds_call(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in("legacy")
+    build(tiny_model_dir, tmp_path / "b", mxq=True)
+    [(_, kwargs)] = calls
+    assert set(kwargs) == {"model", "save_path", "calib_data_path", "backend", "feed_dict", "quantization_config"}
+    assert kwargs["quantization_config"].settings() == SEED_SETTINGS
+
+
+def test_the_legacy_api_refuses_options_it_has_no_keyword_for(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in("legacy")
+    with pytest.raises(CompileError, match="take neither inference_scheme nor device"):
+        build(tiny_model_dir, tmp_path / "b", mxq=True, inference_scheme="all")
     assert calls == [] and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("api", ["calibration", "quantization"])
-def test_mblt_analysis_step(stand_in, api, tiny_model_dir: Path, tmp_path: Path):
-    calls = stand_in(api)
-    out = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mblt=True)
-    assert [name for name, _ in calls] == ["mblt_compile"]
-    assert calls[0][1]["mblt_save_path"] == str(Path(calls[0][1]["mblt_save_path"]).parent / MBLT_FILE)
+def test_the_stand_in_refuses_keywords_mobilint_never_passes(stand_in):
+    stand_in()
+    import qbcompiler
+
+    with pytest.raises(TypeError, match="dynamic_axes"):
+        qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", dynamic_axes={})
+    with pytest.raises(TypeError, match="target_device"):
+        qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", target_device="aries")
+
+
+@pytest.mark.parametrize("option", [{"npu_graph": "decoder"}, {"inference_scheme": "global16"}, {"compile_device": "tpu"}])
+def test_unknown_options_are_named_before_any_work(stand_in, option, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    with pytest.raises(CompileError, match=repr(next(iter(option.values())))):
+        build(tiny_model_dir, tmp_path / "b", mxq=True, **option)
+    assert calls == [] and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("graph", ["model", "encoder"])
+def test_mblt_analysis_step_is_the_seeds_call(stand_in, graph, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    out = build(tiny_model_dir, tmp_path / "b", mblt=True, npu_graph=graph)
+    [(name, kwargs)] = calls
+    assert name == "mblt_compile" and set(kwargs) == SEED_MBLT_KEYWORDS and kwargs["cpu_offload"] is True
+    assert Path(kwargs["mblt_save_path"]).name == MBLT_FILE
     files = json.loads((out / MANIFEST_FILE).read_text())["files"]
     assert files[MBLT_FILE]["sha256"] == sha256_of(out / MBLT_FILE) and MXQ_FILE not in files
 
@@ -188,23 +152,42 @@ def test_missing_qbcompiler_is_named_before_any_work(monkeypatch, flag, tiny_mod
     loads = []
     monkeypatch.setattr("compile.pipeline.load_source_model", lambda *args: loads.append(args))
     with pytest.raises(CompileError) as error:
-        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, **{flag: True})
+        build(tiny_model_dir, tmp_path / "b", **{flag: True})
     message = str(error.value)
     assert "qbcompiler" in message and "not importable" in message
     assert loads == [] and not (tmp_path / "b").exists()
 
 
-def test_a_failing_compiler_leaves_no_mxq(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_a_failing_compiler_leaves_no_mxq(stand_in, monkeypatch, tiny_model_dir: Path, tmp_path: Path):
     stand_in()
 
     def crash(**kwargs):
         Path(kwargs["save_path"]).write_bytes(b"half")
         raise RuntimeError("out of memory")
 
-    sys.modules["qbcompiler"].mxq_compile = crash
+    monkeypatch.setattr(sys.modules["qbcompiler"], "mxq_compile", crash)
     with pytest.raises(CompileError, match="mxq_compile failed.*out of memory"):
-        build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=4, mxq=True)
+        build(tiny_model_dir, tmp_path / "b", mxq=True)
     assert not (tmp_path / "b" / MXQ_FILE).exists() and not Bundle(tmp_path / "b").has(MXQ_FILE)
+    assert Bundle(tmp_path / "b").manifest.npu.graph is None  # no .mxq, no description of one
+
+
+def test_the_cli_compiles_an_mxq_end_to_end(tiny_model_dir: Path, tmp_path: Path):
+    """python -m compile --mxq in a fresh interpreter, with the stand-in as the installed qbcompiler."""
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDINS), os.environ.get("PYTHONPATH", "")]), QBCOMPILER_STANDIN_LOG=str(log))
+    out = tmp_path / "bundle"
+    result = subprocess.run(
+        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(out), "--calib-samples", "4",
+         "--mxq", "--inference-scheme", "all"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [call] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert call["function"] == "mxq_compile" and set(call["keywords"]) == PUBLISHED_MXQ_KEYWORDS | {"inference_scheme"}
+    assert call["summary"]["model"] == "BertModel" and call["summary"]["inference_scheme"] == "all"
+    assert call["summary"]["feed_dict"]["attention_mask"] == {"dynamic": [False, True], "mask": "padding_mask"}
+    assert Bundle(out).path(MXQ_FILE).read_bytes() == b"stand-in mxq\n"
 
 
 def test_calibration_input_shape_is_what_the_compiler_needs(tiny_bundle: Path):

@@ -102,8 +102,8 @@ def test_a_forked_child_leaves_the_parents_npu_models_alone(npu_bundle, onnx_vec
 def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
     """So that the cores' final calls are short and they finish together; earlier chunks stay longest first."""
     texts = ["word"] * 4 + ["word " * 10] + ["word word word"] * 3 + ["word"] * 4  # chunks of 4 and 8 texts
-    fake = FakeNpu(npu_bundle / "encoder.onnx")
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+    fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
         short, long, mid = (int(n) for n in enc.tokenize(texts).lengths[3:6])
         vectors = enc.encode(texts, batch_size=4)
     assert short < mid < long
@@ -118,8 +118,8 @@ def test_short_batches_wait_one_chunk_for_more_of_their_length(npu_bundle):
     up where that chunk has texts of the same length, and never waits longer than one chunk."""
     a, b, c, d = ("word " * n for n in (1, 2, 3, 4))
     texts = [a, a, b, b] + [a, a] + [c] * 6 + [c] * 2 + [d] * 14  # chunks of 4, 8 and 16 texts at batch_size 4
-    fake = FakeNpu(npu_bundle / "encoder.onnx")
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+    fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
         len_a, len_b, len_c, len_d = (int(n) for n in enc.tokenize([a, b, c, d]).lengths)
         vectors = enc.encode(texts, batch_size=4)
     assert len_a < len_b < len_c < len_d
@@ -137,8 +137,8 @@ def test_npu_batches_default_to_64_sentences_and_batch_size_still_caps_them(npu_
     """Without batch_size, a call takes up to 64 sentences of one length (fewer calls, each a thread
     wake-up on the host); a batch_size given caps it as before."""
     texts = ["A man is playing a guitar."] * 150  # one length: calls of a full batch, and the rest
-    fake = FakeNpu(npu_bundle / "encoder.onnx")
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as enc:
+    fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
         assert enc.default_batch_size == 64
         by_default = enc.encode(texts)
         default_calls = [call.sentences for call in fake.calls]

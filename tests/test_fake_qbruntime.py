@@ -104,7 +104,7 @@ def test_rejects_shapes_the_runtime_rejects(mxq, variants, mask_input, shapes):
 
 
 def test_accepts_3d_and_4d_and_matches_variants_in_order(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN, variants=[8, -4], mask_input=None, max_width=16)
+    fake = FakeNpu(hidden_size=HIDDEN, variants=[8, -4], mask_input=None, max_width=16, max_batch=None)
     model = launched(fake, mxq)
     assert model.infer([np.zeros((1, 8, HIDDEN), np.float32)])[0].shape == (1, 8, HIDDEN)
     assert model.infer(np.zeros((3, 1, 12, HIDDEN), np.float32))[0].shape == (3, 1, 12, HIDDEN)
@@ -275,7 +275,7 @@ def test_masked_model_converts_the_mask(encoder_onnx, mxq, mask_input, pad_value
 
 
 def test_latency_model_overlaps_across_cores_and_returns_zeros(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN, latency_s=lambda seq: 0.01 * seq)
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=lambda seq: 0.01 * seq, max_batch=None)
     models = [launched(fake, mxq, 0, core) for core in range(4)]
     x = np.ones((2, 1, 10, HIDDEN), np.float32)  # 2 sentences x 0.1 s
     outputs = []

@@ -88,8 +88,8 @@ def test_static_variants_with_mask_give_the_onnx_vectors(encoder_onnx, onnx, mxq
 
 def test_variable_multiple_variant_pads_to_the_next_multiple(encoder_onnx, onnx, mxq):
     hidden, mask = batch([5, 8, 3])
-    fake = FakeNpu(encoder_onnx, variants=[-4], max_width=64, mask_input="keep")
-    with npu(mxq, fake, "keep", cores=1) as encoder:
+    fake = FakeNpu(encoder_onnx, variants=[-4], max_width=64, mask_input="keep", max_batch=None)
+    with npu(mxq, fake, "keep", cores=1, group_sentences=True) as encoder:
         out = encoder.run(hidden, mask)
     assert sorted(call.shapes[0] for call in fake.calls) == [(1, 4, HIDDEN), (2, 1, 8, HIDDEN)]
     assert cosine_rows(pool(out, mask), pool(onnx.run(hidden, mask), mask)).min() >= 0.99999
@@ -99,15 +99,15 @@ def test_variable_multiple_variant_pads_to_the_next_multiple(encoder_onnx, onnx,
 
 
 def test_equal_lengths_share_one_unpadded_call(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN)
-    with npu(mxq, fake, cores=1) as encoder:
+    fake = FakeNpu(hidden_size=HIDDEN, max_batch=None)
+    with npu(mxq, fake, cores=1, group_sentences=True) as encoder:
         encoder.run(*batch([5, 9, 5, 3, 5]))
     assert [call.shapes for call in fake.calls] == [((1, 9, HIDDEN),), ((3, 1, 5, HIDDEN),), ((1, 3, HIDDEN),)]
 
 
 def test_empty_batches_and_empty_rows_make_no_call(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN)
-    with npu(mxq, fake, cores=1) as encoder:
+    fake = FakeNpu(hidden_size=HIDDEN, max_batch=None)
+    with npu(mxq, fake, cores=1, group_sentences=True) as encoder:
         assert encoder.run(np.zeros((0, 4, HIDDEN), np.float32), np.zeros((0, 4), np.int64)).shape == (0, 4, HIDDEN)
         hidden, mask = batch([4, 0, 4])
         output = encoder.run(hidden, mask)
@@ -115,9 +115,10 @@ def test_empty_batches_and_empty_rows_make_no_call(mxq):
     assert not output[1].any()
 
 
-def test_grouping_can_be_turned_off(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN)
-    with npu(mxq, fake, cores=1, group_equal_lengths=False) as encoder:
+@pytest.mark.parametrize("group", [None, False])
+def test_one_sentence_per_call_is_the_default_in_single_core_mode(mxq, group):
+    fake = FakeNpu(hidden_size=HIDDEN, max_batch=None)
+    with npu(mxq, fake, cores=1, group_sentences=group) as encoder:
         encoder.run(*batch([5, 5, 5]))
     assert [call.shapes for call in fake.calls] == [((1, 5, HIDDEN),)] * 3
 
@@ -141,7 +142,7 @@ def _count_refusals(fake):
 def test_a_refused_4d_call_is_run_one_sentence_at_a_time_and_grouping_stops(encoder_onnx, onnx, mxq, caplog):
     hidden, mask = batch()  # lengths 9 x 3 and 12 x 2: two 4-D calls
     fake = FakeNpu(encoder_onnx, max_batch=1)
-    with npu(mxq, fake, cores=1) as encoder, caplog.at_level("WARNING", logger="bertnpu"):
+    with npu(mxq, fake, cores=1, group_sentences=True) as encoder, caplog.at_level("WARNING", logger="bertnpu"):
         refused = _count_refusals(fake)
         out = encoder.run(hidden, mask)
         refused_first = len(refused)
@@ -166,8 +167,8 @@ def test_a_call_that_fails_one_sentence_at_a_time_too_raises_and_grouping_stays(
 
 
 def test_work_is_spread_over_all_cores(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.05)  # busy cores: each call waits for a free one
-    with npu(mxq, fake, cores=4) as encoder:
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.05, max_batch=None)  # busy cores: each call waits for a free one
+    with npu(mxq, fake, cores=4, group_sentences=True) as encoder:
         encoder.run(*batch([6] * 8))  # one length: split into 4 calls of 2, one per core
     assert sorted(call.shapes for call in fake.calls) == [((2, 1, 6, HIDDEN),)] * 4
     assert sorted(call.core for call in fake.calls) == [(0, 0), (0, 1), (0, 2), (0, 3)]
@@ -273,7 +274,7 @@ def test_a_busy_core_releases_what_was_launched(mxq):
     config.set_single_core_mode(None, [fake.CoreId(fake.Cluster.Cluster0, fake.Core.Core1)])
     other = fake.Model(str(mxq), config)
     other.launch(fake.Accelerator())
-    with pytest.raises(BackendUnavailableError, match="device 0, cluster 0 core 1: Acc_CoreAlreadyInUse") as raised:
+    with pytest.raises(BackendUnavailableError, match=r"device 0, \(cluster 0, core 1\): Acc_CoreAlreadyInUse") as raised:
         npu(mxq, fake, cores=3)
     assert "still open" in str(raised.value) and "npu_cores=" in str(raised.value)  # what to do about it
     assert fake.busy_cores() == {(0, 1)}
@@ -331,8 +332,8 @@ def test_probe_npu_without_qbruntime(monkeypatch):
 
 
 def test_busy_cores_take_a_group_as_one_call(mxq):
-    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.02)
-    with npu(mxq, fake, cores=4) as encoder:
+    fake = FakeNpu(hidden_size=HIDDEN, latency_s=0.02, max_batch=None)
+    with npu(mxq, fake, cores=4, group_sentences=True) as encoder:
         first = encoder.submit(*batch([6] * 8))  # idle NPU: split over the 4 cores
         second = encoder.submit(*batch([5] * 8))  # cores busy: one call, no extra per-call cost
         first.result(), second.result()

@@ -57,9 +57,9 @@ def test_the_process_exits_with_a_hung_core(npu_bundle):
 def test_a_transient_failure_fails_one_encode_and_keeps_grouping(npu_bundle, tiny_bundle):
     with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
         expected = reference.encode(TEXTS)
-    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
     fake.fail_core((0, 0), calls=[1])
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as encoder:
         with pytest.raises(Exception, match="Model_InferFailed"):
             encoder.encode(TEXTS)
         calls_before = len(fake.calls)
@@ -73,7 +73,7 @@ def test_a_shape_refusal_turns_grouping_off(npu_bundle, tiny_bundle, caplog):
     with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
         expected = reference.encode(TEXTS)
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=1)
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as encoder:
         np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-5)
     assert "refused one call" in caplog.text
 

@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -35,24 +36,40 @@ import numpy as np
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
 from ..errors import BackendUnavailableError, BundleError, NpuTimeoutError
 from .base import BackendHints
-from .npu_device import available_devices, device_core_count, first_line, read_variants, select_cores
+from .npu_device import (
+    available_devices,
+    device_core_count,
+    first_line,
+    read_layout,
+    select_slots,
+    slot_name,
+)
 
 logger = logging.getLogger("bertnpu")
 
 
 class NpuEncoder:
-    """The encoder on a Mobilint NPU (ARIES or REGULUS), one model instance per core. Thread-safe.
+    """The encoder on a Mobilint NPU (ARIES or REGULUS), one model instance per core or cluster. Thread-safe.
 
     mxq_path: the bundle's model.mxq. npu_spec: bundle.json's "npu" section (mask input or not).
     hidden_size: the model's hidden size, checked against the .mxq's input shape.
-    device_no: which card (/dev/aries<N>).
-    cores: None = every local core of the card (8 on ARIES, 1 on REGULUS, read from the device
-        name); an int n = the first n cores in cluster-major order (0,0), (0,1), .. (0,3), (1,0), ..;
-        or explicit (cluster, core) pairs.
-    group_equal_lengths: send sentences of equal (padded) length together as one 4-D call;
-        False sends one sentence per call, the way Mobilint's tutorial runs BERT. If the runtime
+    device_no: which card (/dev/aries<N>). device_name: open it by board name ("aries", "regulus",
+        ...), as Mobilint's packages do, so a host with two kinds of card is not ambiguous.
+    core_mode: "single" (default: one model per local core, each running sentences on its own),
+        "multi" or "global4" (one model per cluster, its four cores working together), "global8"
+        (one model over both clusters: the lowest latency for one sentence). The .mxq must have
+        been compiled for the mode (`--inference-scheme`).
+    cores: single-core mode only. None = every local core of the card (8 on ARIES, 1 on REGULUS,
+        read from the device name); an int n = the first n cores in cluster-major order (0,0),
+        (0,1), .. (0,3), (1,0), ..; or explicit (cluster, core) pairs.
+    group_sentences: send sentences of equal (padded) length together as one 4-D call. None
+        (default) does so in multi mode only, where Mobilint's own packages do; elsewhere one
+        sentence goes per call, the way Mobilint runs BERT and verifies its runtime. If the runtime
         refuses a 4-D call, its sentences are sent one at a time instead, and so is everything
         after (logged once as a warning).
+    trace_path: write qbruntime's event trace (a Chrome trace; open it in Perfetto) of this
+        encoder's lifetime to this file: qbruntime.start_tracing_events at open, stop at close().
+        Tracing is process-wide in qbruntime: one encoder at a time.
     timeout_s: the longest wait for an NPU call's result; past it, the waiting encode() raises
         NpuTimeoutError naming the busy core. Also qbruntime's own QBRUNTIME_NPU_TIMEOUT_MS where
         the environment does not set it. close() waits at most CLOSE_TIMEOUT_S for the workers.
@@ -78,8 +95,11 @@ class NpuEncoder:
         hidden_size: int,
         *,
         device_no: int = 0,
+        device_name: str | None = None,
+        core_mode: str = "single",
         cores: int | Sequence[tuple[int, int]] | None = None,
-        group_equal_lengths: bool = True,
+        group_sentences: bool | None = None,
+        trace_path: str | Path | None = None,
         timeout_s: float = 30.0,
         qbruntime_module: ModuleType | Any | None = None,
     ) -> None:
@@ -100,7 +120,9 @@ class NpuEncoder:
         self.npu_spec = npu_spec
         self.hidden_size = hidden_size
         self.device_no = device_no
-        self._group = group_equal_lengths
+        self.core_mode = core_mode
+        _check_scheme(self.mxq_path, npu_spec, core_mode)
+        self._group = core_mode == "multi" if group_sentences is None else bool(group_sentences)
         self._models: list[Any] = []
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (inputs, results queue, call index); None stops a worker
         self._widths: dict[int, int] = {}  # sentence length -> width it runs at
@@ -111,46 +133,74 @@ class NpuEncoder:
         self._in_service: list[tuple[int, int]] = []
         self._out_of_service: dict[tuple[int, int], str] = {}  # core -> its last failure
         self._closed = False
+        self._tracing = False
 
+        by_name = {} if device_name is None else {"device_name": device_name}
         try:
-            self._accelerator = qb.Accelerator(dev_no=device_no)
+            self._accelerator = qb.Accelerator(**by_name, dev_no=device_no)
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
-                f"cannot open NPU device {device_no} (dev_no={device_no}; qbruntime sees "
-                f"{available_devices(qb)}): {first_line(exc)}"
+                f"cannot open NPU device {device_no} ({'device_name=' + repr(device_name) + ', ' if device_name else ''}"
+                f"dev_no={device_no}; qbruntime sees {available_devices(qb)}): {first_line(exc)}"
             ) from exc
         try:
-            self.cores = select_cores(cores, device_core_count(self._accelerator))
-            for cluster, core in self.cores:
-                self._models.append(self._launch(cluster, core))
+            if trace_path is not None:
+                self._start_tracing(Path(trace_path))
+            self.cores = select_slots(core_mode, cores, device_core_count(self._accelerator))
+            for slot in self.cores:
+                self._models.append(self._launch(slot))
                 if len(self._models) == 1:
-                    self._variants = read_variants(self._models[0], self.mxq_path, npu_spec, hidden_size)
+                    layout = read_layout(self._models[0], self.mxq_path, npu_spec, hidden_size)
+                    self._variants, self._output_index = layout.variants, layout.output_index
+                    self.npu_spec = replace(npu_spec, mask_input=layout.mask_input)
         except BaseException:
             self.close()
             raise
         self.hints = BackendHints(self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for)
         self._in_service = list(self.cores)
-        for model, (cluster, core) in zip(self._models, self.cores):
+        for model, slot in zip(self._models, self.cores):
             worker = threading.Thread(
-                target=self._serve, args=(model, (cluster, core)), name=f"bertnpu-npu-{cluster}-{core}", daemon=True
+                target=self._serve, args=(model, slot), name=f"bertnpu-npu-{slot[0]}-{slot[1]}", daemon=True
             )
             worker.start()
             self._workers.append(worker)
         logger.info(
-            "npu backend: %s on device %d, cores %s, variants %s",
-            self.mxq_path.name, device_no, self.cores, [str(v) for v in self._variants],
+            "npu backend: %s on device %d, %s-core mode on %s, variants %s, mask input %s, %s",
+            self.mxq_path.name, device_no, core_mode, [slot_name(s) for s in self.cores],
+            [str(v) for v in self._variants], self.npu_spec.mask_input,
+            "several sentences per call" if self._group else "one sentence per call",
         )  # fmt: skip
 
-    def _launch(self, cluster: int, core: int) -> Any:
-        """Load the .mxq for one core (explicit single-core mode) and launch it on the accelerator."""
+    def _start_tracing(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise ValueError(f"npu trace file {path}: its folder does not exist")
+        if not self._qb.start_tracing_events(str(path)):
+            raise BackendUnavailableError(f"qbruntime refused to start tracing to {path} (is another trace running?)")
+        self._tracing = True
+
+    def _launch(self, slot: tuple[int, int]) -> Any:
+        """Load the .mxq for one slot (a core, a cluster or both, by core mode) and launch it."""
         qb = self._qb
         config = qb.ModelConfig()
-        core_id = qb.CoreId(qb.Cluster[f"Cluster{cluster}"], qb.Core[f"Core{core}"])
-        if not config.set_single_core_mode(None, [core_id]):
-            raise ValueError(f"qbruntime rejected core (cluster {cluster}, core {core}) for single-core mode")
+        cluster, core = slot
+        if self.core_mode == "single":
+            accepted = config.set_single_core_mode(None, [qb.CoreId(qb.Cluster[f"Cluster{cluster}"], qb.Core[f"Core{core}"])])
+        elif self.core_mode == "multi":
+            accepted = config.set_multi_core_mode([qb.Cluster[f"Cluster{cluster}"]])
+        elif self.core_mode == "global4":
+            accepted = config.set_global4_core_mode([qb.Cluster[f"Cluster{cluster}"]])
+        else:
+            accepted = config.set_global8_core_mode()
+        if not accepted:
+            raise ValueError(f"qbruntime rejected {slot_name(slot)} for {self.core_mode}-core mode")
         try:
             model = qb.Model(str(self.mxq_path), config)
         except qb.QbRuntimeError as exc:
+            if "MXQAndModelConfigNotMatch" in str(exc):
+                raise BackendUnavailableError(
+                    f"{self.mxq_path}: not compiled for {self.core_mode}-core mode ({first_line(exc)}); compile it "
+                    f"with `python -m compile --mxq --inference-scheme {self.core_mode}` (or all), or use core mode 'single'"
+                ) from exc
             raise BackendUnavailableError(
                 f"{self.mxq_path}: qbruntime cannot load it ({first_line(exc)}); "
                 "rebuild it with `python -m compile --mxq`"
@@ -159,7 +209,7 @@ class NpuEncoder:
             model.launch(self._accelerator)
         except qb.QbRuntimeError as exc:
             raise BackendUnavailableError(
-                f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, cluster {cluster} core {core}: "
+                f"cannot launch {self.mxq_path.name} on NPU device {self.device_no}, {slot_name(slot)}: "
                 f"{first_line(exc)} (is another process, or an encoder in this one that is still open, using "
                 "that core? close() it, or choose other cores: npu_cores= to SentenceEncoder, cores= to NpuEncoder)"
             ) from exc
@@ -319,9 +369,9 @@ class NpuEncoder:
                     except queue.Empty:
                         break
         logger.warning(
-            "npu backend: core (cluster %d, core %d) failed %d calls in a row (last: %s) and is out of service; "
-            "cores still in service: %s",
-            *core, self.FAILURES_BEFORE_OUT_OF_SERVICE, first_line(failure), left or "none",
+            "npu backend: core %s failed %d calls in a row (last: %s) and is out of service; cores still in service: %s",
+            slot_name(core), self.FAILURES_BEFORE_OUT_OF_SERVICE, first_line(failure),
+            ", ".join(slot_name(s) for s in left) or "none",
         )  # fmt: skip
         for call in orphans:
             if call is None:
@@ -332,7 +382,7 @@ class NpuEncoder:
             results.put((index, self._no_core_left()))
 
     def _no_core_left(self) -> BackendUnavailableError:
-        failed = "; ".join(f"(cluster {c}, core {k}): {why}" for (c, k), why in sorted(self._out_of_service.items()))
+        failed = "; ".join(f"{slot_name(slot)}: {why}" for slot, why in sorted(self._out_of_service.items()))
         return BackendUnavailableError(
             f"no NPU core is left in service: each failed {self.FAILURES_BEFORE_OUT_OF_SERVICE} calls in a row "
             f"({failed}). close() this encoder and open a new one (after a device reset, or on other cores)"
@@ -341,7 +391,7 @@ class NpuEncoder:
     def _stuck_cores(self) -> str:
         """The cores inside a call, and for how long, for a timeout's message."""
         now = time.monotonic()
-        busy = [f"(cluster {c}, core {k}) for {now - started:.1f} s" for (c, k), started in sorted(self._running.items())]
+        busy = [f"{slot_name(slot)} for {now - started:.1f} s" for slot, started in sorted(self._running.items())]
         return "busy: " + ", ".join(busy) if busy else "no core is inside a call (the calls are queued)"
 
     def _infer(self, model: Any, inputs: list[np.ndarray]) -> np.ndarray:
@@ -349,12 +399,12 @@ class NpuEncoder:
         if that works, grouping stops for good. Whether every .mxq and driver accept 4-D calls of
         several sentences is not known without a card (the wheel has batch-size checks)."""
         try:
-            return model.infer(inputs)[0]
+            return model.infer(inputs)[self._output_index]
         except (ValueError, self._qb.QbRuntimeError) as refused:
             sentences = len(inputs[0]) if inputs[0].ndim == 4 else 1
             if sentences == 1 or not _is_shape_refusal(refused):
                 raise  # any other failure fails this call only; the calling mode stays
-            outputs = [model.infer([x[i] for x in inputs])[0] for i in range(sentences)]  # 3-D each
+            outputs = [model.infer([x[i] for x in inputs])[self._output_index] for i in range(sentences)]  # 3-D each
             self._stop_grouping(sentences, refused)
             return np.stack(outputs)
 
@@ -396,15 +446,18 @@ class NpuEncoder:
         for model, core in zip(models, getattr(self, "cores", [])):
             if core in stuck:  # its worker is still inside infer: disposing under it could hang too
                 logger.warning(
-                    "npu backend: core (cluster %d, core %d) is still inside a call after %.0f s; its model "
+                    "npu backend: core %s is still inside a call after %.0f s; its model "
                     "is left undisposed (its worker thread is a daemon and ends with the process)",
-                    *core, self.CLOSE_TIMEOUT_S,
+                    slot_name(core), self.CLOSE_TIMEOUT_S,
                 )  # fmt: skip
                 continue
             try:
                 model.dispose()
             except self._qb.QbRuntimeError as exc:
                 logger.warning("npu backend: dispose failed: %s", first_line(exc))
+        if self._tracing:
+            self._tracing = False
+            self._qb.stop_tracing_events()
         self._accelerator = None
 
     def __enter__(self) -> NpuEncoder:
@@ -473,6 +526,16 @@ class PendingBatch:
             else:
                 output[rows, : min(width, seq)] = out[:, :seq]
         return output, error
+
+
+def _check_scheme(mxq_path: Path, npu_spec: NpuSpec, core_mode: str) -> None:
+    """An .mxq that bundle.json says was compiled for other core modes is refused before launch."""
+    scheme = npu_spec.inference_scheme
+    if scheme is not None and scheme not in ("all", core_mode):
+        raise BackendUnavailableError(
+            f"{mxq_path} was compiled with inference_scheme {scheme!r} (bundle.json); {core_mode}-core mode needs "
+            f"`python -m compile --mxq --inference-scheme {core_mode}` (or all), or use core mode {scheme!r}"
+        )
 
 
 def _is_shape_refusal(exc: BaseException) -> bool:

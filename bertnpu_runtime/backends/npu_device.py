@@ -74,10 +74,23 @@ class Variant:
         return f"any length{limit}" if self.width == -1 else f"multiples of {-self.width}{limit}"
 
 
-def read_variants(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int) -> list[Variant]:
-    """Every model variant's sequence width, checked against what bundle.json says the .mxq is."""
-    n_inputs = 1 if npu_spec.mask_input is None else 2
-    variants = []
+@dataclass(frozen=True)
+class MxqLayout:
+    """What the launched .mxq takes and gives: its variants' widths, the mask input it has (bundle.json's
+    npu.mask_input, with "auto" resolved), and which output holds the last hidden state."""
+
+    variants: list[Variant]
+    mask_input: str | None
+    output_index: int
+
+
+def read_layout(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int) -> MxqLayout:
+    """Every model variant's inputs and outputs, checked against what bundle.json says the .mxq is."""
+    mask_input = npu_spec.mask_input
+    if mask_input == "auto":  # Mobilint's recipe: a second input is the attention_mask it marked as padding mask
+        mask_input = "keep" if len(model.get_model_variant_handle(0).get_model_input_shape()) == 2 else None
+    n_inputs = 1 if mask_input is None else 2
+    variants, output_indices = [], set()
     for idx in range(model.get_num_model_variants()):
         handle = model.get_model_variant_handle(idx)
         shapes = [tuple(s) for s in handle.get_model_input_shape()]  # one (H, W, C) per input
@@ -97,12 +110,52 @@ def read_variants(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: in
                 mxq_path, f"variant {idx} input 1 (the mask) has shape {shapes[1]}, expected (1, {width}, 1)"
             )
         outputs = [tuple(s) for s in handle.get_model_output_shape()]
-        if len(outputs) != 1 or outputs[0][-1] != hidden_size:
-            raise BundleError(mxq_path, f"variant {idx} outputs {outputs}, expected one (1, seq, {hidden_size})")
+        # A whole-BertModel .mxq may also give the pooler's (1, 1, hidden): take the hidden states' shape.
+        fits = [i for i, shape in enumerate(outputs) if shape == (1, width, hidden_size)]
+        if not fits:
+            raise BundleError(
+                mxq_path, f"variant {idx} outputs {outputs}; none is the last hidden state (1, {width}, {hidden_size})"
+            )
+        output_indices.add(fits[0])
         variants.append(Variant(width, handle.get_input_buffer_info()[0].max_width))
     if not variants:
         raise BundleError(mxq_path, "the .mxq has no model variants")
-    return variants
+    if len(output_indices) != 1:
+        raise BundleError(mxq_path, f"its variants give the last hidden state at different outputs {sorted(output_indices)}")
+    return MxqLayout(variants, mask_input, output_indices.pop())
+
+
+CORE_MODES = ("single", "multi", "global4", "global8")
+ALL_CORES = -1  # a slot's core for a model over a whole cluster (multi, global4); both are -1 for global8
+
+
+def select_slots(core_mode: str, cores: Any, device_cores: int) -> list[tuple[int, int]]:
+    """Where each model instance runs: (cluster, core) per core in single-core mode; (cluster,
+    ALL_CORES) per cluster in multi and global4 mode; (ALL_CORES, ALL_CORES) for global8."""
+    if core_mode not in CORE_MODES:
+        raise ValueError(f"npu core mode must be one of {CORE_MODES}, found {core_mode!r:.40}")
+    if core_mode == "single":
+        return select_cores(cores, device_cores)
+    if cores is not None:
+        raise ValueError(
+            f"npu_cores chooses the cores of single-core mode; core mode {core_mode!r} runs on whole clusters"
+        )
+    if device_cores < CLUSTERS * CORES_PER_CLUSTER:
+        raise ValueError(
+            f"core mode {core_mode!r} needs an ARIES card ({CLUSTERS} clusters of {CORES_PER_CLUSTER} cores); "
+            f"this device has {device_cores} core(s): use core mode 'single'"
+        )
+    if core_mode == "global8":
+        return [(ALL_CORES, ALL_CORES)]
+    return [(cluster, ALL_CORES) for cluster in range(CLUSTERS)]
+
+
+def slot_name(slot: tuple[int, int]) -> str:
+    """"(cluster 0, core 1)", "(cluster 1, all cores)" or "(both clusters)", for messages."""
+    cluster, core = slot
+    if cluster == ALL_CORES:
+        return "(both clusters)"
+    return f"(cluster {cluster}, all cores)" if core == ALL_CORES else f"(cluster {cluster}, core {core})"
 
 
 def select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: int) -> list[tuple[int, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import ModuleType
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from ..bundle import INT8_ENCODER_FILE, MXQ_FILE, ONNX_ENCODER_FILE, Bundle
@@ -29,7 +30,11 @@ def open_backend(
     *,
     precision: str = "float32",
     device_no: int = 0,
+    npu_device_name: str | None = None,
+    npu_core_mode: str = "single",
     npu_cores: int | Sequence[tuple[int, int]] | None = None,
+    npu_group_sentences: bool | None = None,
+    npu_trace_path: str | Path | None = None,
     num_threads: int | None = None,
     npu_timeout_s: float = 30.0,
     qbruntime_module: ModuleType | None = None,
@@ -65,7 +70,11 @@ def open_backend(
                 bundle.manifest.npu,
                 bundle.manifest.hidden_size,
                 device_no=device_no,
+                device_name=npu_device_name,
+                core_mode=npu_core_mode,
                 cores=npu_cores,
+                group_sentences=npu_group_sentences,
+                trace_path=npu_trace_path,
                 timeout_s=npu_timeout_s,
                 qbruntime_module=qbruntime_module,
             )

@@ -7,11 +7,13 @@ same exception types and messages:
 - shape checks mirror qbruntime/model.py (`_is_valid_shape`, `_find_memory_format`, variants tried
   in order): a bad rank, H, C, input count or length is `ValueError("Input shape is invalid.")`;
 - runtime failures are `QbRuntimeError("<Code> occurred.\\n<docs link>")` with the real codes:
-  Acc_DeviceNotFound / Acc_UnknownDevice (Accelerator), Model_FailedToLoadMXQ (Model on a missing
-  file), Model_NotLaunched (infer before launch or after dispose), Model_AlreadyLaunched,
+  Acc_DeviceNotFound / Acc_UnknownDevice (Accelerator), Driver_NotInitialized (a board name such
+  as "aries-rb" on a machine without a card), Model_FailedToLoadMXQ (Model on a missing file),
+  Model_NotLaunched (infer before launch or after dispose), Model_AlreadyLaunched,
   Acc_CoreAlreadyInUse (a core another launched model holds), Model_MXQAndModelConfigNotMatch
-  (a core mode the .mxq was not compiled for: the fake .mxq is single-core only),
-  Model_ShapeMismatched (a variable length beyond max_width), Model_InvalidVariantIdx.
+  (a core mode the .mxq was not compiled for: `core_modes`), Model_NoTargetCores (cores or
+  clusters the card does not have), Model_ShapeMismatched (a variable length beyond max_width, or
+  more sentences in one call than the core mode takes), Model_InvalidVariantIdx.
   Which code the C++ side raises for the last five is inferred from the code names in the wheel;
   the first three were observed here.
 
@@ -30,6 +32,7 @@ GIL, so models on different cores overlap like real cores do).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
@@ -103,6 +106,9 @@ class CoreMode(Enum):
     Error = 255
 
 
+_CORE_MODE_NAMES = {CoreMode.Single: "single", CoreMode.Multi: "multi", CoreMode.Global4: "global4", CoreMode.Global8: "global8"}
+
+
 class LogLevel(Enum):
     Debug = 0
     Info = 1
@@ -151,6 +157,7 @@ class ModelConfig:
     def __init__(self, num_cores: int | None = None) -> None:
         self._mode = CoreMode.Auto
         self._core_ids: list[CoreId] = []
+        self._clusters: list[Cluster] = []
         self._num_cores = 0 if num_cores is None else num_cores
 
     def set_auto_core_mode(self) -> bool:
@@ -175,16 +182,24 @@ class ModelConfig:
         raise ValueError("`set_single_core_mode` needs either `num_cores` or `core_ids`.")
 
     def set_multi_core_mode(self, clusters: Sequence[Cluster] = (Cluster.Cluster0, Cluster.Cluster1)) -> bool:
-        self._mode, self._core_ids = CoreMode.Multi, []
-        return True
+        return self._set_cluster_mode(CoreMode.Multi, clusters)
 
     def set_global4_core_mode(self, clusters: Sequence[Cluster] = (Cluster.Cluster0, Cluster.Cluster1)) -> bool:
-        self._mode, self._core_ids = CoreMode.Global4, []
-        return True
+        return self._set_cluster_mode(CoreMode.Global4, clusters)
 
     def set_global8_core_mode(self) -> bool:
-        self._mode, self._core_ids = CoreMode.Global8, []
+        self._mode, self._core_ids, self._clusters = CoreMode.Global8, [], [Cluster.Cluster0, Cluster.Cluster1]
         return True
+
+    def _set_cluster_mode(self, mode: CoreMode, clusters: Sequence[Cluster]) -> bool:
+        if not clusters or any(c not in (Cluster.Cluster0, Cluster.Cluster1) for c in clusters):
+            return False  # as the real runtime: rejected, the config unchanged
+        self._mode, self._core_ids, self._clusters = mode, [], list(clusters)
+        return True
+
+    def get_clusters(self) -> list[Cluster]:
+        """The clusters of a multi, global4 or global8 configuration (a fake-only reader)."""
+        return list(self._clusters)
 
     def get_core_mode(self) -> CoreMode:
         return self._mode
@@ -258,10 +273,14 @@ class FakeNpu:
     num_devices: 0 simulates a machine without a card.
     latency_s: seconds per sentence per infer call (a number, or a function of the sequence
         length): how long a call holds its core, making the output included.
-    max_batch: the most sentences one 4-D call may hold (None: any number). A larger call raises
-        QbRuntimeError("Model_ShapeMismatched"). This models an .mxq or driver that runs one
-        sentence at a time: the wheel has such checks ("Batch size does not match", "supports
-        batch_size == 1 only"), but which error code reaches Python is not known without a card.
+    max_batch: the most sentences one 4-D call may hold outside multi-core mode (None: any
+        number). Default 1, like the runtime binary ("Batch Size > 1 is not supported"); a larger
+        call raises QbRuntimeError("Model_ShapeMismatched") (which code reaches Python is not
+        known without a card). Multi-core mode takes any number, spread over the cluster's cores.
+    core_modes: the core modes the .mxq was compiled for ("single", "multi", "global4",
+        "global8"); a ModelConfig in another mode is Model_MXQAndModelConfigNotMatch.
+    pooler_output: None, or "first" / "last": the .mxq of a whole BertModel also outputs the
+        pooler, (1, 1, C), before or after the last hidden state (1, W, C).
     """
 
     def __init__(
@@ -276,8 +295,14 @@ class FakeNpu:
         num_cores: int = 8,
         num_devices: int = 1,
         latency_s: float | Callable[[int], float] | None = None,
-        max_batch: int | None = None,
+        max_batch: int | None = 1,
+        core_modes: Sequence[str] = ("single",),
+        pooler_output: str | None = None,
     ) -> None:
+        if not set(core_modes) <= set(_CORE_MODE_NAMES.values()):
+            raise ValueError(f"core_modes must be among {sorted(_CORE_MODE_NAMES.values())}, found {list(core_modes)}")
+        if pooler_output not in (None, "first", "last"):
+            raise ValueError(f'pooler_output must be None, "first" or "last", found {pooler_output!r}')
         if mask_input not in (None, "keep", "additive"):
             raise ValueError(f'mask_input must be None, "keep" or "additive", found {mask_input!r}')
         if not variants or any(v == 0 for v in variants):
@@ -299,6 +324,8 @@ class FakeNpu:
         self.num_devices = num_devices
         self.latency_s = latency_s
         self.max_batch = max_batch
+        self.core_modes = tuple(core_modes)
+        self.pooler_output = pooler_output
         self.log_level: LogLevel | None = None
         self.calls: list[InferCall] = []
         self.models: list[_FakeModel] = []  # every Model constructed, launched or not
@@ -308,6 +335,7 @@ class FakeNpu:
         self._faults: dict[tuple[int, int], tuple[str, set[int] | None]] = {}  # core -> (kind, call numbers or all)
         self._core_calls: dict[tuple[int, int], int] = {}  # core -> infer calls started on it
         self.unhang = threading.Event()  # set it to let hung calls return (a test's clean-up)
+        self._trace: tuple[str, float, int] | None = None  # (path, start time, first call) while tracing
 
         # Module-level names of qbruntime that are plain types.
         self.QbRuntimeError = QbRuntimeError
@@ -322,12 +350,38 @@ class FakeNpu:
     def set_log_level(self, level: LogLevel) -> None:
         self.log_level = level
 
+    def start_tracing_events(self, path: str) -> bool:
+        """Like qbruntime: one trace at a time, process-wide; False when one is already running."""
+        if self._trace is not None:
+            return False
+        self._trace = (str(path), time.perf_counter(), len(self.calls))
+        return True
+
+    def stop_tracing_events(self) -> None:
+        """Write the infer calls since start as a Chrome trace (one row per core)."""
+        if self._trace is None:
+            return
+        path, started, first = self._trace
+        self._trace = None
+        with self._lock:
+            calls = self.calls[first:]
+        events = [
+            {"name": f"infer {call.sentences}x{call.shapes[0][-2]}", "ph": "X", "pid": 0,
+             "tid": f"cluster {call.core[0]} core {call.core[1]}",
+             "ts": (call.start - started) * 1e6, "dur": (call.end - call.start) * 1e6}
+            for call in calls
+        ]  # fmt: skip
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"traceEvents": events}, f)
+
     def Accelerator(self, device_name: str | int = "auto", dev_no: int = 0) -> _FakeAccelerator:  # noqa: N802
         if isinstance(device_name, int):  # Accelerator(dev_no), as in qbruntime
             dev_no, device_name = device_name, "auto"
         name = device_name.lower()
         if name not in _DEVICE_NAMES:
             raise _error("Acc_UnknownDevice")
+        if self.num_devices == 0 and "-" in name:  # a board name opens its driver first
+            raise _error("Driver_NotInitialized")
         if not (0 <= dev_no < self.num_devices) or not (name == "auto" or self.device_name.startswith(name)):
             raise _error("Acc_DeviceNotFound")
         return _FakeAccelerator(self, dev_no)
@@ -336,7 +390,8 @@ class FakeNpu:
         if not os.path.isfile(path):
             raise _error("Model_FailedToLoadMXQ")
         config = model_config if model_config is not None else ModelConfig()
-        if config.get_core_mode() not in (CoreMode.Single, CoreMode.Auto):
+        mode = config.get_core_mode()
+        if mode != CoreMode.Auto and _CORE_MODE_NAMES.get(mode) not in self.core_modes:
             raise _error("Model_MXQAndModelConfigNotMatch")
         model = _FakeModel(self, next(self._model_ids), str(path), config)
         with self._lock:
@@ -398,15 +453,21 @@ class FakeNpu:
         with self._lock:
             return [c for c in self.all_cores() if (dev_no, *c) not in self._busy]
 
-    def _compute(self, inputs: list[np.ndarray], start: float) -> np.ndarray:
+    def _compute(self, inputs: list[np.ndarray], start: float, lanes: int = 1) -> np.ndarray:
         """inputs in HWC: hidden [n, 1, W, C] (+ mask [n, 1, W, 1]) -> output [n, 1, W, C], returned
-        no sooner than the modelled latency after `start` (the output is made within that time)."""
+        no sooner than the modelled latency after `start` (the output is made within that time);
+        `lanes` cores share the n sentences."""
         output = self._output(inputs)
         if self.latency_s is not None:
             n, _, width, _ = inputs[0].shape
             seconds = self.latency_s(width) if callable(self.latency_s) else self.latency_s
-            _sleep_precisely(start + n * seconds - time.perf_counter())
+            _sleep_precisely(start + -(-n // lanes) * seconds - time.perf_counter())
         return output
+
+    def output_shapes(self, width: int) -> list[tuple[int, int, int]]:
+        hidden = (1, width, self.hidden_size)
+        pooler = (1, 1, self.hidden_size)
+        return {None: [hidden], "first": [pooler, hidden], "last": [hidden, pooler]}[self.pooler_output]
 
     def _output(self, inputs: list[np.ndarray]) -> np.ndarray:
         hidden = inputs[0][:, 0]  # [n, W, C]
@@ -445,7 +506,7 @@ class _FakeVariantHandle:
         return self._npu.variant_input_shapes(self._width)
 
     def get_model_output_shape(self) -> list[tuple[int, int, int]]:
-        return [(1, self._width, self._npu.hidden_size)]
+        return self._npu.output_shapes(self._width)
 
     def get_input_buffer_info(self) -> list[BufferInfo]:
         max_width = self._width if self._width > 0 else self._npu.max_width
@@ -477,7 +538,12 @@ class _FakeModel:
             cores = self._npu._free_cores(acc.dev_no)[: self._config.get_num_cores()]
             if len(cores) < self._config.get_num_cores():
                 raise _error("Acc_CoreAlreadyInUse")
-        else:  # Auto on a single-core .mxq: every local core
+        elif mode in (CoreMode.Multi, CoreMode.Global4, CoreMode.Global8):  # whole clusters
+            clusters = [0, 1] if mode == CoreMode.Global8 else [c.value for c in self._config.get_clusters()]
+            cores = [(cluster, core) for cluster in clusters for core in range(_CORES_PER_CLUSTER)]
+            if not clusters or any(c not in self._npu.all_cores() for c in cores):
+                raise _error("Model_NoTargetCores")
+        else:  # Auto: every local core
             cores = self._npu.all_cores()
         self._npu._acquire(acc.dev_no, cores, self.model_id)
         self._cores, self._dev_no = cores, acc.dev_no
@@ -529,13 +595,14 @@ class _FakeModel:
             raise _error("Model_NotLaunched")
         # To the fake's one layout: [n, H, W, C].
         batched = [a if a.ndim == 4 else a[None] for a in inputs]
-        if self._npu.max_batch is not None and len(batched[0]) > self._npu.max_batch:
+        multi = self._config.get_core_mode() == CoreMode.Multi
+        if not multi and self._npu.max_batch is not None and len(batched[0]) > self._npu.max_batch:
             raise _error("Model_ShapeMismatched")
         if not is_hwc:
             batched = [a.transpose(0, 2, 3, 1) for a in batched]
         self._npu._inject_fault(self._cores[0])
         start = time.perf_counter()
-        output = self._npu._compute(batched, start)  # [n, 1, W, C]
+        output = self._npu._compute(batched, start, lanes=_CORES_PER_CLUSTER if multi else 1)  # [n, 1, W, C]
         end = time.perf_counter()
         if not is_hwc:
             output = output.transpose(0, 3, 1, 2)
@@ -544,7 +611,11 @@ class _FakeModel:
         call = InferCall(self._cores[0], self.model_id, tuple(a.shape for a in inputs), start, end)
         with self._npu._lock:
             self._npu.calls.append(call)
-        return [np.ascontiguousarray(output, dtype=np.float32)]
+        hidden = np.ascontiguousarray(output, dtype=np.float32)
+        if self._npu.pooler_output is None:
+            return [hidden]
+        pooler = np.tanh(hidden[..., :1, :])  # (.., 1, 1, C): BERT's pooler looks at the first token
+        return [pooler, hidden] if self._npu.pooler_output == "first" else [hidden, pooler]
 
     def _match_variant(self, inputs: list[np.ndarray]) -> bool:
         """The first variant every input fits, as qbruntime picks it; returns is_hwc."""

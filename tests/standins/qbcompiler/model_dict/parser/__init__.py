@@ -1,0 +1,1 @@
+"""Package path of the qbcompiler stand-in, as in Mobilint's imports."""
