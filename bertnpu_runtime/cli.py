@@ -22,7 +22,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from .backends.npu_device import list_npu_devices
+from .backends.npu_device import CORE_MODES, list_npu_devices
 from .monitor import npu_status
 from .encoder import SentenceEncoder
 from .errors import BertNpuError
@@ -74,7 +74,9 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("auto", "npu", "onnx"), default="auto")
     parser.add_argument("--precision", choices=("float32", "int8"), default="float32")
     parser.add_argument("--device", type=int, default=0, help="NPU device number")
-    parser.add_argument("--npu-cores", type=int, default=None, help="number of NPU cores to use")
+    parser.add_argument("--npu-device-name", help="open the NPU card by board name (aries, regulus, ...)")
+    parser.add_argument("--npu-core-mode", choices=CORE_MODES, default="single", help="NPU core mode (default: single)")
+    parser.add_argument("--npu-cores", type=int, default=None, help="number of NPU cores to use (single-core mode)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log which backend runs and progress")
 
@@ -95,6 +97,8 @@ def _open(args: argparse.Namespace) -> SentenceEncoder:
         backend=args.backend,
         precision=args.precision,
         device_no=args.device,
+        npu_device_name=args.npu_device_name,
+        npu_core_mode=args.npu_core_mode,
         npu_cores=args.npu_cores,
         num_threads=args.threads,
     )
