@@ -4,6 +4,7 @@
     bertnpu encode --bundle DIR --input sentences.txt --output vectors.npy
     cat sentences.txt | bertnpu encode --bundle DIR --input - --output vectors.npy
     bertnpu info --bundle DIR
+    bertnpu serve --bundle DIR [--host 127.0.0.1] [--port 8000]     (the serve extra)
     bertnpu compile --model default --out DIR        (the same as python -m compile)
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from .backends.npu_device import CORE_MODES, list_npu_devices
 from .monitor import npu_status
 from .encoder import SentenceEncoder
-from .errors import BertNpuError
+from .errors import BackendUnavailableError, BertNpuError
 from .pooling import l2_normalize
 
 
@@ -66,7 +67,33 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a bundle and the backend that would run it")
     _add_encoder_options(info)
     info.set_defaults(run=_info)
+
+    serve = commands.add_parser("serve", help="an OpenAI- and TEI-compatible embedding server (needs the serve extra)")
+    _add_encoder_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--model-name", help="the model name clients send (default: the bundle's model name)")
+    serve.add_argument("--api-key", default=os.environ.get("BERTNPU_API_KEY"), help="require Authorization: Bearer KEY (default: $BERTNPU_API_KEY)")
+    for flag, default, what in (
+        ("--max-batch-tokens", 16_384, "most tokens in one encoder batch across requests"),
+        ("--max-queue-requests", 1024, "most requests waiting; more are answered 503 (TEI route: 429)"),
+        ("--max-request-texts", 2048, "most texts in one request; more are answered 413"),
+    ):
+        serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: {default})")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default: 2)")
+    serve.add_argument(
+        "--on-overflow", choices=("truncate", "error"), default="truncate",
+        help="texts longer than the model's length: truncated as encode() does, or a 400 naming the index",
+    )  # fmt: skip
+    serve.set_defaults(run=_serve)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
+    return value
 
 
 def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
@@ -91,17 +118,43 @@ def _compile(argv: list[str]) -> int:
     return compile_main(argv)
 
 
+def _encoder_options(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "backend": args.backend,
+        "precision": args.precision,
+        "device_no": args.device,
+        "npu_device_name": args.npu_device_name,
+        "npu_core_mode": args.npu_core_mode,
+        "npu_cores": args.npu_cores,
+        "num_threads": args.threads,
+    }
+
+
 def _open(args: argparse.Namespace) -> SentenceEncoder:
-    return SentenceEncoder(
-        args.bundle,
-        backend=args.backend,
-        precision=args.precision,
-        device_no=args.device,
-        npu_device_name=args.npu_device_name,
-        npu_core_mode=args.npu_core_mode,
-        npu_cores=args.npu_cores,
-        num_threads=args.threads,
+    return SentenceEncoder(args.bundle, **_encoder_options(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import ServeSettings
+        from .serve.server import serve
+    except ImportError as exc:
+        raise BackendUnavailableError(f"bertnpu serve needs the serve extra: pip install 'bertnpu[serve]' ({exc})") from exc
+    if args.max_wait_ms < 0:
+        raise ValueError(f"--max-wait-ms must be at least 0, found {args.max_wait_ms}")
+    logging.getLogger("bertnpu.serve").setLevel(logging.INFO)
+    settings = ServeSettings(
+        bundle=args.bundle,
+        model_name=args.model_name,
+        api_key=args.api_key,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue_requests=args.max_queue_requests,
+        max_request_texts=args.max_request_texts,
+        on_overflow=args.on_overflow,
+        encoder_options=_encoder_options(args),
     )
+    return serve(settings, host=args.host, port=args.port)
 
 
 def _encode(args: argparse.Namespace) -> int:

@@ -197,6 +197,7 @@ def _informative_fields(source: SourceModel, calib_path: Path, samples: int, see
     import transformers
 
     return {
+        "model_name": source.display_name,
         "source_folder": str(source.folder),
         "calibration": {"source": str(calib_path), "samples": samples, "seed": seed},
         "tools": {

@@ -15,6 +15,7 @@ from .files import read_json
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"  # what "default" is, as clients name it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # sentence-transformers Pooling config flags -> the runtime's pooling names.
 _POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
@@ -46,6 +47,13 @@ class SourceModel:
     @property
     def config(self) -> Any:
         return self.model.config
+
+    @property
+    def display_name(self) -> str:
+        """The model's name for clients: the default's, a hub id, or a local folder's name."""
+        if self.name == DEFAULT_MODEL:
+            return DEFAULT_MODEL_NAME
+        return Path(self.name).name if Path(self.name).expanduser().is_dir() else self.name
 
 
 def resolve_model_folder(model: str) -> Path:

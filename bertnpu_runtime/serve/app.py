@@ -1,0 +1,275 @@
+"""The HTTP application: OpenAI's /v1/embeddings, TEI's /embed, /v1/models, /health and /metrics,
+over one SentenceEncoder whose batches the Batcher fills from every client's requests.
+
+Bodies are parsed with orjson and checked by requests.py rather than by pydantic models: the
+messages name the offending field and index, and parsing costs less per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from ..encoder import SentenceEncoder
+from .batcher import Batcher, QueueFull
+from .metrics import CountingBackend, Metrics
+from .requests import RequestError, parse_embed_request, parse_embeddings_request
+
+logger = logging.getLogger("bertnpu.serve")
+
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `bertnpu serve` is given. `encoder_options` go to SentenceEncoder as keywords."""
+
+    bundle: Path
+    model_name: str | None = None
+    api_key: str | None = None
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 2.0
+    max_queue_requests: int = 1024
+    max_request_texts: int = 2048
+    max_body_bytes: int = 16 << 20
+    on_overflow: str = "truncate"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+
+
+class EmbeddingService:
+    """The encoder and its batcher, opened on a thread of its own so that the server answers
+    /health (503) while a bundle loads or NPU models launch."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics, open_encoder: Callable[[], SentenceEncoder]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._open_encoder = open_encoder
+        self.encoder: SentenceEncoder | None = None
+        self.batcher: Batcher | None = None
+        self.model_name = settings.model_name
+        self.state = "starting"
+        self.failure: str | None = None
+        self.ready = threading.Event()
+
+    def open(self, on_ready: Callable[[EmbeddingService], None], on_failure: Callable[[str], None]) -> None:
+        try:
+            encoder = self._open_encoder()
+        except Exception as exc:  # a bad bundle, no device: the server says so and stops
+            self.state, self.failure = "failed", f"{type(exc).__name__}: {exc}"
+            on_failure(self.failure)
+            return
+        encoder.pipeline.backend = CountingBackend(encoder.pipeline.backend, self.metrics.encoder_batches)
+        self.encoder = encoder
+        self.model_name = self.model_name or served_model_name(encoder)
+        self.batcher = Batcher(
+            encoder.encode,
+            max_batch_tokens=self.settings.max_batch_tokens,
+            max_wait_s=self.settings.max_wait_ms / 1000,
+            max_queue_requests=self.settings.max_queue_requests,
+        )
+        self.state = "ok"
+        self.ready.set()
+        on_ready(self)
+
+    def close(self) -> None:
+        """Run what is queued, then release the encoder (the NPU models)."""
+        self.state = "stopping"
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.encoder is not None:
+            self.encoder.close()
+
+    async def embed(
+        self, texts: list[str], *, fail_on_overflow: str | None, overflow_status: int = 400
+    ) -> tuple[np.ndarray, int]:
+        """Vectors of `texts` and their token count. `fail_on_overflow` names the field for the
+        error (of `overflow_status`) when a text is longer than the model's length (None: truncate,
+        as encode() does)."""
+        encoder, batcher = self.encoder, self.batcher
+        if encoder is None or batcher is None or self.state != "ok":
+            raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
+        rows = encoder.pipeline.tokenizer.encode_unpadded(texts)
+        if fail_on_overflow is not None and rows.truncated.any():
+            index = int(np.flatnonzero(rows.truncated)[0])
+            raise RequestError(
+                overflow_status,
+                f"{fail_on_overflow}[{index}] is longer than this model's {encoder.max_seq_length} tokens",
+                f"{fail_on_overflow}[{index}]",
+                "input_too_long",
+            )
+        tokens = int(rows.lengths.sum())
+        try:
+            future = batcher.submit(texts, tokens)
+        except QueueFull as exc:
+            raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
+        self.metrics.queue_requests.set(batcher.queued_requests)
+        vectors = await future
+        self.metrics.sentences.inc(len(texts))
+        self.metrics.tokens.inc(tokens)
+        return vectors, tokens
+
+
+def served_model_name(encoder: SentenceEncoder) -> str:
+    """bundle.json's model_name, else its source_model, else the bundle folder's name."""
+    manifest = encoder.manifest
+    name = manifest.extra.get("model_name")
+    if isinstance(name, str) and name:
+        return name
+    if manifest.source_model not in ("", "default") and not Path(manifest.source_model).is_absolute():
+        return manifest.source_model
+    return encoder.bundle_dir.resolve().name
+
+
+def create_app(
+    settings: ServeSettings,
+    *,
+    open_encoder: Callable[[], SentenceEncoder] | None = None,
+    on_ready: Callable[[EmbeddingService], None] = lambda service: None,
+    on_failure: Callable[[str], None] = lambda failure: None,
+) -> FastAPI:
+    """The FastAPI app. The encoder opens in the background once the server starts."""
+    metrics = Metrics()
+    opener = open_encoder or (lambda: SentenceEncoder(settings.bundle, **settings.encoder_options))
+    service = EmbeddingService(settings, metrics, opener)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=service.open, args=(on_ready, on_failure), name="bertnpu-open", daemon=True).start()
+        yield
+        await asyncio.to_thread(service.close)
+
+    app = FastAPI(title="bertnpu", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+
+    async def openai_embeddings(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = parse_embeddings_request(body, service.encoder.dim, settings.max_request_texts)
+        if parsed.model is not None and parsed.model != service.model_name:
+            raise RequestError(
+                404, f"The model `{parsed.model}` does not exist; this server serves `{service.model_name}`",
+                "model", "model_not_found",
+            )  # fmt: skip
+        overflow = "input" if settings.on_overflow == "error" else None
+        vectors, tokens = await service.embed(parsed.texts, fail_on_overflow=overflow)
+        vectors = _shortened(vectors, parsed.dimensions, normalize=True)
+        if parsed.encoding_format == "base64":
+            rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            rows = list(vectors)
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json({"object": "list", "data": data, "model": service.model_name, "usage": usage})
+
+    async def tei_embed(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = parse_embed_request(body, service.encoder.dim, settings.max_request_texts)
+        overflow = None if parsed.truncate else "inputs"
+        vectors, _ = await service.embed(parsed.texts, fail_on_overflow=overflow, overflow_status=413)
+        return _json(_shortened(vectors, parsed.dimensions, normalize=parsed.normalize))
+
+    async def models(request: Request) -> Response:
+        model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "bertnpu"}
+        return _json({"object": "list", "data": [model]})
+
+    def authorized(handler: Callable[[Request], Awaitable[Response]], endpoint: str, errors: Callable) -> Callable:
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                if settings.api_key is not None and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+                    raise RequestError(401, "Incorrect or missing API key: send Authorization: Bearer <key>", code="invalid_api_key")
+                if not service.ready.is_set() and endpoint != "/v1/models":
+                    raise RequestError(503, f"the server is {service.state}; retry shortly", code="not_ready")
+                response = await handler(request)
+            except RequestError as exc:
+                response = errors(exc)
+            except Exception as exc:  # noqa: BLE001 - one request fails; the server goes on
+                logger.exception("bertnpu serve: %s failed", endpoint)
+                response = errors(RequestError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            if service.batcher is not None:
+                metrics.queue_requests.set(service.batcher.queued_requests)
+            return response
+
+        return route
+
+    for path in ("/v1/embeddings", "/embeddings"):
+        app.add_api_route(path, authorized(openai_embeddings, "/v1/embeddings", _openai_error), methods=["POST"])
+    app.add_api_route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"])
+    app.add_api_route("/v1/models", authorized(models, "/v1/models", _openai_error), methods=["GET"])
+
+    @app.get("/health")
+    async def health() -> Response:
+        status = {"status": service.state, "model": service.model_name}
+        if service.encoder is not None and service.state == "ok":
+            encoder = service.encoder
+            status.update(backend=encoder.backend, npu_cores_in_service=encoder.npu_cores_in_service)
+        if service.failure:
+            status["error"] = service.failure
+        return _json(status, 200 if service.state == "ok" else 503, retry=service.state == "starting")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+def _shortened(vectors: np.ndarray, dimensions: int | None, *, normalize: bool) -> np.ndarray:
+    """Matryoshka: the first `dimensions` values, then L2-normalized (when normalize)."""
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body has {declared} bytes, more than this server's limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body is larger than this server's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(content: Any, status: int = 200, *, retry: bool = False) -> Response:
+    headers = {"Retry-After": RETRY_AFTER_S} if retry else None
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json")
+
+
+def _openai_error(error: RequestError) -> Response:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    kind = "invalid_request_error" if error.status < 500 else "server_error"
+    body = {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
+    return _json(body, error.status, retry=error.status == 503)
+
+
+def _tei_error(error: RequestError) -> Response:
+    """TEI's error shape: {"error", "error_type"}; an overloaded queue is TEI's 429."""
+    status, kind = error.status, "Validation"
+    if error.status == 503:
+        status, kind = (429, "Overloaded") if error.code == "overloaded" else (503, "Unhealthy")
+    elif error.status >= 500:
+        kind = "Backend"
+    elif error.status == 401:
+        kind = "Unauthorized"
+    return _json({"error": error.message, "error_type": kind}, status, retry=status in (429, 503))

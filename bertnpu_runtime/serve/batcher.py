@@ -1,0 +1,128 @@
+"""One queue for every client's texts, run through the encoder as few, full batches.
+
+Requests from the event loop join the queue; a worker thread takes everything queued, up to
+`max_batch_tokens` tokens (at least one request), waiting at most `max_wait_s` after the oldest
+request arrived for more to come, and runs them as one `encode()` while the next batch gathers.
+Each request's vectors go back to its asyncio future. The queue holds at most
+`max_queue_requests` requests: one more is refused at once (QueueFull), so overload never grows
+memory. A vector does not depend on which other requests shared its batch beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The batcher's queue holds max_queue_requests requests already."""
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    tokens: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Batches requests across clients for `encode` (texts -> float32 [n, dim]). Thread-safe."""
+
+    def __init__(
+        self,
+        encode: Callable[[list[str]], np.ndarray],
+        *,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        max_queue_requests: int,
+    ) -> None:
+        self._encode = encode
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue_requests = max_queue_requests
+        self._jobs: deque[_Job] = deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="bertnpu-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, texts: list[str], tokens: int) -> asyncio.Future:
+        """Queue one request's texts (`tokens` of them in all); await the future for their vectors.
+        Call from the running event loop. Raises QueueFull when the queue is full."""
+        loop = asyncio.get_running_loop()
+        job = _Job(texts, tokens, loop.create_future(), loop)
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the batcher is closed")
+            if len(self._jobs) >= self.max_queue_requests:
+                raise QueueFull(f"{len(self._jobs)} requests are queued, this server's limit")
+            self._jobs.append(job)
+            self._queued_tokens += tokens
+            self._cond.notify()
+        return job.future
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Run what is queued, then stop the worker (waiting at most `timeout_s`)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            texts = [text for job in batch for text in job.texts]
+            try:
+                vectors = self._encode(texts)
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                for job in batch:
+                    job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                continue
+            start = 0
+            for job in batch:
+                end = start + len(job.texts)
+                job.loop.call_soon_threadsafe(_settle, job.future, vectors[start:end], None)
+                start = end
+
+    def _next_batch(self) -> list[_Job] | None:
+        """The requests of the next encode(): all queued up to the token budget, once the budget is
+        met, the oldest has waited max_wait_s, or the batcher is closing. None when closed and empty."""
+        with self._cond:
+            while not self._jobs:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            deadline = self._jobs[0].arrived + self.max_wait_s
+            while self._queued_tokens < self.max_batch_tokens and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._jobs.popleft()]
+            tokens = batch[0].tokens
+            while self._jobs and tokens + self._jobs[0].tokens <= self.max_batch_tokens:
+                tokens += self._jobs[0].tokens
+                batch.append(self._jobs.popleft())
+            self._queued_tokens -= tokens
+            return batch
+
+
+def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:
+    if future.done():  # the client went away and its request was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,135 @@
+"""The request bodies of the OpenAI embeddings route and TEI's /embed, parsed and checked: any
+problem is a RequestError naming the field (and the index in `input`), never an exception from deep
+inside the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+ENCODING_FORMATS = ("float", "base64")
+TOKEN_IDS_HINT = (
+    "holds token ids; bertnpu tokenizes text itself, with the model's own vocabulary, so ids from "
+    "another tokenizer would give wrong vectors. Send the texts as strings (LangChain: "
+    "OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
+)
+
+
+class RequestError(Exception):
+    """A request the server refuses: the HTTP status, a message, and the offending field."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """POST /v1/embeddings, OpenAI's shape."""
+
+    texts: list[str]
+    model: str | None
+    encoding_format: str
+    dimensions: int | None
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """POST /embed, TEI's shape."""
+
+    texts: list[str]
+    normalize: bool
+    truncate: bool
+    dimensions: int | None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"the request body is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RequestError(400, f"the request body must be a JSON object, found {type(data).__name__}")
+    return data
+
+
+def parse_embeddings_request(body: bytes, dim: int, max_texts: int) -> EmbeddingsRequest:
+    data = parse_json_object(body)
+    if "input" not in data:
+        raise RequestError(400, "'input' is required: a string or a list of strings", "input")
+    texts = _texts(data["input"], "input", max_texts)
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, f"'model' must be a string, found {_kind(model)}", "model")
+    encoding_format = data.get("encoding_format") or "float"
+    if encoding_format not in ENCODING_FORMATS:
+        raise RequestError(
+            400, f"'encoding_format' must be 'float' or 'base64', found {encoding_format!r:.40}", "encoding_format"
+        )
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        raise RequestError(400, f"'user' must be a string, found {_kind(user)}", "user")
+    return EmbeddingsRequest(texts, model, encoding_format, _dimensions(data.get("dimensions"), dim))
+
+
+def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
+    data = parse_json_object(body)
+    if "inputs" not in data:
+        raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
+    texts = _texts(data["inputs"], "inputs", max_texts, status=422)
+    flags = {}
+    for name, default in (("normalize", True), ("truncate", False)):
+        value = data.get(name, default)
+        if value is None:
+            value = default
+        if not isinstance(value, bool):
+            raise RequestError(422, f"'{name}' must be true or false, found {_kind(value)}", name)
+        flags[name] = value
+    return EmbedRequest(texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422))
+
+
+def _texts(value: Any, field: str, max_texts: int, status: int = 400) -> list[str]:
+    """A string or a list of strings, as a list; token-id arrays are refused, saying why."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise RequestError(status, f"'{field}' must be a string or a list of strings, found {_kind(value)}", field)
+    if not value:
+        raise RequestError(status, f"'{field}' must not be an empty list", field)
+    if len(value) > max_texts:
+        raise RequestError(
+            413, f"'{field}' has {len(value)} texts, more than this server's limit of {max_texts} per request", field
+        )
+    if _is_token_ids(value) or all(isinstance(item, list) and item and _is_token_ids(item) for item in value):
+        raise RequestError(status, f"'{field}' {TOKEN_IDS_HINT}", field, "token_ids_not_supported")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RequestError(status, f"{field}[{index}] must be a string, found {_kind(item)}", f"{field}[{index}]")
+    return value
+
+
+def _is_token_ids(items: list[Any]) -> bool:
+    return all(isinstance(item, int) and not isinstance(item, bool) for item in items)
+
+
+def _dimensions(value: Any, dim: int, status: int = 400) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(status, f"'dimensions' must be an integer, found {_kind(value)}", "dimensions")
+    if not 1 <= value <= dim:
+        raise RequestError(status, f"'dimensions' must be between 1 and {dim}, this model's size, found {value}", "dimensions")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value is named in messages: null, a boolean, a number, an object..."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
