@@ -210,7 +210,7 @@ def sentence_transformers_contender(model_folder: Path, threads: int) -> Contend
 
 
 def bertnpu_contender(name: str, bundle: Path, **options: Any) -> Contender:
-    """A SentenceEncoder on `bundle`; options go to its constructor (backend, precision, num_threads, ...)."""
+    """A SentenceEncoder on `bundle`; options go to its constructor (backend, encoder_precision, num_threads, ...)."""
     from bertnpu_runtime import SentenceEncoder
 
     encoder = SentenceEncoder(bundle, **options)
@@ -230,7 +230,7 @@ def build_contenders(bundle: Path, model_folder: Path, threads: int, *, baseline
     found = Contenders([sentence_transformers_contender(model_folder, threads)] if baseline else [])
     found.items.append(bertnpu_contender(ONNX, bundle, backend="onnx", num_threads=threads))
     if contents.has(INT8_ENCODER_FILE):
-        found.items.append(bertnpu_contender(ONNX_INT8, bundle, backend="onnx", precision="int8", num_threads=threads))
+        found.items.append(bertnpu_contender(ONNX_INT8, bundle, backend="onnx", encoder_precision="int8", num_threads=threads))
     else:
         found.skipped[ONNX_INT8] = f"the bundle has no {INT8_ENCODER_FILE}"
     reason = _npu_missing_reason(contents.has(MXQ_FILE))

@@ -47,7 +47,7 @@ elif kind == "sentence-transformers":
     load = lambda: SentenceTransformer(job["target"], device="cpu")
 else:
     from bertnpu_runtime import SentenceEncoder
-    load = lambda: SentenceEncoder(job["target"], backend="onnx", precision=kind, num_threads=job["threads"])
+    load = lambda: SentenceEncoder(job["target"], backend="onnx", encoder_precision=kind, num_threads=job["threads"])
 imported = time.perf_counter()
 
 def peak_rss_mib():

@@ -28,6 +28,7 @@ import numpy as np
 from .embedding import EmbeddingTables
 from .errors import BundleError
 from .pooling import POOLING_MODES
+from .similarity import SIMILARITY_FUNCTIONS
 
 FORMAT_NAME = "bertnpu-bundle"
 FORMAT_VERSION = 1
@@ -103,6 +104,10 @@ class Manifest:
     files: dict[str, str]  # relative path -> sha256 hex
     npu: NpuSpec = NpuSpec()
     int8: dict[str, Any] | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    include_prompt: bool = True
+    similarity_fn_name: str = "cosine"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def has(self, relative_path: str) -> bool:
@@ -283,7 +288,7 @@ def _check_max_seq_length(value: Any) -> str | None:
     if type(value) is not int:
         return f"must be an integer, found {value!r}"
     # [CLS] and [SEP] take two tokens: a shorter length leaves no room for text.
-    return None if 3 <= value <= MAX_SEQ_LENGTH_LIMIT else f"must be between 3 and {MAX_SEQ_LENGTH_LIMIT}, found {value}"
+    return None if 2 <= value <= MAX_SEQ_LENGTH_LIMIT else f"must be between 2 and {MAX_SEQ_LENGTH_LIMIT}, found {value}"
 
 
 def _check_pooling(value: Any) -> str | None:
@@ -320,6 +325,21 @@ _MANIFEST_SCHEMA: dict[str, Callable[[Any], str | None]] = {
 _OPTIONAL_SECTIONS = ("npu", "int8")
 
 
+def _check_prompts(value: Any) -> str | None:
+    if type(value) is not dict or not all(type(k) is str and type(v) is str for k, v in value.items()):
+        return f"must map prompt names to prompt texts, found {value!r:.60}"
+    return None
+
+
+# Optional fields (sentence-transformers settings; bundles from before they were recorded lack them).
+_OPTIONAL_FIELDS: dict[str, tuple[Any, Callable[[Any], str | None]]] = {
+    "prompts": ({}, _check_prompts),
+    "default_prompt_name": (None, lambda v: None if v is None or type(v) is str else f"must be a string or null, found {v!r:.60}"),
+    "include_prompt": (True, _of_type(bool)),
+    "similarity_fn_name": ("cosine", lambda v: None if v in SIMILARITY_FUNCTIONS else f"must be one of {list(SIMILARITY_FUNCTIONS)}, found {v!r:.60}"),
+}
+
+
 def _read_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise BundleError(path, "file is missing: this folder is not a bertnpu bundle (build one with `python -m compile`)")
@@ -344,6 +364,14 @@ def _read_manifest(path: Path) -> Manifest:
         problem = _check_optional_object(data.get(name))
         if problem is not None:
             raise BundleError(path, f'field "{name}" {problem}')
+    optional = {}
+    for name, (default, check) in _OPTIONAL_FIELDS.items():
+        optional[name] = data.get(name, default)
+        problem = check(optional[name])
+        if problem is not None:
+            raise BundleError(path, f'field "{name}" {problem}')
+    if optional["default_prompt_name"] is not None and optional["default_prompt_name"] not in optional["prompts"]:
+        raise BundleError(path, f'field "default_prompt_name" {optional["default_prompt_name"]!r} is not among the prompts')
     files = {}
     for rel, entry in data["files"].items():
         digest = entry.get("sha256") if isinstance(entry, dict) else None
@@ -351,7 +379,7 @@ def _read_manifest(path: Path) -> Manifest:
             raise BundleError(path, f'files["{rel}"] needs a 64-hex "sha256", found {entry!r:.80}')
         files[rel] = digest
     npu = _read_npu_section(path, data.get("npu") or {})
-    known = set(_MANIFEST_SCHEMA) | {"format", "format_version", *_OPTIONAL_SECTIONS}
+    known = set(_MANIFEST_SCHEMA) | {"format", "format_version", *_OPTIONAL_SECTIONS, *_OPTIONAL_FIELDS}
     return Manifest(
         source_model=data["source_model"],
         hidden_size=data["hidden_size"],
@@ -364,6 +392,7 @@ def _read_manifest(path: Path) -> Manifest:
         files=files,
         npu=npu,
         int8=data.get("int8"),
+        **optional,
         extra={k: v for k, v in data.items() if k not in known},
     )
 

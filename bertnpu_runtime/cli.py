@@ -80,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-request-texts", 2048, "most texts in one request; more are answered 413"),
     ):
         serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: {default})")
-    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default: 2)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=0.0,
+        help="how long an idle encoder waits for more requests before a batch (default: 0; requests that arrive while it runs always share the next)",
+    )  # fmt: skip
     serve.add_argument(
         "--on-overflow", choices=("truncate", "error"), default="truncate",
         help="texts longer than the model's length: truncated as encode() does, or a 400 naming the index",
@@ -99,7 +102,10 @@ def _positive_int(text: str) -> int:
 def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `python -m compile`")
     parser.add_argument("--backend", choices=("auto", "npu", "onnx"), default="auto")
-    parser.add_argument("--precision", choices=("float32", "int8"), default="float32")
+    parser.add_argument(
+        "--encoder-precision", choices=("float32", "int8"), default="float32",
+        help="the ONNX encoder graph: float32, or the int8 preview of NPU quantization",
+    )  # fmt: skip
     parser.add_argument("--device", type=int, default=0, help="NPU device number")
     parser.add_argument("--npu-device-name", help="open the NPU card by board name (aries, regulus, ...)")
     parser.add_argument("--npu-core-mode", choices=CORE_MODES, default="single", help="NPU core mode (default: single)")
@@ -121,7 +127,7 @@ def _compile(argv: list[str]) -> int:
 def _encoder_options(args: argparse.Namespace) -> dict[str, object]:
     return {
         "backend": args.backend,
-        "precision": args.precision,
+        "encoder_precision": args.encoder_precision,
         "device_no": args.device,
         "npu_device_name": args.npu_device_name,
         "npu_core_mode": args.npu_core_mode,
@@ -187,7 +193,7 @@ def _info(args: argparse.Namespace) -> int:
             "source_model": manifest.source_model,
             "backend": encoder.backend,
             "backend_reason": encoder.backend_reason,
-            "precision": encoder.precision,
+            "encoder_precision": encoder.encoder_precision,
             "dim": encoder.dim,
             "max_seq_length": encoder.max_seq_length,
             "num_layers": manifest.num_layers,

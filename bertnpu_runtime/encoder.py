@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,14 @@ from .bundle import EMBEDDINGS_FILE, TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
 from .errors import BundleError
 from .pipeline import HostBatch, Pipeline
+from .pooling import l2_normalize
+from .quantization import check_precision, quantize_embeddings
+from .similarity import similarity
 from .tokenize import TokenizedBatch, Tokenizer, validate_texts
 
 logger = logging.getLogger("bertnpu")
+
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 
 
 class SentenceEncoder:
@@ -36,7 +42,10 @@ class SentenceEncoder:
             or an already-open EncoderBackend (for example an OnnxEncoder on another graph; an
             object with just `run(hidden, attention_mask)` works too, run one batch at a time),
             which the SentenceEncoder then owns and closes.
-        precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend only).
+        encoder_precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend
+            only). (The precision of the returned vectors is encode()'s `precision`.)
+        truncate_dim: keep the first this many dimensions of every vector (Matryoshka models);
+            encode()'s truncate_dim overrides it.
         device_no: which NPU device to open. npu_device_name: open it by board name ("aries",
             "regulus", ...) on a host with more than one kind of card.
         npu_core_mode: "single" (one model per NPU core), "multi", "global4" (one per cluster) or
@@ -56,7 +65,8 @@ class SentenceEncoder:
         bundle_dir: str | Path,
         backend: str | EncoderBackend = "auto",
         *,
-        precision: str = "float32",
+        encoder_precision: str = "float32",
+        truncate_dim: int | None = None,
         device_no: int = 0,
         npu_device_name: str | None = None,
         npu_core_mode: str = "single",
@@ -86,7 +96,7 @@ class SentenceEncoder:
             backend, self.backend_reason = open_backend(
                 bundle,
                 backend,
-                precision=precision,
+                encoder_precision=encoder_precision,
                 device_no=device_no,
                 npu_device_name=npu_device_name,
                 npu_core_mode=npu_core_mode,
@@ -106,7 +116,11 @@ class SentenceEncoder:
         # An encoder dropped without close() still releases its backend: NPU cores held by a
         # forgotten encoder would refuse the next one in this process (Acc_CoreAlreadyInUse).
         self._release_backend = weakref.finalize(self, _close_in_process, self._opened_in_pid, encoder_backend)
-        self.precision = precision
+        self.encoder_precision = encoder_precision
+        self.truncate_dim = self._checked_truncate_dim(truncate_dim)
+        self.similarity_fn_name: str = self.manifest.similarity_fn_name
+        self.prompts: dict[str, str] = dict(self.manifest.prompts)
+        self.default_prompt_name: str | None = self.manifest.default_prompt_name
 
     @property
     def dim(self) -> int:
@@ -146,17 +160,27 @@ class SentenceEncoder:
     def encode(
         self,
         sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
+        output_value: str = "sentence_embedding",
+        precision: str = "float32",
         normalize_embeddings: bool = False,
-    ) -> np.ndarray:
-        """Encode sentences to float32 vectors, as sentence-transformers' `encode` does.
+        truncate_dim: int | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Encode sentences to vectors, as sentence-transformers' `encode` does.
 
         Returns [n, dim] for a list (in input order; [0, dim] for an empty list) and [dim] for a
-        single str. `batch_size` is the most sentences in one encoder call (None: `default_batch_size`).
-        Vectors are L2-normalized when `normalize_embeddings` is set or the model itself
-        normalizes (bundle.json "normalize"). Texts over `max_seq_length` tokens are truncated and
-        a warning is logged; see `tokenize()` to check beforehand.
+        single str. `prompt_name` picks one of the model's `prompts` (`prompt` gives the text
+        itself; without either, the model's default prompt, if any, is used); the prompt is put
+        before every text and, where the model's pooling excludes prompts, left out of the pooling.
+        `batch_size` is the most sentences in one encoder call (None: `default_batch_size`).
+        Vectors come as the model makes them (L2-normalized if it ends in Normalize), cut to
+        `truncate_dim` dimensions, then L2-normalized when `normalize_embeddings`, then quantized
+        to `precision` ("float32", "int8", "uint8", "binary", "ubinary"; see quantization.py).
+        `output_value="token_embeddings"` returns each text's [tokens, dim] encoder output instead.
+        Texts over `max_seq_length` tokens are truncated and a warning is logged.
         """
         pipeline = self.pipeline
         if os.getpid() != self._opened_in_pid:  # without this, a forked child waits forever
@@ -165,17 +189,85 @@ class SentenceEncoder:
                 f"{os.getpid()}, forked from it: the encoder's threads and NPU models do not exist here. "
                 "Open a SentenceEncoder in each worker process (or start workers with the 'spawn' method)"
             )
-        if batch_size is None:
-            batch_size = self.default_batch_size
-        batch_size = _positive_integer(batch_size, "batch_size")
+        batch_size = self.default_batch_size if batch_size is None else _positive_integer(batch_size, "batch_size")
         if not isinstance(normalize_embeddings, (bool, np.bool_)):
             raise TypeError(f"normalize_embeddings must be True or False, found {normalize_embeddings!r:.40}")
+        if output_value not in OUTPUT_VALUES:
+            raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, found {output_value!r:.40}")
+        check_precision(precision)
+        truncate_dim = self.truncate_dim if truncate_dim is None else self._checked_truncate_dim(truncate_dim)
         single = isinstance(sentences, str)
         texts = validate_texts([sentences] if single else sentences)
+        prompt = self._prompt(prompt_name, prompt)
+        skip_tokens = 0
+        if prompt:
+            texts = [prompt + text for text in texts]
+            if not self.manifest.include_prompt:  # [CLS] and the prompt's tokens, as sentence-transformers counts them
+                skip_tokens = int(self._tokenizer.encode_unpadded([prompt]).lengths[0]) - 1
         progress = _progress if _wants_progress(show_progress_bar) else None
-        vectors, truncated = pipeline.encode(texts, batch_size, normalize=bool(normalize_embeddings), progress=progress)
+        if output_value == "token_embeddings":
+            rows, truncated = pipeline.token_embeddings(texts, batch_size, progress=progress)
+            _warn_if_truncated(truncated, len(texts), self.max_seq_length)
+            return rows[0] if single else rows
+        normalize_in_pipeline = bool(normalize_embeddings) and truncate_dim is None
+        vectors, truncated = pipeline.encode(
+            texts, batch_size, normalize=normalize_in_pipeline, progress=progress, skip_tokens=skip_tokens
+        )
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
+        if truncate_dim is not None:
+            vectors = vectors[:, :truncate_dim]
+            if normalize_embeddings:
+                vectors = l2_normalize(vectors)
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = quantize_embeddings(vectors, precision)
         return vectors[0] if single else vectors
+
+    def encode_query(self, sentences: str | Sequence[str], **options: Any) -> np.ndarray:
+        """encode() with the model's "query" prompt, when it has one (sentence-transformers' encode_query)."""
+        return self.encode(sentences, **self._task_prompt("query", options))
+
+    def encode_document(self, sentences: str | Sequence[str], **options: Any) -> np.ndarray:
+        """encode() with the model's "document" prompt ("passage" or "corpus" where that is its name)."""
+        return self.encode(sentences, **self._task_prompt("document", options))
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """[n, m] scores between the rows of `a` and `b` by `similarity_fn_name` (cosine, dot,
+        euclidean or manhattan; the distances negated, so that higher is more similar), as
+        sentence-transformers' `similarity`."""
+        return similarity(a, b, self.similarity_fn_name)
+
+    def _task_prompt(self, task: str, options: dict[str, Any]) -> dict[str, Any]:
+        if options.get("prompt_name") is None and options.get("prompt") is None:
+            names = {"query": ("query",), "document": ("document", "passage", "corpus")}[task]
+            name = next((n for n in names if n in self.prompts), None)
+            if name is not None:
+                options = {**options, "prompt_name": name}
+        return options
+
+    def _prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, found {type(prompt).__name__}")
+            if prompt_name is not None:
+                logger.warning("encode() got both prompt and prompt_name; the prompt is used, as in sentence-transformers")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(
+                    f"prompt_name {prompt_name!r} is not one of this model's prompts: {sorted(self.prompts) or 'none'}"
+                )
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    def _checked_truncate_dim(self, truncate_dim: int | None) -> int | None:
+        if truncate_dim is None:
+            return None
+        truncate_dim = _positive_integer(truncate_dim, "truncate_dim")
+        if truncate_dim > self.dim:
+            raise ValueError(f"truncate_dim {truncate_dim} is larger than this model's {self.dim} dimensions")
+        return truncate_dim
 
     def close(self) -> None:
         """Release the encoder backend (the NPU models and device) and the batch memory kept
@@ -195,7 +287,7 @@ class SentenceEncoder:
     def __repr__(self) -> str:
         return (
             f"SentenceEncoder(model={self.manifest.source_model!r}, backend={self.backend!r}, "
-            f"precision={self.precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
+            f"encoder_precision={self.encoder_precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
         )
 
 

@@ -77,17 +77,24 @@ class Pipeline:
         return self.embedding.hidden_size
 
     def encode(
-        self, texts: list[str], batch_size: int, *, normalize: bool = False, progress: Progress | None = None
+        self,
+        texts: list[str],
+        batch_size: int,
+        *,
+        normalize: bool = False,
+        progress: Progress | None = None,
+        skip_tokens: int = 0,
     ) -> Encoded:
         """Vectors of already-validated texts, at most `batch_size` per encoder call; normalized when
-        `normalize` or the model's own `normalize` says so. `progress` wraps the batches, if given."""
+        `normalize` or the model's own `normalize` says so; the first `skip_tokens` tokens left out
+        of the pooling (a prompt). `progress` wraps the batches, if given."""
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         truncated: list[int] = []
         memory = self._take_batch_memory()
         batches = self.host_batches(texts, batch_size, truncated, memory)
         if progress is not None:
             batches = progress(batches, len(texts))
-        for rows, pooled in self.pooled_batches(batches, memory, normalize=normalize):
+        for rows, pooled in self.pooled_batches(batches, memory, normalize=normalize, skip_tokens=skip_tokens):
             vectors[rows] = pooled  # batch by batch, while the encoder runs later ones
         self._keep_batch_memory(memory)  # not after an error: its batches may still be on the encoder
         return Encoded(vectors, truncated)
@@ -120,14 +127,19 @@ class Pipeline:
             out = None if memory is None else memory.take((*tokens.input_ids.shape, self.dim))
             yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask)
 
-    def pool(self, output: np.ndarray, mask: np.ndarray, normalize: bool = False) -> np.ndarray:
-        """float32 [batch, dim]: the encoder's output pooled, and L2-normalized when asked or when
-        the model normalizes."""
-        pooled = pool(output, mask, self.pooling)
+    def pool(self, output: np.ndarray, mask: np.ndarray, normalize: bool = False, skip_tokens: int = 0) -> np.ndarray:
+        """float32 [batch, dim]: the encoder's output pooled (without its first `skip_tokens`
+        tokens), and L2-normalized when asked or when the model normalizes."""
+        pooled = pool(output, mask, self.pooling, skip_tokens)
         return l2_normalize(pooled) if normalize or self.normalize else pooled
 
     def pooled_batches(
-        self, host_batches: Iterable[HostBatch], memory: BatchMemory | None = None, *, normalize: bool = False
+        self,
+        host_batches: Iterable[HostBatch],
+        memory: BatchMemory | None = None,
+        *,
+        normalize: bool = False,
+        skip_tokens: int = 0,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (text indices, vectors) per batch. Batches are submitted as soon as they are
         embedded; the oldest is collected when it is done, or waited for once the encoder has
@@ -140,7 +152,7 @@ class Pipeline:
 
         def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
             batch, pending = in_flight.popleft()
-            vectors = self.pool(pending.result(), batch.mask, normalize)
+            vectors = self.pool(pending.result(), batch.mask, normalize, skip_tokens)
             if not np.isfinite(vectors).all():
                 raise _non_finite(backend.name, batch.rows, vectors)
             if memory is not None:
@@ -155,6 +167,24 @@ class Pipeline:
                 yield oldest_pooled()
         while in_flight:
             yield oldest_pooled()
+
+    def token_embeddings(
+        self, texts: list[str], batch_size: int, *, progress: Progress | None = None
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """Each text's encoder output, float32 [its tokens, dim] (no pooling), and the indices of
+        the truncated texts."""
+        truncated: list[int] = []
+        rows: list[np.ndarray | None] = [None] * len(texts)
+        batches = self.host_batches(texts, batch_size, truncated)
+        if progress is not None:
+            batches = progress(batches, len(texts))
+        for batch in batches:
+            output = self.backend.submit(batch.hidden, batch.mask).result()
+            if not np.isfinite(output[batch.mask.astype(bool)]).all():
+                raise _non_finite(self.backend.name, batch.rows, np.where(batch.mask.astype(bool)[:, :, None], output, 0).sum(axis=1))
+            for row, text_index in enumerate(batch.rows.tolist()):
+                rows[text_index] = np.array(output[row, : int(batch.mask[row].sum())], dtype=np.float32)
+        return rows, truncated  # type: ignore[return-value]
 
     def release_memory(self) -> None:
         """Drop the batch memory kept between encode() calls."""

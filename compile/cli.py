@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bertnpu_runtime.pooling import POOLING_MODES
+
 from . import qb
 from .errors import CompileError
 from .pipeline import build_bundle
@@ -42,6 +44,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--compile-device", choices=qb.COMPILE_DEVICES, default="auto",
         help="where qbcompiler computes (its device=): auto = gpu when CUDA is available, else cpu",
     )  # fmt: skip
+    parser.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling (default: its 1_Pooling config, else mean)")
+    parser.add_argument(
+        "--prompt", action="append", default=[], metavar="NAME=TEXT",
+        help='add or replace one of the model\'s prompts, e.g. --prompt "query=query: " (repeatable)',
+    )  # fmt: skip
     parser.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx (int8 CPU encoder)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     return parser.parse_args(argv)
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             npu_graph=args.npu_graph,
             inference_scheme=args.inference_scheme,
             compile_device=args.compile_device,
+            pooling=args.pooling,
+            prompts=_prompts(args.prompt),
             int8=args.int8,
             force=args.force,
         )
@@ -80,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.removeHandler(handler)
     print(f"{out} ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _prompts(items: list[str]) -> dict[str, str]:
+    """--prompt NAME=TEXT options as a dict; the text is kept exactly, spaces included."""
+    prompts = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --prompt {item!r}: expected NAME=TEXT, e.g. --prompt \"query=query: \"")
+        prompts[name] = text
+    return prompts
 
 
 def _quiet_third_party_progress() -> None:

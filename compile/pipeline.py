@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from bertnpu_runtime.bundle import (
     load_embedding_tables,
 )
 from bertnpu_runtime.embedding import EmbeddingLayer
+from bertnpu_runtime.pooling import POOLING_MODES
 from bertnpu_runtime.tokenize import Tokenizer
 
 from . import qb
@@ -50,6 +52,8 @@ def build_bundle(
     npu_graph: str = "model",
     inference_scheme: str | None = None,
     compile_device: str = "auto",
+    pooling: str | None = None,
+    prompts: dict[str, str] | None = None,
     int8: bool = False,
     force: bool = False,
 ) -> Path:
@@ -69,9 +73,16 @@ def build_bundle(
     calib_path = Path(calib_data).expanduser() if calib_data is not None else default_calib_data()
     sentences = sample_sentences(calib_path, calib_samples, seed)  # bad data fails before the slow steps
     qb.check_options(npu_graph, inference_scheme, compile_device)  # so does an unknown option
+    if pooling is not None and pooling not in POOLING_MODES:
+        raise CompileError(f"--pooling {pooling!r}: expected one of {list(POOLING_MODES)}")
     if mxq or mblt:  # and a missing compiler, or one that lacks what the options need
         qb.check_compiler_api(qb.import_qbcompiler(), inference_scheme, compile_device)
     source = load_source_model(model, max_seq_length)
+    if pooling is not None or prompts:
+        settings = source.settings
+        source = replace(source, settings=replace(
+            settings, pooling=pooling or settings.pooling, prompts={**settings.prompts, **(prompts or {})}
+        ))  # fmt: skip
 
     staging = _make_staging_dir(out)
     try:
@@ -90,6 +101,12 @@ def build_bundle(
             layer_norm_eps=config.layer_norm_eps,
             int8=int8_info,
             npu=qb.npu_manifest(**npu_options) if mxq and qb_error is None else None,
+            retrieval={
+                "prompts": source.settings.prompts,
+                "default_prompt_name": source.settings.default_prompt_name,
+                "include_prompt": source.settings.include_prompt,
+                "similarity_fn_name": source.settings.similarity_fn_name,
+            },
             extra=_informative_fields(source, calib_path, len(sentences), seed),
         )
         _log_wrote(staging, "bundle.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,29 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"  # what "default" is, as clients name it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # sentence-transformers Pooling config flags -> the runtime's pooling names.
-_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
-_UNSUPPORTED_POOLING_FLAGS = (
-    "pooling_mode_mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens",
-    "pooling_mode_lasttoken",
-)
+_POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
+_ROTARY_FIELDS = ("rotary_emb_base", "rope_theta", "rope_scaling", "rotary_emb_fraction")
 
 
 @dataclass(frozen=True)
 class SentenceSettings:
     """How the model turns token vectors into a sentence vector."""
 
-    pooling: str  # "mean" | "cls" | "max"
+    pooling: str  # one of bertnpu_runtime.pooling.POOLING_MODES
     normalize: bool
     max_seq_length: int
+    include_prompt: bool = True  # whether a prompt's tokens are pooled (the Pooling module's include_prompt)
+    prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json's
+    default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
 
 
 @dataclass
@@ -120,6 +128,12 @@ def _read_bert_config(folder: Path) -> dict[str, Any]:
         raise CompileError(
             f"{folder}: position_embedding_type {position_type!r} is not supported; the host embedding needs \"absolute\""
         )
+    for field_name in _ROTARY_FIELDS:  # BERT variants with rotary positions keep model_type "bert" in places
+        if config.get(field_name) is not None:
+            raise CompileError(
+                f"{folder}: config.json field {field_name!r} means rotary positions, which the host embedding "
+                "(absolute position rows) cannot compute"
+            )
     return config
 
 
@@ -131,11 +145,11 @@ def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length:
     if modules is None:
         log.warning("%s has no modules.json: assuming mean pooling without normalization", folder)
         modules = []
-    pooling, normalize = "mean", False
+    pooling, include_prompt, normalize = "mean", True, False
     for module in modules:
         kind = str(module.get("type", ""))
         if kind.endswith(".Pooling"):
-            pooling = _read_pooling(folder / module.get("path", "") / "config.json")
+            pooling, include_prompt = _read_pooling(folder / module.get("path", "") / "config.json")
         elif kind.endswith(".Normalize"):
             normalize = True
 
@@ -147,18 +161,42 @@ def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length:
             f"{folder}: max_seq_length {length!r} (from {source}) must be an integer from 2 to the "
             f"model's {positions} position embeddings"
         )
-    return SentenceSettings(pooling=pooling, normalize=normalize, max_seq_length=length)
+    prompts, default_prompt_name, similarity = _read_prompts(folder / "config_sentence_transformers.json")
+    return SentenceSettings(
+        pooling=pooling, normalize=normalize, max_seq_length=length, include_prompt=include_prompt,
+        prompts=prompts, default_prompt_name=default_prompt_name, similarity_fn_name=similarity,
+    )  # fmt: skip
 
 
-def _read_pooling(path: Path) -> str:
+def _read_pooling(path: Path) -> tuple[str, bool]:
+    """The pooling mode and include_prompt of a sentence-transformers Pooling config."""
     config = read_json(path, required=True)
     mode = config.get("pooling_mode")  # newer sentence-transformers write the mode by name
     if isinstance(mode, str):
-        modes = [mode.removesuffix("_token").removesuffix("_tokens")]
+        modes = [mode if mode in _POOLING_FLAGS.values() else mode.removesuffix("_token").removesuffix("_tokens")]
     else:
         modes = [name for flag, name in _POOLING_FLAGS.items() if config.get(flag)]
-        modes += [flag for flag in _UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
     if len(modes) != 1 or modes[0] not in _POOLING_FLAGS.values():
-        raise CompileError(f"{path}: expected exactly one of mean, cls or max pooling, found {modes or 'none'}")
-    return modes[0]
+        raise CompileError(
+            f"{path}: expected exactly one pooling mode of {list(_POOLING_FLAGS.values())}, found {modes or 'none'}"
+        )
+    include_prompt = config.get("include_prompt", True)
+    if not isinstance(include_prompt, bool):
+        raise CompileError(f"{path}: include_prompt must be true or false, found {include_prompt!r}")
+    return modes[0], include_prompt
+
+
+def _read_prompts(path: Path) -> tuple[dict[str, str], str | None, str]:
+    """prompts, default_prompt_name and similarity_fn_name from config_sentence_transformers.json."""
+    config = read_json(path, required=False) or {}
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise CompileError(f"{path}: prompts must map names to prompt texts, found {prompts!r:.80}")
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise CompileError(f"{path}: default_prompt_name {default!r} is not among the prompts {sorted(prompts)}")
+    similarity = config.get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITY_FUNCTIONS:
+        raise CompileError(f"{path}: similarity_fn_name must be one of {SIMILARITY_FUNCTIONS}, found {similarity!r}")
+    return prompts, default, similarity
 

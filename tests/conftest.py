@@ -102,8 +102,20 @@ def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def write_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Save a random tiny BertModel with its tokenizer and sentence-transformers files into `directory`."""
+def write_tiny_model(
+    directory: Path,
+    seed: int = 0,
+    *,
+    pooling: str = "mean",
+    include_prompt: bool = True,
+    normalize: bool = False,
+    st_config: dict | None = None,
+    shape: dict | None = None,
+) -> Path:
+    """Save a random tiny BertModel with its tokenizer and sentence-transformers files into
+    `directory`: `pooling` mode (written the way sentence-transformers >= 5 writes it, by name),
+    a Normalize module when `normalize`, config_sentence_transformers.json from `st_config`
+    (prompts, default_prompt_name, similarity_fn_name), and BertConfig overrides in `shape`."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -113,39 +125,44 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(str(directory))
 
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=TINY_HIDDEN,
-        num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=TINY_HEADS,
-        intermediate_size=TINY_INTERMEDIATE,
-        max_position_embeddings=TINY_MAX_POSITIONS,
-        layer_norm_eps=1e-12,
-    )
+    sizes = {
+        "hidden_size": TINY_HIDDEN,
+        "num_hidden_layers": TINY_LAYERS,
+        "num_attention_heads": TINY_HEADS,
+        "intermediate_size": TINY_INTERMEDIATE,
+        "max_position_embeddings": TINY_MAX_POSITIONS,
+        **(shape or {}),
+    }
+    config = BertConfig(vocab_size=len(vocab), layer_norm_eps=1e-12, **sizes)
     model = BertModel(config).eval()
     with torch.no_grad():  # a non-trivial embedding LayerNorm, so a swapped weight/bias or a wrong eps shows
         model.embeddings.LayerNorm.weight.normal_(1.0, 0.2)
         model.embeddings.LayerNorm.bias.normal_(0.0, 0.2)
     model.save_pretrained(str(directory))
 
-    _write_json(
-        directory / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ],
-    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    _write_json(directory / "modules.json", modules)
     _write_json(directory / "sentence_bert_config.json", {"max_seq_length": TINY_MAX_SEQ_LENGTH, "do_lower_case": False})
-    _write_json(
-        directory / "1_Pooling" / "config.json",
-        {
-            "word_embedding_dimension": TINY_HIDDEN,
+    hidden = config.hidden_size
+    if pooling == "mean" and include_prompt:  # the legacy flags, as models saved before sentence-transformers 5 have them
+        pooling_config = {
+            "word_embedding_dimension": hidden,
             "pooling_mode_cls_token": False,
             "pooling_mode_mean_tokens": True,
             "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
-        },
-    )
+        }
+    else:
+        pooling_config = {"embedding_dimension": hidden, "pooling_mode": pooling, "include_prompt": include_prompt}
+    _write_json(directory / "1_Pooling" / "config.json", pooling_config)
+    if st_config is not None:
+        _write_json(directory / "config_sentence_transformers.json", st_config)
     return directory
 
 

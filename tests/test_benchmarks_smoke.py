@@ -217,3 +217,18 @@ def test_help_names_the_command_to_type(module, capsys):
     with pytest.raises(SystemExit):
         module.main(["--help"])
     assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{module.__name__.split('.')[-1]} ")
+
+
+def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
+    from benchmarks import serve
+
+    monkeypatch.setattr(serve.shutil, "which", lambda name: None)  # infinity is left out, as where it is not installed
+    out = tmp_path / "serve.json"
+    result = serve.main([*common_args, "--limit", "40", "--concurrency", "1", "4", "--texts", "1", "8", "--out", str(out)])
+    rows = {(row["texts"], row["concurrency"]): row for row in result["rows"]}
+    assert set(rows) == {(1, 1), (1, 4), (8, 1), (8, 4)}
+    for (texts, _), row in rows.items():
+        assert row["server"] == "bertnpu serve" and row["errors"] == 0 and row["requests"] > 0
+        assert row["sentences_per_s"] == pytest.approx(row["requests_per_s"] * texts)
+        assert row["p50_ms"] <= row["p99_ms"] and row["vs_infinity"] is None
+    assert json.loads(out.read_text())["in_process_sentences_per_s"] > 0

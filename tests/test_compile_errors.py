@@ -46,6 +46,30 @@ def test_non_bert_model_folder(tiny_model_dir: Path, tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"model_type": "xlm-roberta"}, "model_type 'xlm-roberta'"),
+        ({"model_type": "mpnet"}, "model_type 'mpnet'"),
+        ({"model_type": "nomic_bert"}, "model_type 'nomic_bert'"),
+        ({"position_embedding_type": "alibi"}, "position_embedding_type 'alibi'"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
+        ({"rotary_emb_base": 10000}, "field 'rotary_emb_base'"),
+        ({"rope_theta": 10000.0}, "field 'rope_theta'"),
+    ],
+)
+def test_models_the_host_embedding_cannot_serve_are_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch, change, named):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    loads = []
+    monkeypatch.setattr("transformers.BertModel.from_pretrained", lambda *a, **k: loads.append(a))
+    with pytest.raises(CompileError, match=named):
+        build_bundle(str(folder), tmp_path / "out", calib_samples=2)
+    assert loads == [] and not (tmp_path / "out").exists()
+
+
 def test_folder_without_config(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CompileError, match="config.json: file is missing"):

@@ -206,13 +206,13 @@ def test_forced_npu_without_mxq_names_what_is_missing(tiny_bundle):
 
 def test_int8_without_int8_file_names_it(tiny_bundle):
     with pytest.raises(BundleError, match="encoder.int8.onnx"):
-        SentenceEncoder(tiny_bundle, backend="onnx", precision="int8")
+        SentenceEncoder(tiny_bundle, backend="onnx", encoder_precision="int8")
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "gpu"}, "backend must be one of"),
-    ({"precision": "fp16"}, "precision must be one of"),
-    ({"backend": "npu", "precision": "int8"}, "precision='int8' selects an ONNX graph"),
+    ({"encoder_precision": "fp16"}, "encoder_precision must be one of"),
+    ({"backend": "npu", "encoder_precision": "int8"}, "encoder_precision=.int8. selects an ONNX graph"),
 ])
 def test_bad_options(tiny_bundle, kwargs, message):
     with pytest.raises(ValueError, match=message):

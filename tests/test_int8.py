@@ -162,8 +162,8 @@ def test_compile_int8_then_encode_with_precision_int8(tiny_model_dir: Path, tmp_
     bundle = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=8, int8=True)
     assert Bundle(bundle).manifest.int8["weights"]["per_channel"] is True
     texts = ["A man is playing a guitar.", "Hi", "", "Two dogs run through a field of tall grass."]
-    with SentenceEncoder(bundle, backend="onnx") as fp32, SentenceEncoder(bundle, backend="onnx", precision="int8") as q:
-        assert q.precision == "int8"
+    with SentenceEncoder(bundle, backend="onnx") as fp32, SentenceEncoder(bundle, backend="onnx", encoder_precision="int8") as q:
+        assert q.encoder_precision == "int8"
         reference, quantized = fp32.encode(texts), q.encode(texts)
         assert not np.allclose(quantized, reference, atol=1e-6)  # really the int8 graph
         cosine = np.sum(quantized * reference, axis=1) / (np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1))

@@ -225,18 +225,18 @@ def test_on_overflow_error(tiny_bundle):
 
 
 def test_a_stop_during_load_loses_no_accepted_request(tiny_bundle, reference):
-    # A batch waits 500 ms for company: the requests are in flight when SIGTERM comes.
-    process = ServerProcess(tiny_bundle, "--max-wait-ms", "500")
-    barrier = threading.Barrier(17)
+    # A batch waits up to 2 s for company: all 16 requests are queued when SIGTERM comes.
+    process = ServerProcess(tiny_bundle, "--max-wait-ms", "2000")
 
     def one(i):
-        barrier.wait()
         return httpx.post(f"{process.url}/v1/embeddings", json={"input": TEXTS[i], "encoding_format": "float"}, timeout=60)
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
-        barrier.wait()
-        time.sleep(0.25)
+        deadline = time.monotonic() + 30
+        while metric(process, "bertnpu_queue_requests") < 16 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metric(process, "bertnpu_queue_requests") == 16
         code, log = process.stop(signal.SIGTERM)
         answers = [f.result() for f in futures]
     assert code == 0, log

@@ -14,7 +14,7 @@ from .base import EncoderBackend
 logger = logging.getLogger("bertnpu")
 
 BACKENDS = ("auto", "npu", "onnx")
-PRECISIONS = ("float32", "int8")
+ENCODER_PRECISIONS = ("float32", "int8")
 
 
 class OpenedBackend(NamedTuple):
@@ -28,7 +28,7 @@ def open_backend(
     bundle: Bundle,
     backend: str = "auto",
     *,
-    precision: str = "float32",
+    encoder_precision: str = "float32",
     device_no: int = 0,
     npu_device_name: str | None = None,
     npu_core_mode: str = "single",
@@ -42,7 +42,7 @@ def open_backend(
     """Open the encoder backend the user asked for, and say why it runs.
 
     auto: the NPU when qbruntime is installed, a device is present and the bundle has a model.mxq;
-    otherwise ONNX Runtime, and the reason is logged. precision applies to the ONNX backend only:
+    otherwise ONNX Runtime, and the reason is logged. encoder_precision applies to the ONNX backend only:
     "int8" loads encoder.int8.onnx, the CPU preview of the NPU's quantization (the NPU always runs
     the .mxq's own int8), so it is never chosen implicitly.
     """
@@ -50,17 +50,17 @@ def open_backend(
         raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r:.40}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, found {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, found {precision!r}")
-    if backend == "npu" and precision != "float32":
+    if encoder_precision not in ENCODER_PRECISIONS:
+        raise ValueError(f"encoder_precision must be one of {ENCODER_PRECISIONS}, found {encoder_precision!r}")
+    if backend == "npu" and encoder_precision != "float32":
         raise ValueError(
-            f"precision={precision!r} selects an ONNX graph for the CPU; the npu backend runs the .mxq's own "
-            "quantization. Use backend='onnx' with precision='int8' to preview it on the CPU."
+            f"encoder_precision={encoder_precision!r} selects an ONNX graph for the CPU; the npu backend runs the .mxq's own "
+            "quantization. Use backend='onnx' with encoder_precision='int8' to preview it on the CPU."
         )
 
     if backend != "onnx":  # "auto" or "npu": probe the NPU once
-        reason = _npu_unusable_reason(bundle, qbruntime_module) if precision == "float32" else (
-            f"precision={precision!r} was asked for"
+        reason = _npu_unusable_reason(bundle, qbruntime_module) if encoder_precision == "float32" else (
+            f"encoder_precision={encoder_precision!r} was asked for"
         )
         if reason is None:
             from .npu import NpuEncoder
@@ -88,7 +88,7 @@ def open_backend(
 
     from .onnx import OnnxEncoder
 
-    model_file = INT8_ENCODER_FILE if precision == "int8" else ONNX_ENCODER_FILE
+    model_file = INT8_ENCODER_FILE if encoder_precision == "int8" else ONNX_ENCODER_FILE
     return OpenedBackend(OnnxEncoder(bundle.path(model_file), num_threads=num_threads, hidden_size=bundle.manifest.hidden_size), why)
 
 

@@ -41,7 +41,7 @@ class ServeSettings:
     model_name: str | None = None
     api_key: str | None = None
     max_batch_tokens: int = 16_384
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue_requests: int = 1024
     max_request_texts: int = 2048
     max_body_bytes: int = 16 << 20

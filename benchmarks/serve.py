@@ -1,0 +1,276 @@
+"""Serving: `bertnpu serve` under closed-loop load on loopback, beside infinity-emb on the same model
+and the in-process encode() rate as the ceiling.
+
+    python -m benchmarks.serve [--bundle DIR] [--concurrency 1 8 64] [--texts 1 32] [--seconds 8]
+                               [--infinity PATH/TO/infinity_emb] [--quick]
+
+Each case (texts per request x concurrent clients) runs every server in turn, `--repeats` rounds
+(medians reported). A client keeps one keep-alive connection and sends its next request as soon as
+the last is answered (closed loop), for `--seconds` or `--requests` per case, whichever ends first;
+requests carry STS-B dev sentences in file order, to the OpenAI route (`/embeddings`,
+encoding_format float). The load generator is a minimal asyncio HTTP/1.1 client, so that as little
+of the machine as possible goes to the clients; it shares the machine with the servers all the same.
+
+infinity-emb runs only where it is installed (this benchmark installs nothing): give its
+`infinity_emb` executable with `--infinity`, or have it on PATH. It serves the bundle's source
+model folder on the CPU with torch. `vs_in_process` compares with SentenceEncoder.encode() of all
+the sentences in one call, batch 32, in this process with the servers idle: the rate serving is
+measured against. A server can batch no more than the texts its clients have in flight, though, so
+`vs_encode_of_in_flight` compares with encode() called on texts x concurrency sentences at a time
+(one pass over the first 1,000 sentences): what batching across requests can reach at best.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .common import base_parser, print_table, reference_model_folder, run_metadata, start_run, write_json
+
+MODEL_NAME = "bench-model"
+START_TIMEOUT_S = 180
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = base_parser(__doc__.splitlines()[0], "serve")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default: 1 8 64)")
+    parser.add_argument("--texts", type=int, nargs="+", default=[1, 32], help="texts per request (default: 1 32)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)")
+    parser.add_argument("--requests", type=int, default=4000, help="most requests a case sends per server and round (default: 4000)")
+    parser.add_argument("--infinity", help="the infinity_emb executable (default: on PATH, else infinity is left out)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="bertnpu serve --max-wait-ms (default: 0, its default)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.requests = min(args.seconds, 1.0), min(args.requests, 100)
+    return args
+
+
+@dataclass
+class Server:
+    """A server process on a loopback port, and the route and model name its clients send."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    path: str = "/embeddings"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    run = start_run(args)
+    sentences = run.sentences
+    ceiling = _in_process_rate(run.bundle, sentences, args.threads, run.repeats)
+    in_flight = {n: _in_process_rate(run.bundle, sentences[:1000], args.threads, 1, chunk=n)
+                 for n in sorted({t * c for t in args.texts for c in args.concurrency})}  # fmt: skip
+    servers = [_start_bertnpu(run.bundle, args)]
+    infinity = args.infinity or shutil.which("infinity_emb")
+    try:
+        if infinity:
+            servers.append(_start_infinity(infinity, reference_model_folder(run.bundle, args.model), args.threads))
+        else:
+            print("infinity-emb is not installed here: only bertnpu serve is measured (see benchmarks/README.md)")
+        rows = []
+        for texts in args.texts:
+            for concurrency in args.concurrency:
+                measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
+                for round_no in range(run.repeats):
+                    order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
+                    for server in order:
+                        measured[server.name].append(
+                            asyncio.run(_load(server, sentences, texts, concurrency, args.seconds, args.requests))
+                        )
+                for server in servers:
+                    row = _row(server.name, texts, concurrency, measured[server.name], ceiling)
+                    row["vs_encode_of_in_flight"] = row["sentences_per_s"] / in_flight[texts * concurrency]
+                    rows.append(row)
+        _compare(rows)
+    finally:
+        for server in servers:
+            server.stop()
+
+    columns = ("server", "texts", "concurrency", "requests_per_s", "sentences_per_s", "p50_ms", "p99_ms",
+               "vs_in_process", "vs_encode_of_in_flight", "vs_infinity", "errors")  # fmt: skip
+    print_table(
+        f"Serving on loopback: closed-loop clients, {len(sentences)} STS-B sentences, medians of {run.repeats} rounds; "
+        f"in-process encode() {ceiling:.0f} sentences/s",
+        rows,
+        columns,
+    )
+    result = {
+        "benchmark": "serve",
+        "meta": run_metadata(args),
+        "in_process_sentences_per_s": ceiling,
+        "encode_of_in_flight_sentences_per_s": in_flight,
+        "rows": rows,
+    }
+    write_json(args.out, result)
+    return result
+
+
+def _in_process_rate(bundle: Path, sentences: list[str], threads: int, repeats: int, chunk: int | None = None) -> float:
+    """Sentences/s of encode() in this process, on all `sentences` at once or `chunk` at a time."""
+    from bertnpu_runtime import SentenceEncoder
+
+    step = chunk or len(sentences)
+    with SentenceEncoder(bundle, backend="onnx", num_threads=threads) as encoder:
+        encoder.encode(sentences[:256], batch_size=32)
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for start in range(0, len(sentences), step):
+                encoder.encode(sentences[start : start + step], batch_size=32)
+            seconds.append(time.perf_counter() - started)
+    return len(sentences) / statistics.median(seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_bertnpu(bundle: Path, args: Any) -> Server:
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "bertnpu_runtime", "serve", "--bundle", str(bundle), "--backend", "onnx",
+        "--threads", str(args.threads), "--port", str(port), "--model-name", MODEL_NAME,
+        "--max-wait-ms", str(args.max_wait_ms),
+    ]  # fmt: skip
+    return _started(Server("bertnpu serve", subprocess.Popen(command, stderr=subprocess.DEVNULL), port))
+
+
+def _start_infinity(executable: str, model_folder: Path, threads: int) -> Server:
+    port = _free_port()
+    command = [
+        executable, "v2", "--model-id", str(model_folder), "--served-model-name", MODEL_NAME,
+        "--port", str(port), "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return _started(Server("infinity", process, port))
+
+
+def _started(server: Server) -> Server:
+    """Wait until the server answers an embeddings request (so its model is loaded and warm)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} exited with {server.process.returncode} before serving")
+        try:
+            status, _ = asyncio.run(_one_request(server, ["warm up"] * 32))
+            if status == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise SystemExit(f"{server.name} did not serve within {START_TIMEOUT_S} s")
+
+
+def _request_bytes(server: Server, texts: list[str]) -> bytes:
+    body = orjson.dumps({"input": texts, "model": MODEL_NAME, "encoding_format": "float"})
+    head = (
+        f"POST {server.path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+    return status, await reader.readexactly(length)
+
+
+async def _one_request(server: Server, texts: list[str]) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_request_bytes(server, texts))
+        return await _read_response(reader)
+    finally:
+        writer.close()
+
+
+async def _load(server: Server, sentences: list[str], texts: int, concurrency: int, seconds: float, requests: int) -> dict[str, float]:
+    """Closed-loop load: `concurrency` clients, each with one connection, until the time or the
+    request budget is spent. Returns throughput and latency figures."""
+    payloads = [_request_bytes(server, sentences[i : i + texts]) for i in range(0, len(sentences) - texts + 1, texts)]
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(first: int) -> None:
+        nonlocal errors, sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        index = first
+        try:
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
+                started = time.perf_counter()
+                writer.write(payloads[index % len(payloads)])
+                status, _ = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+                index += concurrency
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests_per_s": len(latencies) / wall,
+        "sentences_per_s": len(latencies) * texts / wall,
+        "p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "errors": errors,
+        "requests": len(latencies),
+    }
+
+
+def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]], ceiling: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"server": name, "texts": texts, "concurrency": concurrency}
+    for key in ("requests_per_s", "sentences_per_s", "p50_ms", "p99_ms"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    row["errors"] = sum(r["errors"] for r in rounds)
+    row["requests"] = sum(r["requests"] for r in rounds)
+    row["vs_in_process"] = row["sentences_per_s"] / ceiling
+    row["rounds"] = rounds
+    return row
+
+
+def _compare(rows: list[dict[str, Any]]) -> None:
+    """bertnpu's throughput over infinity's in the same case, where both ran."""
+    infinity = {(r["texts"], r["concurrency"]): r for r in rows if r["server"] == "infinity"}
+    for row in rows:
+        other = infinity.get((row["texts"], row["concurrency"]))
+        row["vs_infinity"] = row["sentences_per_s"] / other["sentences_per_s"] if other and row["server"] != "infinity" else None
+
+
+if __name__ == "__main__":
+    main()
