@@ -1,6 +1,6 @@
 """Run every benchmark in turn: `python -m benchmarks [--bundle DIR] [--threads 2] [--quick] [--out-dir DIR]`.
 
-Results go to OUT_DIR/{accuracy,speed,npu_pipeline,serve,footprint}.json (+ speed.png).
+Results go to OUT_DIR/{accuracy,speed,npu_pipeline,serve,corpus,footprint}.json (+ speed.png).
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import accuracy, footprint, npu_pipeline, serve, speed
+from . import accuracy, corpus, footprint, npu_pipeline, serve, speed
 from .common import DEFAULT_BUNDLE, DEFAULT_THREADS, RESULTS_DIR
 
-BENCHMARKS = {"accuracy": accuracy, "speed": speed, "npu_pipeline": npu_pipeline, "serve": serve, "footprint": footprint}
+BENCHMARKS = {"accuracy": accuracy, "speed": speed, "npu_pipeline": npu_pipeline, "serve": serve, "corpus": corpus, "footprint": footprint}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

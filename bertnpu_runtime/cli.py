@@ -5,6 +5,7 @@
     cat sentences.txt | bertnpu encode --bundle DIR --input - --output vectors.npy
     bertnpu info --bundle DIR
     bertnpu serve --bundle DIR [--host 127.0.0.1] [--port 8000]     (the serve extra)
+    bertnpu embed-corpus --bundle DIR --input corpus.parquet --output vectors/   (the ray extra)
     bertnpu compile --model default --out DIR        (the same as python -m compile)
 """
 
@@ -89,7 +90,42 @@ def _parser() -> argparse.ArgumentParser:
         help="texts longer than the model's length: truncated as encode() does, or a 400 naming the index",
     )  # fmt: skip
     serve.set_defaults(run=_serve)
+
+    corpus = commands.add_parser("embed-corpus", help="embed a corpus into Parquet shards with Ray (needs the ray extra)")
+    _add_encoder_options(corpus)
+    corpus.add_argument("--input", required=True, help="Parquet file or folder, JSONL, or a text file of lines")
+    corpus.add_argument("--output", required=True, type=Path, help="folder for the shard-NNNNN.parquet files")
+    corpus.add_argument("--text-column", default="text", help="the input's text column (default: text)")
+    corpus.add_argument("--id-column", default="id", help="the input's id column, copied beside the vectors (default: id)")
+    corpus.add_argument("--ray-address", help="a Ray cluster to join (default: start a local one; 'auto' for the running one)")
+    corpus.add_argument("--actors", type=_positive_int, default=1, help="encoder actors (default: 1)")
+    corpus.add_argument("--npu-per-actor", type=float, default=0, help="mobilint_npu resource per actor; 0 = CPU actors on ONNX")
+    corpus.add_argument("--batch-size", type=_positive_int, default=None, help="encode() batch size in each actor")
+    corpus.add_argument("--shard-rows", type=_positive_int, default=10_000, help="rows per output shard (default: 10000)")
+    corpus.set_defaults(run=_embed_corpus)
     return parser
+
+
+def _embed_corpus(args: argparse.Namespace) -> int:
+    try:
+        import ray  # noqa: F401 - only to say which extra is missing
+
+        from .corpus import embed_corpus
+    except ImportError as exc:
+        raise BackendUnavailableError(f"bertnpu embed-corpus needs the ray extra: pip install 'bertnpu[ray]' ({exc})") from exc
+    options = {k: v for k, v in _encoder_options(args).items() if k != "backend" or args.backend != "auto"}
+    result = embed_corpus(
+        args.bundle, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
+        ray_address=args.ray_address, actors=args.actors, npu_per_actor=args.npu_per_actor,
+        batch_size=args.batch_size, shard_rows=args.shard_rows, encoder_options=options,
+    )  # fmt: skip
+    for row_id, reason in result.errors[:20]:
+        print(f"bertnpu: row {args.id_column}={row_id!r} has no vector: {reason}", file=sys.stderr)
+    print(
+        f"wrote {len(result.written)} shard(s) to {args.output}, skipped {len(result.skipped)} already written"
+        f"{f', {len(result.errors)} row(s) without a vector' if result.errors else ''}"
+    )
+    return 1 if result.errors else 0
 
 
 def _positive_int(text: str) -> int:

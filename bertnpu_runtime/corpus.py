@@ -1,0 +1,138 @@
+"""`bertnpu embed-corpus`: a corpus (Parquet, JSONL or a text file of lines) to Parquet shards of
+ids and vectors, with Ray Data spreading the work over actors (the `ray` extra).
+
+The input is cut into shards of `shard_rows` rows in input order; shard k is written to
+OUTPUT/shard-0000k.parquet (to a temporary name, then renamed), so a shard file is complete or
+absent. A rerun skips the shards already written: after a crash or a preemption only the missing
+ones are computed. Rows whose text is not a string are written with a null vector and the reason in
+the `error` column, and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .ray import ERROR_COLUMN, EmbedBatch, npu_actor_options
+
+logger = logging.getLogger("bertnpu")
+
+SHARD_COLUMN = "__bertnpu_shard"
+
+
+@dataclass
+class CorpusResult:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    errors: list[tuple[Any, str]] = field(default_factory=list)  # (id, reason) of rows without a vector
+
+
+def read_corpus(path: str | Path, text_column: str, id_column: str) -> Any:
+    """The input as a pyarrow Table with `id_column` and `text_column`. A text file of lines gets
+    ids 0, 1, ... (its line numbers from 0)."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "input does not exist")
+    try:
+        if path.is_dir() or path.suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        elif path.suffix in (".jsonl", ".json", ".ndjson"):
+            table = pa_json.read_json(path)
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            table = pa.table({id_column: pa.array(range(len(lines)), pa.int64()), text_column: lines})
+    except (OSError, UnicodeDecodeError, pa.ArrowInvalid) as exc:
+        raise DataError(path, f"cannot be read as Parquet, JSONL or UTF-8 text ({exc})") from exc
+    for column in (id_column, text_column):
+        if column not in table.column_names:
+            raise DataError(path, f"has no column {column!r}; its columns are {table.column_names}")
+    return table.select([id_column, text_column])
+
+
+def embed_corpus(
+    bundle_dir: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    text_column: str = "text",
+    id_column: str = "id",
+    ray_address: str | None = None,
+    actors: int = 1,
+    npu_per_actor: float = 0,
+    batch_size: int | None = None,
+    shard_rows: int = 10_000,
+    encoder_options: dict[str, Any] | None = None,
+) -> CorpusResult:
+    """Embed the corpus at `input_path` into Parquet shards in `output_dir`; see the module doc.
+    `npu_per_actor` > 0 makes each actor claim that much of the `mobilint_npu` resource and run
+    on the NPU; 0 runs ONNX Runtime on CPU actors. Without `ray_address`, a local Ray is started."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    table = read_corpus(input_path, text_column, id_column)
+    result = CorpusResult()
+    pieces, expected = [], {}
+    for shard, start in enumerate(range(0, table.num_rows, shard_rows)):
+        target = output / f"shard-{shard:05d}.parquet"
+        if target.exists():
+            result.skipped.append(target)
+            continue
+        piece = table.slice(start, shard_rows)
+        pieces.append(piece.append_column(SHARD_COLUMN, pa.array([shard] * piece.num_rows, pa.int32())))
+        expected[shard] = piece.num_rows
+    if not pieces:
+        return result
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, logging_level=logging.WARNING, include_dashboard=False)
+    options = dict(encoder_options or {})
+    if npu_per_actor > 0:
+        options.setdefault("backend", "npu")
+        remote = npu_actor_options(npu_per_actor)
+    else:
+        options.setdefault("backend", "onnx")
+        options.setdefault("num_threads", 1)
+        remote = {"num_cpus": 1, "max_restarts": 3, "max_task_retries": 3}
+    dataset = ray.data.from_arrow(pieces).map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={"bundle_dir": str(bundle_dir), "text_column": text_column, "batch_size": batch_size, **options},
+        batch_format="pyarrow",
+        batch_size=1024,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **remote,
+    )
+    gathered: dict[int, list[Any]] = {}
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        for shard in set(batch.column(SHARD_COLUMN).to_pylist()):
+            rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
+            gathered.setdefault(shard, []).append(rows)
+            if sum(part.num_rows for part in gathered[shard]) == expected[shard]:
+                result.written.append(_write_shard(output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
+    if gathered:
+        raise RuntimeError(f"shards {sorted(gathered)} came back incomplete from Ray; rerun to compute them")
+    return result
+
+
+def _write_shard(output: Path, shard: int, rows: Any, id_column: str, result: CorpusResult) -> Path:
+    import pyarrow.parquet as pq
+
+    rows = rows.select([id_column, "vector", ERROR_COLUMN])
+    for row_id, error in zip(rows.column(id_column).to_pylist(), rows.column(ERROR_COLUMN).to_pylist()):
+        if error is not None:
+            result.errors.append((row_id, error))
+    target = output / f"shard-{shard:05d}.parquet"
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    pq.write_table(rows, partial)
+    partial.replace(target)
+    return target
