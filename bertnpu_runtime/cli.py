@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 
     corpus = commands.add_parser("embed-corpus", help="embed a corpus into Parquet shards with Ray (needs the ray extra)")
     _add_encoder_options(corpus)
-    corpus.add_argument("--input", required=True, help="Parquet file or folder, JSONL, or a text file of lines")
-    corpus.add_argument("--output", required=True, type=Path, help="folder for the shard-NNNNN.parquet files")
+    corpus.add_argument("--input", required=True, help="Parquet file or folder, JSONL, or a text file of lines; a path or a URI (s3://, gs://, ...)")
+    corpus.add_argument("--output", required=True, help="folder (or URI) for the shard-NNNNN.parquet files")
     corpus.add_argument("--text-column", default="text", help="the input's text column (default: text)")
     corpus.add_argument("--id-column", default="id", help="the input's id column, copied beside the vectors (default: id)")
     corpus.add_argument("--ray-address", help="a Ray cluster to join (default: start a local one; 'auto' for the running one)")

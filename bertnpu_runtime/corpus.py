@@ -26,28 +26,31 @@ SHARD_COLUMN = "__bertnpu_shard"
 
 @dataclass
 class CorpusResult:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # shard paths, inside the output's filesystem
+    skipped: list[str] = field(default_factory=list)
     errors: list[tuple[Any, str]] = field(default_factory=list)  # (id, reason) of rows without a vector
 
 
 def read_corpus(path: str | Path, text_column: str, id_column: str) -> Any:
-    """The input as a pyarrow Table with `id_column` and `text_column`. A text file of lines gets
-    ids 0, 1, ... (its line numbers from 0)."""
+    """The input as a pyarrow Table with `id_column` and `text_column`: a local path or any URI
+    pyarrow's filesystems reach (file://, s3://, gs://, hdfs://). A text file of lines gets ids 0, 1, ..."""
     import pyarrow as pa
     import pyarrow.json as pa_json
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
+    fs, where = _filesystem(path)
+    info = fs.get_file_info(where)
+    if info.type == pa.fs.FileType.NotFound:
         raise DataError(path, "input does not exist")
     try:
-        if path.is_dir() or path.suffix in (".parquet", ".pq"):
-            table = pq.read_table(path)
-        elif path.suffix in (".jsonl", ".json", ".ndjson"):
-            table = pa_json.read_json(path)
+        if info.type == pa.fs.FileType.Directory or where.endswith((".parquet", ".pq")):
+            table = pq.read_table(where, filesystem=fs)
+        elif where.endswith((".jsonl", ".json", ".ndjson")):
+            with fs.open_input_stream(where) as stream:
+                table = pa_json.read_json(stream)
         else:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            with fs.open_input_stream(where) as stream:
+                lines = stream.read().decode("utf-8").splitlines()
             table = pa.table({id_column: pa.array(range(len(lines)), pa.int64()), text_column: lines})
     except (OSError, UnicodeDecodeError, pa.ArrowInvalid) as exc:
         raise DataError(path, f"cannot be read as Parquet, JSONL or UTF-8 text ({exc})") from exc
@@ -55,6 +58,16 @@ def read_corpus(path: str | Path, text_column: str, id_column: str) -> Any:
         if column not in table.column_names:
             raise DataError(path, f"has no column {column!r}; its columns are {table.column_names}")
     return table.select([id_column, text_column])
+
+
+def _filesystem(path: str | Path) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    import pyarrow.fs
+
+    text = str(path)
+    if "://" in text:
+        return pyarrow.fs.FileSystem.from_uri(text)
+    return pyarrow.fs.LocalFileSystem(), str(Path(text).expanduser().resolve())
 
 
 def embed_corpus(
@@ -76,16 +89,17 @@ def embed_corpus(
     on the NPU; 0 runs ONNX Runtime on CPU actors. Without `ray_address`, a local Ray is started."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.fs  # noqa: F401 - pa.fs below
     import ray
 
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    fs, output = _filesystem(output_dir)
+    fs.create_dir(output, recursive=True)
     table = read_corpus(input_path, text_column, id_column)
     result = CorpusResult()
     pieces, expected = [], {}
     for shard, start in enumerate(range(0, table.num_rows, shard_rows)):
-        target = output / f"shard-{shard:05d}.parquet"
-        if target.exists():
+        target = f"{output}/shard-{shard:05d}.parquet"
+        if fs.get_file_info(target).type == pa.fs.FileType.File:
             result.skipped.append(target)
             continue
         piece = table.slice(start, shard_rows)
@@ -118,21 +132,21 @@ def embed_corpus(
             rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
             gathered.setdefault(shard, []).append(rows)
             if sum(part.num_rows for part in gathered[shard]) == expected[shard]:
-                result.written.append(_write_shard(output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
+                result.written.append(_write_shard(fs, output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
     if gathered:
         raise RuntimeError(f"shards {sorted(gathered)} came back incomplete from Ray; rerun to compute them")
     return result
 
 
-def _write_shard(output: Path, shard: int, rows: Any, id_column: str, result: CorpusResult) -> Path:
+def _write_shard(fs: Any, output: str, shard: int, rows: Any, id_column: str, result: CorpusResult) -> str:
     import pyarrow.parquet as pq
 
     rows = rows.select([id_column, "vector", ERROR_COLUMN])
     for row_id, error in zip(rows.column(id_column).to_pylist(), rows.column(ERROR_COLUMN).to_pylist()):
         if error is not None:
             result.errors.append((row_id, error))
-    target = output / f"shard-{shard:05d}.parquet"
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    pq.write_table(rows, partial)
-    partial.replace(target)
-    return target
+    name = f"shard-{shard:05d}.parquet"
+    partial = f"{output}/.{name}.partial-{os.getpid()}"
+    pq.write_table(rows, partial, filesystem=fs)
+    fs.move(partial, f"{output}/{name}")  # a rename on local disks; object stores have no partial objects
+    return f"{output}/{name}"

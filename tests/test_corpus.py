@@ -5,6 +5,7 @@ mid-run is restarted with its batch retried, and NPU actors claim the mobilint_n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ def test_two_actors_write_the_vectors_of_encode_by_id(local_ray, tiny_bundle, co
     (out / "shard-00002.parquet").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     again = embed_corpus(tiny_bundle, corpus, out, text_column="body", id_column="doc_id", actors=2, shard_rows=500)
-    assert [p.name for p in again.written] == ["shard-00002.parquet"] and len(again.skipped) == 3
+    assert [Path(p).name for p in again.written] == ["shard-00002.parquet"] and len(again.skipped) == 3
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # untouched
     assert_equal_to_encode(tiny_bundle, out, sentences)
 
@@ -131,3 +132,11 @@ def test_the_embed_corpus_command(local_ray, tiny_bundle, tmp_path, capsys):
     assert main(["embed-corpus", "--bundle", str(tiny_bundle), "--input", str(path), "--output", str(out)]) == 0
     rerun = capsys.readouterr().out
     assert "wrote 0 shard(s)" in rerun and "skipped 1 already written" in rerun
+
+
+def test_uris_pyarrow_reaches(local_ray, tiny_bundle, tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("a dog runs\nthe cat sits\n")
+    result = embed_corpus(tiny_bundle, f"file://{path}", f"file://{tmp_path}/out", actors=1)
+    assert len(result.written) == 1 and (tmp_path / "out" / "shard-00000.parquet").is_file()
+    assert not list((tmp_path / "out").glob(".*partial*"))
