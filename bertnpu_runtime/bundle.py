@@ -271,24 +271,17 @@ def _check_table_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], n
             )
 
 
-def _positive_int(limit: int) -> Callable[[Any], str | None]:
+def _integer_between(low: int, high: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if type(value) is not int:
             return f"must be an integer, found {value!r}"
-        return None if 1 <= value <= limit else f"must be between 1 and {limit}, found {value}"
+        return None if low <= value <= high else f"must be between {low} and {high}, found {value}"
 
     return check
 
 
 def _of_type(kind: type) -> Callable[[Any], str | None]:
     return lambda value: None if type(value) is kind else f"must be {kind.__name__}, found {value!r:.60}"
-
-
-def _check_max_seq_length(value: Any) -> str | None:
-    if type(value) is not int:
-        return f"must be an integer, found {value!r}"
-    # [CLS] and [SEP] take two tokens: a shorter length leaves no room for text.
-    return None if 2 <= value <= MAX_SEQ_LENGTH_LIMIT else f"must be between 2 and {MAX_SEQ_LENGTH_LIMIT}, found {value}"
 
 
 def _check_pooling(value: Any) -> str | None:
@@ -313,10 +306,10 @@ VOCAB_SIZE_LIMIT = 1 << 22
 # bundle.json's schema: each field and the check of its value (None = fine, else what is wrong).
 _MANIFEST_SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "source_model": _of_type(str),
-    "hidden_size": _positive_int(HIDDEN_SIZE_LIMIT),
-    "num_layers": _positive_int(1024),
-    "vocab_size": _positive_int(VOCAB_SIZE_LIMIT),
-    "max_seq_length": _check_max_seq_length,
+    "hidden_size": _integer_between(1, HIDDEN_SIZE_LIMIT),
+    "num_layers": _integer_between(1, 1024),
+    "vocab_size": _integer_between(1, VOCAB_SIZE_LIMIT),
+    "max_seq_length": _integer_between(2, MAX_SEQ_LENGTH_LIMIT),  # [CLS] and [SEP] take two tokens
     "pooling": _check_pooling,
     "normalize": _of_type(bool),
     "layer_norm_eps": _check_eps,

@@ -153,8 +153,7 @@ class Pipeline:
         def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
             batch, pending = in_flight.popleft()
             vectors = self.pool(pending.result(), batch.mask, normalize, skip_tokens)
-            if not np.isfinite(vectors).all():
-                raise _non_finite(backend.name, batch.rows, vectors)
+            _check_finite(backend.name, batch.rows, np.isfinite(vectors).all(axis=1))
             if memory is not None:
                 memory.give_back(batch.hidden)
             return batch.rows, vectors
@@ -180,8 +179,8 @@ class Pipeline:
             batches = progress(batches, len(texts))
         for batch in batches:
             output = self.backend.submit(batch.hidden, batch.mask).result()
-            if not np.isfinite(output[batch.mask.astype(bool)]).all():
-                raise _non_finite(self.backend.name, batch.rows, np.where(batch.mask.astype(bool)[:, :, None], output, 0).sum(axis=1))
+            real = batch.mask.astype(bool)[:, :, None]
+            _check_finite(self.backend.name, batch.rows, (np.isfinite(output) | ~real).all(axis=(1, 2)))
             for row, text_index in enumerate(batch.rows.tolist()):
                 rows[text_index] = np.array(output[row, : int(batch.mask[row].sum())], dtype=np.float32)
         return rows, truncated  # type: ignore[return-value]
@@ -202,9 +201,12 @@ class Pipeline:
                 self._batch_memory = memory
 
 
-def _non_finite(backend: str, rows: np.ndarray, vectors: np.ndarray) -> EncoderOutputError:
-    bad = rows[~np.isfinite(vectors).all(axis=1)]
-    return EncoderOutputError(
+def _check_finite(backend: str, rows: np.ndarray, finite: np.ndarray) -> None:
+    """Raise EncoderOutputError naming the texts (`rows`) whose output is not `finite` [batch]."""
+    if finite.all():
+        return
+    bad = rows[~finite]
+    raise EncoderOutputError(
         f"the {backend} encoder returned NaN or infinite values for {len(bad)} text(s), first at index {bad[0]} "
         f"(indices {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}): the model or its compiled graph is broken"
     )

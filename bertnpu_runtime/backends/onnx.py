@@ -12,6 +12,12 @@ from ..errors import BackendUnavailableError, BundleError
 from .base import BackendHints
 
 
+def check_num_threads(num_threads: object) -> None:
+    """None, or a positive int (not a bool, a float or a string)."""
+    if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r:.40}")
+
+
 class OnnxEncoder:
     """The encoder on ONNX Runtime's CPU provider. Thread-safe: ORT sessions allow concurrent `run`.
 
@@ -25,8 +31,7 @@ class OnnxEncoder:
     def __init__(self, model_path: str | Path, num_threads: int | None = None, hidden_size: int | None = None) -> None:
         """num_threads: ONNX Runtime's intra-op threads (None: its own choice, every core).
         hidden_size: the width the graph's hidden states must have (bundle.json's), checked at load."""
-        if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r}")
+        check_num_threads(num_threads)
         try:
             import onnxruntime as ort
         except ImportError as exc:

@@ -10,6 +10,7 @@ from typing import NamedTuple, Sequence
 from ..bundle import INT8_ENCODER_FILE, MXQ_FILE, ONNX_ENCODER_FILE, Bundle
 from ..errors import BackendUnavailableError
 from .base import EncoderBackend
+from .onnx import check_num_threads
 
 logger = logging.getLogger("bertnpu")
 
@@ -46,8 +47,7 @@ def open_backend(
     "int8" loads encoder.int8.onnx, the CPU preview of the NPU's quantization (the NPU always runs
     the .mxq's own int8), so it is never chosen implicitly.
     """
-    if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int or None, found {num_threads!r:.40}")
+    check_num_threads(num_threads)  # checked whichever backend runs, before any device is opened
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, found {backend!r}")
     if encoder_precision not in ENCODER_PRECISIONS:

@@ -55,22 +55,16 @@ class Tokenizer:
         self.max_seq_length = max_seq_length
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)
-        self._fast = FastWordPiece.from_tokenizer(self._tokenizer)
-        self._bert_words = _splits_bert_words(json.loads(self._tokenizer.to_str()))
+        config = json.loads(self._tokenizer.to_str())  # parsed once: the fast path and the checks read it
+        self._fast = FastWordPiece.from_tokenizer(self._tokenizer, config)
+        self._bert_words = _splits_bert_words(config)
+        self._largest_id = _largest_id(self._tokenizer, config)
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
 
     def largest_id(self) -> int:
         """The largest token id this tokenizer can produce: its vocabulary, added tokens and the
         special tokens its post-processor inserts ([CLS], [SEP])."""
-        config = json.loads(self._tokenizer.to_str())
-        ids = [max(self._tokenizer.get_vocab(with_added_tokens=True).values(), default=0)]
-        for token in ((config.get("post_processor") or {}).get("special_tokens") or {}).values():
-            ids.extend(token.get("ids") or [])
-        for name in ("cls", "sep"):  # BertProcessing keeps them as [token, id]
-            pair = (config.get("post_processor") or {}).get(name)
-            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int):
-                ids.append(pair[1])
-        return max(ids)
+        return self._largest_id
 
     def encode(self, texts: list[str]) -> TokenizedBatch:
         """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
@@ -155,6 +149,18 @@ _CJK_BLOCKS = (
     (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
     (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
 )  # fmt: skip
+
+
+def _largest_id(tokenizer: _HfTokenizer, config: dict) -> int:
+    ids = [max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)]
+    post_processor = config.get("post_processor") or {}
+    for token in (post_processor.get("special_tokens") or {}).values():
+        ids.extend(token.get("ids") or [])
+    for name in ("cls", "sep"):  # BertProcessing keeps them as [token, id]
+        pair = post_processor.get(name)
+        if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int):
+            ids.append(pair[1])
+    return max(ids)
 
 
 def _splits_bert_words(config: dict) -> bool:

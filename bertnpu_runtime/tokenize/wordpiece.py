@@ -67,9 +67,11 @@ class FastWordPiece:
             table.set_ids(_TEXT_BREAK.strip(), [sep_id, cls_id])
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> FastWordPiece | None:
-        """The fast path for this tokenizer, or None when its pipeline is not the standard BERT one."""
-        config = json.loads(tokenizer.to_str())
+    def from_tokenizer(cls, tokenizer: Tokenizer, config: dict | None = None) -> FastWordPiece | None:
+        """The fast path for this tokenizer, or None when its pipeline is not the standard BERT one.
+        `config`: the tokenizer's JSON, parsed, when the caller has it already."""
+        if config is None:
+            config = json.loads(tokenizer.to_str())
         normalizer = config.get("normalizer") or {}
         pre_tokenizer = config.get("pre_tokenizer") or {}
         model = config.get("model") or {}
