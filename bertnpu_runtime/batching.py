@@ -4,6 +4,9 @@ encode() tokenizes its texts a chunk at a time (`chunk_bounds`), so the encoder 
 batches while later ones are tokenized and memory stays bounded. Each chunk is planned by
 `plan_chunk`: sorted longest first, so a batch holds sentences of similar length and carries
 little padding, and cut where the backend's bucket changes (the NPU runs one length per call).
+Where any lengths share a batch (ONNX pads each to its longest), the sorted run is cut where the
+padding saved outweighs one more encoder call (`least_padding_bounds`): a server's batch of 32
+random sentences would otherwise carry 1.6 times its real tokens.
 
 A batch short of batch_size made only of the chunk's own texts is held back for the next chunk,
 where texts of the same length may fill it: fewer, fuller encoder calls, and on the NPU each call
@@ -44,11 +47,14 @@ def chunk_bounds(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
         size = min(2 * size, batch_size * BATCHES_PER_CHUNK)
 
 
-def plan_chunk(lengths: np.ndarray, batch_size: int, bucket: Bucket, *, carried: int, final: bool) -> ChunkPlan:
+def plan_chunk(
+    lengths: np.ndarray, batch_size: int, bucket: Bucket, *, carried: int, final: bool, call_cost_tokens: float | None = None
+) -> ChunkPlan:
     """Batches of a chunk's rows, given their token `lengths`; the first `carried` rows were held
-    back by the previous chunk and are never held again. `final`: the last chunk, which holds nothing."""
+    back by the previous chunk and are never held again. `final`: the last chunk, which holds nothing.
+    `call_cost_tokens`: see batch_bounds."""
     order = np.argsort(-lengths, kind="stable")
-    bounds = list(batch_bounds(lengths[order], batch_size, bucket))
+    bounds = list(batch_bounds(lengths[order], batch_size, bucket, call_cost_tokens))
     if final:
         bounds.sort(key=lambda bound: bound[0] - bound[1])  # stable: equal sizes stay longest first
     batches, held = [], []
@@ -61,12 +67,41 @@ def plan_chunk(lengths: np.ndarray, batch_size: int, bucket: Bucket, *, carried:
     return ChunkPlan(batches, np.concatenate(held) if held else np.empty(0, dtype=np.intp))
 
 
-def batch_bounds(lengths_longest_first: np.ndarray, batch_size: int, bucket: Bucket) -> Iterator[tuple[int, int]]:
+def batch_bounds(
+    lengths_longest_first: np.ndarray, batch_size: int, bucket: Bucket, call_cost_tokens: float | None = None
+) -> Iterator[tuple[int, int]]:
     """(start, stop) of each batch over sentences sorted longest first: at most batch_size sentences,
-    and only sentences of one bucket together."""
+    and only sentences of one bucket together. Sentences of no bucket (any lengths mix) are cut
+    by least_padding_bounds when `call_cost_tokens` is given, else every batch_size sentences."""
     buckets = {length: bucket(length) for length in np.unique(lengths_longest_first).tolist()}
     keys = [buckets[length] for length in lengths_longest_first.tolist()]
     run_starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
     for run_start, run_stop in zip(run_starts, run_starts[1:] + [len(keys)]):
-        for start in range(run_start, run_stop, batch_size):
-            yield start, min(start + batch_size, run_stop)
+        if keys[run_start] is None and call_cost_tokens is not None:
+            run = lengths_longest_first[run_start:run_stop]
+            for start, stop in least_padding_bounds(run, batch_size, call_cost_tokens):
+                yield run_start + start, run_start + stop
+        else:
+            for start in range(run_start, run_stop, batch_size):
+                yield start, min(start + batch_size, run_stop)
+
+
+def least_padding_bounds(lengths_longest_first: np.ndarray, batch_size: int, call_cost_tokens: float) -> list[tuple[int, int]]:
+    """(start, stop) of the batches of at most batch_size sentences, each padded to its first
+    (longest), that cost least in all: padded tokens plus `call_cost_tokens` per batch. Dynamic
+    programming over the cut points; ties go to the larger batch."""
+    lengths = np.asarray(lengths_longest_first, dtype=np.float64)
+    count = len(lengths)
+    least = np.zeros(count + 1)  # least[stop]: the cost of the first `stop` sentences
+    first_of_last = np.zeros(count + 1, dtype=np.intp)  # where the last batch of that plan starts
+    for stop in range(1, count + 1):
+        low = max(0, stop - batch_size)
+        starts = np.arange(low, stop)
+        costs = least[low:stop] + call_cost_tokens + (stop - starts) * lengths[low:stop]
+        best = int(np.argmin(costs))
+        least[stop], first_of_last[stop] = costs[best], low + best
+    bounds, stop = [], count
+    while stop > 0:
+        bounds.append((int(first_of_last[stop]), stop))
+        stop = bounds[-1][0]
+    return bounds[::-1]

@@ -102,14 +102,18 @@ class Pipeline:
     def token_batches(self, texts: list[str], batch_size: int, truncated: list[int]) -> Iterator[tuple[np.ndarray, TokenizedBatch]]:
         """Yield (text indices, padded token ids) per batch, as batching.py plans them; the indices
         of truncated texts are appended to `truncated`."""
-        bucket = self.backend.hints.bucket or _one_bucket
+        hints = self.backend.hints
+        bucket = hints.bucket or _one_bucket
         carried_indices, carried = np.empty(0, dtype=np.intp), TokenRows.empty()  # held back by the last chunk
         for first, last in chunk_bounds(len(texts), batch_size):
             tokens = self.tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             indices = np.concatenate([carried_indices, np.arange(first, last)])  # the text of each row
             tokens = TokenRows.concatenate([carried, tokens]) if len(carried) else tokens
-            plan = plan_chunk(tokens.lengths, batch_size, bucket, carried=len(carried), final=last == len(texts))
+            plan = plan_chunk(
+                tokens.lengths, batch_size, bucket,
+                carried=len(carried), final=last == len(texts), call_cost_tokens=hints.call_cost_tokens,
+            )  # fmt: skip
             for rows in plan.batches:
                 yield indices[rows], tokens.padded(rows)
             carried_indices, carried = indices[plan.held], tokens.take(plan.held)

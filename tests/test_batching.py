@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from bertnpu_runtime.batching import BATCHES_PER_CHUNK, batch_bounds, chunk_bounds, plan_chunk
+from bertnpu_runtime.batching import BATCHES_PER_CHUNK, batch_bounds, chunk_bounds, least_padding_bounds, plan_chunk
 
 
 @pytest.mark.parametrize("count, batch_size", [(0, 4), (1, 4), (5, 4), (300, 8), (5000, 32)])
@@ -56,3 +56,47 @@ def test_without_buckets_batches_run_longest_first():
     lengths = np.array([1, 4, 2, 3])
     plan = plan_chunk(lengths, 2, lambda n: None, carried=0, final=True)
     assert [lengths[rows].tolist() for rows in plan.batches] == [[4, 3], [2, 1]]
+
+
+def plan_cost(lengths, bounds, call_cost):
+    """Padded tokens (each batch padded to its first, longest) plus call_cost per batch."""
+    return sum(call_cost + (stop - start) * lengths[start] for start, stop in bounds)
+
+
+def every_plan(count, batch_size):
+    """Every way to cut `count` sorted sentences into batches of at most batch_size."""
+    for cuts in itertools.product([False, True], repeat=count - 1):
+        starts = [0] + [i + 1 for i, cut in enumerate(cuts) if cut]
+        bounds = list(zip(starts, starts[1:] + [count]))
+        if all(stop - start <= batch_size for start, stop in bounds):
+            yield bounds
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_least_padding_bounds_finds_the_cheapest_plan(seed):
+    rng = np.random.default_rng(seed)
+    count, batch_size, call_cost = int(rng.integers(1, 11)), int(rng.integers(1, 6)), float(rng.choice([0, 3, 20, 500]))
+    lengths = np.sort(rng.integers(1, 60, size=count))[::-1]
+    bounds = least_padding_bounds(lengths, batch_size, call_cost)
+    assert [i for start, stop in bounds for i in range(start, stop)] == list(range(count))
+    assert all(1 <= stop - start <= batch_size for start, stop in bounds)
+    best = min(plan_cost(lengths, plan, call_cost) for plan in every_plan(count, batch_size))
+    assert plan_cost(lengths, bounds, call_cost) == pytest.approx(best)
+
+
+def test_free_calls_give_batches_of_one_length_and_dear_ones_the_fewest_batches():
+    lengths = np.sort(np.random.default_rng(1).integers(1, 40, size=300))[::-1]
+    free = least_padding_bounds(lengths, 32, 0.0)
+    assert all(lengths[start] == lengths[stop - 1] for start, stop in free)  # no padding at all
+    dear = least_padding_bounds(lengths, 32, 1e9)
+    assert len(dear) == -(-300 // 32)
+
+
+def test_without_buckets_a_call_cost_cuts_where_padding_would_cost_more():
+    lengths = np.array([40, 39, 38] + [8] * 29)  # 3 long sentences, 29 short, at batch 32
+    plain = list(batch_bounds(lengths, 32, lambda n: None))
+    assert plain == [(0, 32)]  # 32 x 40 = 1,280 tokens for 586 real ones
+    cut = list(batch_bounds(lengths, 32, lambda n: None, call_cost_tokens=20.0))
+    assert cut == [(0, 3), (3, 32)]  # 3 x 40 + 29 x 8 = 352 tokens, and one more call
+    by_bucket = list(batch_bounds(lengths, 32, lambda n: n, call_cost_tokens=20.0))
+    assert len(by_bucket) == 4  # buckets still decide where they apply: one width per call

@@ -80,6 +80,17 @@ def test_plain_and_other_texts_mixed_across_groups(tokenizer_file, stsb_dir):
     assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_the_gil_pause_comes_between_groups_only(tokenizer_file, monkeypatch, groups):
+    """A request of a few texts (the server tokenizes one per request) pauses nowhere; a long list
+    pauses between each two groups."""
+    pauses = []
+    monkeypatch.setattr(tokenization, "_release_gil", lambda: pauses.append(1))
+    texts = ["plain text number %d." % i for i in range(groups * tokenization._TEXTS_PER_GIL_YIELD)]
+    rows = Tokenizer(tokenizer_file, MAX_LENGTH).encode_unpadded(texts)
+    assert len(rows) == len(texts) and len(pauses) == groups - 1
+
+
 def test_only_plain_texts_take_the_joined_path(default_bundle):
     fast = FastWordPiece.from_tokenizer(LibraryTokenizer.from_file(str(default_bundle / "tokenizer.json")))
     texts = ["plain text.", "Ünïcode", "tab\there", "a [MASK] b", "a [Mask] b", "[brackets] only", "", "no\u00a0break"]

@@ -23,11 +23,15 @@ class BackendHints:
     preferred_batch_size: encode()'s batch_size when none is given.
     bucket: sentence length -> bucket; sentences of different buckets should not share a batch
         (the NPU runs each width as its own call). None: any lengths may share one (ONNX pads them).
+    call_cost_tokens: where any lengths share a batch, what one more call costs the backend, in
+        padded tokens' worth of work: batches are cut where the padding saved is worth more.
+        None: cut every batch_size sentences.
     """
 
     queued_tokens: int = 1
     preferred_batch_size: int = DEFAULT_BATCH_SIZE
     bucket: Callable[[int], int | None] | None = None
+    call_cost_tokens: float | None = None
 
 
 class PendingOutput(Protocol):

@@ -92,11 +92,14 @@ class Tokenizer:
     def _encode_plain(self, texts: list[str]) -> TokenRows:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
         to let other threads run: without one, this holds the GIL for the whole switch interval
-        (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones."""
+        (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones.
+        None after the last group: a caller of a few texts (the server's event loop, once per
+        request) would otherwise wait to take the GIL back at every call."""
         groups = []
         for start in range(0, len(texts), _TEXTS_PER_GIL_YIELD):
+            if start:
+                _release_gil()
             groups.append(self._fast.encode_plain(texts[start : start + _TEXTS_PER_GIL_YIELD], self.max_seq_length))
-            _release_gil()
         return TokenRows.concatenate(groups) if groups else TokenRows.empty()
 
     def _odd_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
