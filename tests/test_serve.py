@@ -305,7 +305,7 @@ def test_serve_without_the_extra_prints_which_to_install(tiny_bundle):
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'fastapi': raise ImportError('blocked')\n"
+        "        if name.split('.')[0] == 'starlette': raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
         "from bertnpu_runtime.cli import main\n"
         f"sys.exit(main(['serve', '--bundle', {str(tiny_bundle)!r}]))\n"

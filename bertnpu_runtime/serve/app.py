@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ..encoder import SentenceEncoder
 from .batcher import Batcher, QueueFull
@@ -139,20 +141,18 @@ def create_app(
     open_encoder: Callable[[], SentenceEncoder] | None = None,
     on_ready: Callable[[EmbeddingService], None] = lambda service: None,
     on_failure: Callable[[str], None] = lambda failure: None,
-) -> FastAPI:
-    """The FastAPI app. The encoder opens in the background once the server starts."""
+) -> Starlette:
+    """The Starlette app. The encoder opens in the background once the server starts."""
     metrics = Metrics()
     opener = open_encoder or (lambda: SentenceEncoder(settings.bundle, **settings.encoder_options))
     service = EmbeddingService(settings, metrics, opener)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         threading.Thread(target=service.open, args=(on_ready, on_failure), name="bertnpu-open", daemon=True).start()
         yield
         await asyncio.to_thread(service.close)
 
-    app = FastAPI(title="bertnpu", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
 
     async def openai_embeddings(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
@@ -206,13 +206,7 @@ def create_app(
 
         return route
 
-    for path in ("/v1/embeddings", "/embeddings"):
-        app.add_api_route(path, authorized(openai_embeddings, "/v1/embeddings", _openai_error), methods=["POST"])
-    app.add_api_route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"])
-    app.add_api_route("/v1/models", authorized(models, "/v1/models", _openai_error), methods=["GET"])
-
-    @app.get("/health")
-    async def health() -> Response:
+    async def health(request: Request) -> Response:
         status = {"status": service.state, "model": service.model_name}
         if service.encoder is not None and service.state == "ok":
             encoder = service.encoder
@@ -221,10 +215,20 @@ def create_app(
             status["error"] = service.failure
         return _json(status, 200 if service.state == "ok" else 503, retry=service.state == "starting")
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    openai_route = authorized(openai_embeddings, "/v1/embeddings", _openai_error)
+    routes = [
+        Route("/v1/embeddings", openai_route, methods=["POST"]),
+        Route("/embeddings", openai_route, methods=["POST"]),
+        Route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"]),
+        Route("/v1/models", authorized(models, "/v1/models", _openai_error), methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
     return app
 
 
