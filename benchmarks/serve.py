@@ -14,8 +14,8 @@ of the machine as possible goes to the clients; it shares the machine with the s
 infinity-emb runs only where it is installed (this benchmark installs nothing): give its
 `infinity_emb` executable with `--infinity`, or have it on PATH. It serves the bundle's source
 model folder on the CPU with torch. `vs_in_process` compares with SentenceEncoder.encode() of all
-the sentences in one call, batch 32, in this process with the servers idle: the rate serving is
-measured against. A server can batch no more than the texts its clients have in flight, though, so
+the sentences in one call, batch 32, in this process with the servers idle, measured in every
+round before the servers take their turns: the rate serving is measured against. A server can batch no more than the texts its clients have in flight, though, so
 `vs_encode_of_in_flight` compares with encode() called on texts x concurrency sentences at a time
 (one pass over the first 1,000 sentences): what batching across requests can reach at best.
 """
@@ -80,9 +80,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     run = start_run(args)
     sentences = run.sentences
-    ceiling = _in_process_rate(run.bundle, sentences, args.threads, run.repeats)
-    in_flight = {n: _in_process_rate(run.bundle, sentences[:1000], args.threads, 1, chunk=n)
-                 for n in sorted({t * c for t in args.texts for c in args.concurrency})}  # fmt: skip
     servers = [_start_bertnpu(run.bundle, args)]
     infinity = args.infinity or shutil.which("infinity_emb")
     try:
@@ -91,57 +88,61 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             print("infinity-emb is not installed here: only bertnpu serve is measured (see benchmarks/README.md)")
         rows = []
-        for texts in args.texts:
-            for concurrency in args.concurrency:
-                measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
-                for round_no in range(run.repeats):
-                    order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
-                    for server in order:
-                        measured[server.name].append(
-                            asyncio.run(_load(server, sentences, texts, concurrency, args.seconds, args.requests))
-                        )
-                for server in servers:
-                    row = _row(server.name, texts, concurrency, measured[server.name], ceiling)
-                    row["vs_encode_of_in_flight"] = row["sentences_per_s"] / in_flight[texts * concurrency]
-                    rows.append(row)
+        with _InProcess(run.bundle, args.threads) as in_process:
+            for texts in args.texts:
+                for concurrency in args.concurrency:
+                    measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
+                    for round_no in range(run.repeats):
+                        # The in-process rates take their turn in every round, so that the machine's
+                        # drift over minutes does not enter the ratios.
+                        ceiling = in_process.rate(sentences)
+                        in_flight = in_process.rate(sentences[:1000], chunk=texts * concurrency)
+                        order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
+                        for server in order:
+                            result = asyncio.run(_load(server, sentences, texts, concurrency, args.seconds, args.requests))
+                            result.update(in_process_sentences_per_s=ceiling, encode_of_in_flight_sentences_per_s=in_flight)
+                            measured[server.name].append(result)
+                    rows.extend(_row(server.name, texts, concurrency, measured[server.name]) for server in servers)
         _compare(rows)
     finally:
         for server in servers:
             server.stop()
 
     columns = ("server", "texts", "concurrency", "requests_per_s", "sentences_per_s", "p50_ms", "p99_ms",
-               "vs_in_process", "vs_encode_of_in_flight", "vs_infinity", "errors")  # fmt: skip
+               "in_process_sentences_per_s", "vs_in_process", "vs_encode_of_in_flight", "vs_infinity", "errors")  # fmt: skip
     print_table(
-        f"Serving on loopback: closed-loop clients, {len(sentences)} STS-B sentences, medians of {run.repeats} rounds; "
-        f"in-process encode() {ceiling:.0f} sentences/s",
+        f"Serving on loopback: closed-loop clients, {len(sentences)} STS-B sentences, medians of {run.repeats} rounds "
+        "(each round's ratios to the in-process encode() measured in that round)",
         rows,
         columns,
     )
-    result = {
-        "benchmark": "serve",
-        "meta": run_metadata(args),
-        "in_process_sentences_per_s": ceiling,
-        "encode_of_in_flight_sentences_per_s": in_flight,
-        "rows": rows,
-    }
+    result = {"benchmark": "serve", "meta": run_metadata(args), "rows": rows}
     write_json(args.out, result)
     return result
 
 
-def _in_process_rate(bundle: Path, sentences: list[str], threads: int, repeats: int, chunk: int | None = None) -> float:
-    """Sentences/s of encode() in this process, on all `sentences` at once or `chunk` at a time."""
-    from bertnpu_runtime import SentenceEncoder
+class _InProcess:
+    """SentenceEncoder.encode() in this process (the servers idle meanwhile): the ceiling."""
 
-    step = chunk or len(sentences)
-    with SentenceEncoder(bundle, backend="onnx", num_threads=threads) as encoder:
-        encoder.encode(sentences[:256], batch_size=32)
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for start in range(0, len(sentences), step):
-                encoder.encode(sentences[start : start + step], batch_size=32)
-            seconds.append(time.perf_counter() - started)
-    return len(sentences) / statistics.median(seconds)
+    def __init__(self, bundle: Path, threads: int) -> None:
+        from bertnpu_runtime import SentenceEncoder
+
+        self._encoder = SentenceEncoder(bundle, backend="onnx", num_threads=threads)
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._encoder.close()
+
+    def rate(self, sentences: list[str], chunk: int | None = None) -> float:
+        """Sentences/s of encode() on all `sentences` at once (batch 32), or `chunk` at a time."""
+        step = chunk or len(sentences)
+        self._encoder.encode(sentences[:64], batch_size=32)
+        started = time.perf_counter()
+        for start in range(0, len(sentences), step):
+            self._encoder.encode(sentences[start : start + step], batch_size=32)
+        return len(sentences) / (time.perf_counter() - started)
 
 
 def _free_port() -> int:
@@ -253,13 +254,16 @@ async def _load(server: Server, sentences: list[str], texts: int, concurrency: i
     }
 
 
-def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]], ceiling: float) -> dict[str, Any]:
+def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]]) -> dict[str, Any]:
     row: dict[str, Any] = {"server": name, "texts": texts, "concurrency": concurrency}
-    for key in ("requests_per_s", "sentences_per_s", "p50_ms", "p99_ms"):
+    for key in ("requests_per_s", "sentences_per_s", "p50_ms", "p99_ms", "in_process_sentences_per_s"):
         row[key] = statistics.median(r[key] for r in rounds)
+    row["vs_in_process"] = statistics.median(r["sentences_per_s"] / r["in_process_sentences_per_s"] for r in rounds)
+    row["vs_encode_of_in_flight"] = statistics.median(
+        r["sentences_per_s"] / r["encode_of_in_flight_sentences_per_s"] for r in rounds
+    )
     row["errors"] = sum(r["errors"] for r in rounds)
     row["requests"] = sum(r["requests"] for r in rounds)
-    row["vs_in_process"] = row["sentences_per_s"] / ceiling
     row["rounds"] = rounds
     return row
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -231,4 +232,7 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
         assert row["server"] == "bertnpu serve" and row["errors"] == 0 and row["requests"] > 0
         assert row["sentences_per_s"] == pytest.approx(row["requests_per_s"] * texts)
         assert row["p50_ms"] <= row["p99_ms"] and row["vs_infinity"] is None
-    assert json.loads(out.read_text())["in_process_sentences_per_s"] > 0
+        ceilings = [r["in_process_sentences_per_s"] for r in row["rounds"]]  # measured in every round
+        assert len(ceilings) == len(row["rounds"]) and min(ceilings) > 0
+        assert row["vs_in_process"] == pytest.approx(statistics.median(r["sentences_per_s"] / c for r, c in zip(row["rounds"], ceilings)))
+    assert len(json.loads(out.read_text())["rows"]) == 4
