@@ -153,7 +153,6 @@ def create_app(
         yield
         await asyncio.to_thread(service.close)
 
-
     async def openai_embeddings(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_embeddings_request(body, service.encoder.dim, settings.max_request_texts)
