@@ -33,7 +33,7 @@ def time_stages_once(encoder, texts: list[str], batch_size: int, run_encoder: bo
         spent["tokenize"] += after_tokenize - start
         if item is None:
             return spent
-        _, tokens = item
+        tokens = item.tokens
         hidden = pipeline.embed(tokens)  # [batch, seq, hidden]
         after_embed = clock()
         output = pipeline.backend.run(hidden, tokens.attention_mask) if run_encoder else hidden

@@ -27,12 +27,21 @@ from .tokenize import TokenizedBatch, Tokenizer, TokenRows
 KEPT_BATCH_MEMORY_BYTES = 64 << 20
 
 
+class TokenBatch(NamedTuple):
+    """One planned batch of token ids."""
+
+    rows: np.ndarray  # int [batch]: the index of each sentence's text
+    tokens: TokenizedBatch
+    alone: bool  # the call's only batch
+
+
 class HostBatch(NamedTuple):
     """One batch as the host hands it to the encoder."""
 
     rows: np.ndarray  # int [batch]: the index of each sentence's text
     hidden: np.ndarray  # float32 [batch, seq, hidden]: embedding + LayerNorm output
     mask: np.ndarray  # int64 [batch, seq]: 1 = real token
+    alone: bool = False  # the call's only batch: no other joins the encoder before it is done
 
 
 class Encoded(NamedTuple):
@@ -99,9 +108,9 @@ class Pipeline:
         self._keep_batch_memory(memory)  # not after an error: its batches may still be on the encoder
         return Encoded(vectors, truncated)
 
-    def token_batches(self, texts: list[str], batch_size: int, truncated: list[int]) -> Iterator[tuple[np.ndarray, TokenizedBatch]]:
-        """Yield (text indices, padded token ids) per batch, as batching.py plans them; the indices
-        of truncated texts are appended to `truncated`."""
+    def token_batches(self, texts: list[str], batch_size: int, truncated: list[int]) -> Iterator[TokenBatch]:
+        """Yield each batch's text indices and padded token ids, as batching.py plans them; the
+        indices of truncated texts are appended to `truncated`."""
         hints = self.backend.hints
         bucket = hints.bucket or _one_bucket
         carried_indices, carried = np.empty(0, dtype=np.intp), TokenRows.empty()  # held back by the last chunk
@@ -114,8 +123,9 @@ class Pipeline:
                 tokens.lengths, batch_size, bucket,
                 carried=len(carried), final=last == len(texts), call_cost_tokens=hints.call_cost_tokens,
             )  # fmt: skip
+            alone = first == 0 and last == len(texts) and len(plan.batches) == 1
             for rows in plan.batches:
-                yield indices[rows], tokens.padded(rows)
+                yield TokenBatch(indices[rows], tokens.padded(rows), alone)
             carried_indices, carried = indices[plan.held], tokens.take(plan.held)
 
     def embed(self, tokens: TokenizedBatch, out: np.ndarray | None = None) -> np.ndarray:
@@ -127,9 +137,9 @@ class Pipeline:
     ) -> Iterator[HostBatch]:
         """token_batches, embedded. The hidden states are taken from `memory` when given (the
         consumer gives them back), else fresh arrays."""
-        for rows, tokens in self.token_batches(texts, batch_size, truncated):
+        for rows, tokens, alone in self.token_batches(texts, batch_size, truncated):
             out = None if memory is None else memory.take((*tokens.input_ids.shape, self.dim))
-            yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask)
+            yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask, alone)
 
     def pool(self, output: np.ndarray, mask: np.ndarray, normalize: bool = False, skip_tokens: int = 0) -> np.ndarray:
         """float32 [batch, dim]: the encoder's output pooled (without its first `skip_tokens`
@@ -163,7 +173,7 @@ class Pipeline:
             return batch.rows, vectors
 
         for batch in host_batches:  # tokenizing and embedding here overlaps the encoder
-            in_flight.append(_InFlight(batch, backend.submit(batch.hidden, batch.mask)))
+            in_flight.append(_InFlight(batch, self.submit(batch)))
             queued += batch.mask.size if len(in_flight) > 1 else 0
             while len(in_flight) > 1 and (queued >= budget or in_flight[0].pending.done()):
                 queued -= in_flight[1].batch.mask.size  # the next oldest becomes the oldest: its tokens no longer count
@@ -182,12 +192,18 @@ class Pipeline:
         if progress is not None:
             batches = progress(batches, len(texts))
         for batch in batches:
-            output = self.backend.submit(batch.hidden, batch.mask).result()
+            output = self.submit(batch._replace(alone=True)).result()  # one at a time
             real = batch.mask.astype(bool)[:, :, None]
             _check_finite(self.backend.name, batch.rows, (np.isfinite(output) | ~real).all(axis=(1, 2)))
             for row, text_index in enumerate(batch.rows.tolist()):
                 rows[text_index] = np.array(output[row, : int(batch.mask[row].sum())], dtype=np.float32)
         return rows, truncated  # type: ignore[return-value]
+
+    def submit(self, batch: HostBatch) -> PendingOutput:
+        """Hand the batch to the encoder backend, saying whether it runs alone where the backend asks."""
+        if self.backend.hints.takes_alone:
+            return self.backend.submit(batch.hidden, batch.mask, alone=batch.alone)
+        return self.backend.submit(batch.hidden, batch.mask)
 
     def release_memory(self) -> None:
         """Drop the batch memory kept between encode() calls."""

@@ -99,9 +99,9 @@ def test_onnx_cuts_batches_where_padding_costs_more_than_a_call(tiny_bundle):
     padded = []
 
     class Recording(OnnxEncoder):
-        def run(self, hidden, attention_mask):
+        def submit(self, hidden, attention_mask, **hints):
             padded.append(attention_mask.shape)
-            return super().run(hidden, attention_mask)
+            return super().submit(hidden, attention_mask, **hints)
 
     backend = Recording(tiny_bundle / "encoder.onnx", hidden_size=32)
     assert backend.hints.call_cost_tokens == pytest.approx(20.0 * (384 / 32) ** 2)
@@ -257,9 +257,9 @@ def test_an_open_backend_can_be_passed_in(tiny_bundle):
     class Counting(OnnxEncoder):
         calls = 0
 
-        def run(self, hidden, attention_mask):
+        def submit(self, hidden, attention_mask, **hints):
             Counting.calls += 1
-            return super().run(hidden, attention_mask)
+            return super().submit(hidden, attention_mask, **hints)
 
     with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
         expected = reference.encode(SENTENCES)

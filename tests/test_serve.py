@@ -18,6 +18,7 @@ import pytest
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.serve.app import ServeSettings, create_app
+from bertnpu_runtime.serve.batcher import WORKERS
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 from serving import ServerProcess, server_in_thread, wait_healthy
 
@@ -167,16 +168,15 @@ def test_64_concurrent_clients_all_get_their_own_vectors(server, reference):
     assert metric(server, "bertnpu_encoder_batches_total") - batches_before < 64
 
 
-class FirstBatchWaits:
-    """An encoder backend (run only) whose first batch waits for `gate`: meanwhile requests queue."""
+class WaitsForGate:
+    """An encoder backend (run only) whose batches wait for `gate`: meanwhile requests queue."""
 
     def __init__(self, onnx, gate):
-        self.onnx, self.gate, self.first = onnx, gate, True
+        self.onnx, self.gate, self.waiting_sentences = onnx, gate, 0
 
     def run(self, hidden, mask):
-        if self.first:
-            self.first = False
-            self.gate.wait(30)
+        self.waiting_sentences += len(hidden)
+        assert self.gate.wait(30), "the test never opened the gate"
         return self.onnx.run(hidden, mask)
 
 
@@ -184,20 +184,22 @@ def test_requests_queued_while_the_encoder_is_busy_share_a_batch(tiny_bundle, re
     from bertnpu_runtime.backends.onnx import OnnxEncoder
 
     gate = threading.Event()
-    backend = FirstBatchWaits(OnnxEncoder(tiny_bundle / "encoder.onnx"), gate)
+    backend = WaitsForGate(OnnxEncoder(tiny_bundle / "encoder.onnx"), gate)
     app = create_app(ServeSettings(bundle=tiny_bundle), open_encoder=lambda: SentenceEncoder(tiny_bundle, backend=backend))
     with server_in_thread(app) as url:
         batcher = app.state.service.batcher
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
             futures = [pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": t}, timeout=60) for t in TEXTS]
             deadline = time.monotonic() + 30
-            while batcher.queued_requests < 63 and time.monotonic() < deadline:  # all but the one in the encoder
+            while batcher.queued_requests + backend.waiting_sentences < 64 and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert backend.waiting_sentences <= WORKERS * 32  # one batch in each worker's encode()
             gate.set()
             answers = [f.result().json()["data"][0]["embedding"] for f in futures]
         batches = float(re.search(r"^bertnpu_encoder_batches_total (\S+)$", httpx.get(f"{url}/metrics").text, re.M)[1])
     assert cosine_rows(answers, reference.encode(TEXTS)).min() >= 0.99999
-    assert batches <= 3  # the first request alone, then 63 in one encode() of two 32-sentence batches
+    # one batch in each waiting encode(), then the rest in one encode() of two 32-sentence batches
+    assert batches <= WORKERS + 2
 
 
 def test_an_api_key_is_required_when_set(tiny_bundle, reference):

@@ -26,12 +26,15 @@ class BackendHints:
     call_cost_tokens: where any lengths share a batch, what one more call costs the backend, in
         padded tokens' worth of work: batches are cut where the padding saved is worth more.
         None: cut every batch_size sentences.
+    takes_alone: `submit` takes a keyword `alone`, True for a batch that is its encode() call's
+        only one (no other joins the backend before it is done), which it may run differently.
     """
 
     queued_tokens: int = 1
     preferred_batch_size: int = DEFAULT_BATCH_SIZE
     bucket: Callable[[int], int | None] | None = None
     call_cost_tokens: float | None = None
+    takes_alone: bool = False
 
 
 class PendingOutput(Protocol):

@@ -3,6 +3,9 @@
 Requests from the event loop join the queue; a worker thread takes everything queued, up to
 `max_batch_tokens` tokens (at least one request), waiting at most `max_wait_s` after the oldest
 request arrived for more to come, and runs them as one `encode()` while the next batch gathers.
+Two workers take turns, so that the encoder backend always has a call's batches to run while
+the other call gathers, tokenizes and pools (the ONNX backend runs the two calls' batches in its
+single-threaded lanes at once).
 Each request's vectors go back to its asyncio future. The queue holds at most
 `max_queue_requests` requests: one more is refused at once (QueueFull), so overload never grows
 memory. A vector does not depend on which other requests shared its batch beyond float rounding.
@@ -18,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+WORKERS = 2  # encode() calls in flight at once
 
 
 class QueueFull(Exception):
@@ -43,6 +49,7 @@ class Batcher:
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_requests: int,
+        workers: int = WORKERS,
     ) -> None:
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
@@ -52,8 +59,11 @@ class Batcher:
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="bertnpu-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"bertnpu-batcher-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued_requests(self) -> int:
@@ -79,7 +89,9 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:

@@ -48,9 +48,9 @@ class CountingBackend:
         self._counter.inc()
         return self._backend.run(hidden, attention_mask)
 
-    def submit(self, hidden: Any, attention_mask: Any) -> Any:
+    def submit(self, hidden: Any, attention_mask: Any, **hints: Any) -> Any:
         self._counter.inc()
-        return self._backend.submit(hidden, attention_mask)
+        return self._backend.submit(hidden, attention_mask, **hints)
 
     def close(self) -> None:
         self._backend.close()

@@ -1,0 +1,115 @@
+"""The ONNX backend's lanes: a call's batches run two at a time on single-threaded sessions, a
+call's only batch on every thread, with the same vectors either way."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bertnpu_runtime import SentenceEncoder
+from bertnpu_runtime.backends.onnx import OnnxEncoder
+
+TEXTS = [f"sentence number {i} says {'more ' * (i % 7)}about the weather." for i in range(120)]
+
+
+class SpySession:
+    """Wraps an ORT session: counts its runs and how many of the sessions spied on ran at once;
+    a run may be held until `gate` is set."""
+
+    def __init__(self, inner, overlap: dict, gate: threading.Event | None = None, pause_s: float = 0.0) -> None:
+        self._inner, self._overlap, self._gate, self._pause_s = inner, overlap, gate, pause_s
+        self.runs = 0
+
+    def run(self, names, feeds):
+        with self._overlap["lock"]:
+            self.runs += 1
+            self._overlap["now"] += 1
+            self._overlap["most"] = max(self._overlap["most"], self._overlap["now"])
+        try:
+            if self._gate is not None:
+                assert self._gate.wait(30), "the test never opened the gate"
+            time.sleep(self._pause_s)  # long enough for a second lane to start meanwhile
+            return self._inner.run(names, feeds)
+        finally:
+            with self._overlap["lock"]:
+                self._overlap["now"] -= 1
+
+
+def spied(backend: OnnxEncoder, pause_s: float = 0.0, gate: threading.Event | None = None):
+    overlap = {"lock": threading.Lock(), "now": 0, "most": 0}
+    whole = backend._session = SpySession(backend._session, overlap, gate, pause_s)
+    lane = backend._lane_session = SpySession(backend._lane_session, overlap, gate, pause_s)
+    return whole, lane, overlap
+
+
+def batch(rng: np.random.Generator, rows: int = 2, seq: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    return rng.standard_normal((rows, seq, 32)).astype(np.float32), np.ones((rows, seq), dtype=np.int64)
+
+
+def test_a_long_call_runs_in_both_lanes_with_the_vectors_of_one_lane(tiny_bundle):
+    one_lane = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=1)
+    assert one_lane._lane_session is None and one_lane.hints.queued_tokens == 1  # no second session in memory
+    with SentenceEncoder(tiny_bundle, backend=one_lane) as enc:
+        expected = enc.encode(TEXTS, batch_size=8)
+
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=2)
+    whole, lane, overlap = spied(backend, pause_s=0.005)
+    with SentenceEncoder(tiny_bundle, backend=backend) as enc:
+        vectors = enc.encode(TEXTS, batch_size=8)
+        runs = lane.runs
+        assert (whole.runs, overlap["most"]) == (0, 2) and runs >= len(TEXTS) // 8
+        single = enc.encode(TEXTS[5])  # a call's only batch: every thread
+        assert (whole.runs, lane.runs) == (1, runs)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(single, expected[5], atol=1e-5)
+
+
+def test_an_only_batch_takes_a_lane_while_others_run_and_a_whole_run_runs_by_itself(tiny_bundle):
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=2)
+    gate = threading.Event()
+    whole, lane, overlap = spied(backend, pause_s=0.02, gate=gate)
+    rng = np.random.default_rng(0)
+    first = backend.submit(*batch(rng), alone=True)  # nothing else queued: every thread
+    queued = [backend.submit(*batch(rng)), backend.submit(*batch(rng), alone=True)]  # behind it: lanes
+    time.sleep(0.05)
+    assert overlap["now"] == 1  # the lanes wait for the whole-machine run
+    gate.set()
+    outputs = [future.result(30) for future in [first, *queued]]
+    assert (whole.runs, lane.runs, overlap["most"]) == (1, 2, 2)
+    backend.close()
+    reference = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)
+    rng = np.random.default_rng(0)
+    for output in outputs:
+        np.testing.assert_allclose(output, reference.run(*batch(rng)), atol=1e-5)
+    reference.close()
+
+
+def test_close_runs_what_is_queued_then_refuses_work(tiny_bundle):
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=2)
+    spied(backend, pause_s=0.01)
+    rng = np.random.default_rng(1)
+    futures = [backend.submit(*batch(rng)) for _ in range(6)]
+    backend.close()
+    assert all(future.done() and future.result().shape == (2, 5, 32) for future in futures)
+    with pytest.raises(RuntimeError, match="after close"):
+        backend.submit(*batch(rng))
+
+
+def test_a_failing_run_reaches_its_batch_and_the_lanes_go_on(tiny_bundle):
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=2)
+    rng = np.random.default_rng(2)
+    hidden, mask = batch(rng)
+    bad = backend.submit(hidden[:, :, :7].copy(), mask)  # the wrong width: ORT refuses it
+    good = [backend.submit(*batch(rng)) for _ in range(3)]
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        bad.result(30)
+    assert all(future.result(30).shape == (2, 5, 32) for future in good)
+    backend.close()
+
+
+def test_lanes_default_to_the_threads_and_must_be_positive(tiny_bundle):
+    assert OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=3).lanes == 3
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="lanes must be a positive int"):
+            OnnxEncoder(tiny_bundle / "encoder.onnx", lanes=bad)
