@@ -173,9 +173,11 @@ class WaitsForGate:
 
     def __init__(self, onnx, gate):
         self.onnx, self.gate, self.waiting_sentences = onnx, gate, 0
+        self._count_lock = threading.Lock()  # each batcher worker's encode() runs here
 
     def run(self, hidden, mask):
-        self.waiting_sentences += len(hidden)
+        with self._count_lock:
+            self.waiting_sentences += len(hidden)
         assert self.gate.wait(30), "the test never opened the gate"
         return self.onnx.run(hidden, mask)
 
