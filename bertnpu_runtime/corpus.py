@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .ray import ERROR_COLUMN, EmbedBatch, npu_actor_options
+from .errors import BertNpuError, DataError
+from .ray import ACTOR_RESTARTS, ERROR_COLUMN, EmbedBatch, cpu_actor_options, npu_actor_options
 
 logger = logging.getLogger("bertnpu")
+
+
+class ActorsExhaustedError(BertNpuError):
+    """An encoder actor kept dying after its restarts; the shards written before it stay."""
 
 SHARD_COLUMN = "__bertnpu_shard"
 
@@ -117,22 +122,32 @@ def embed_corpus(
     else:
         options.setdefault("backend", "onnx")
         options.setdefault("num_threads", 1)
-        remote = {"num_cpus": 1, "max_restarts": 3, "max_task_retries": 3}
-    dataset = ray.data.from_arrow(pieces).map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"bundle_dir": str(bundle_dir), "text_column": text_column, "batch_size": batch_size, **options},
-        batch_format="pyarrow",
-        batch_size=1024,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        **remote,
-    )
+        remote = cpu_actor_options()
+    with warnings.catch_warnings():
+        # Bounded restarts have no named map_batches parameter yet (pyproject keeps ray below the
+        # release that drops the keywords); the warning would only tell the user what they cannot change.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated", category=DeprecationWarning)
+        dataset = ray.data.from_arrow(pieces).map_batches(
+            EmbedBatch,
+            fn_constructor_kwargs={"bundle_dir": str(bundle_dir), "text_column": text_column, "batch_size": batch_size, **options},
+            batch_format="pyarrow",
+            batch_size=1024,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            **remote,
+        )
     gathered: dict[int, list[Any]] = {}
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        for shard in set(batch.column(SHARD_COLUMN).to_pylist()):
-            rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
-            gathered.setdefault(shard, []).append(rows)
-            if sum(part.num_rows for part in gathered[shard]) == expected[shard]:
-                result.written.append(_write_shard(fs, output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
+    try:
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for shard in set(batch.column(SHARD_COLUMN).to_pylist()):
+                rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
+                gathered.setdefault(shard, []).append(rows)
+                if sum(part.num_rows for part in gathered[shard]) == expected[shard]:
+                    result.written.append(_write_shard(fs, output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
+    except ray.exceptions.ActorDiedError as exc:
+        raise ActorsExhaustedError(
+            f"an encoder actor died {ACTOR_RESTARTS + 1} times (restarted {ACTOR_RESTARTS} times, each retrying its batch); "
+            f"{len(result.written)} shard(s) were written to {output} and a rerun computes only the rest"
+        ) from exc
     if gathered:
         raise RuntimeError(f"shards {sorted(gathered)} came back incomplete from Ray; rerun to compute them")
     return result

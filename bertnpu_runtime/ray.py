@@ -31,15 +31,21 @@ NPU_RESOURCE = "mobilint_npu"
 ERROR_COLUMN = "error"
 
 
-def npu_actor_options(npu_per_actor: float = 1, max_restarts: int = 3, max_task_retries: int = 3) -> dict[str, Any]:
+# Ray Data restarts a dead actor and retries its batch without limit by default: a card that kills
+# its actor on every batch would keep a job running forever. Three of each end it with an error.
+ACTOR_RESTARTS = 3
+
+
+def cpu_actor_options(max_restarts: int = ACTOR_RESTARTS, max_task_retries: int = ACTOR_RESTARTS) -> dict[str, Any]:
+    """map_batches keywords for ONNX actors: one CPU each, and restarts of an actor that dies (its
+    batch is retried on the new one), at most `max_restarts` per actor."""
+    return {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": max_task_retries}
+
+
+def npu_actor_options(npu_per_actor: float = 1, max_restarts: int = ACTOR_RESTARTS, max_task_retries: int = ACTOR_RESTARTS) -> dict[str, Any]:
     """map_batches keywords for NPU actors: the custom resource, and restarts of an actor whose
-    NPU call fails (its batch is retried on the new one)."""
-    return {
-        "num_cpus": 1,
-        "resources": {NPU_RESOURCE: npu_per_actor},
-        "max_restarts": max_restarts,
-        "max_task_retries": max_task_retries,
-    }
+    NPU call fails (its batch is retried on the new one), at most `max_restarts` per actor."""
+    return {**cpu_actor_options(max_restarts, max_task_retries), "resources": {NPU_RESOURCE: npu_per_actor}}
 
 
 class EmbedBatch:

@@ -1,10 +1,14 @@
 """Embedding a corpus with Ray Data on a local Ray (2 CPUs): vectors equal encode() row for row by
 id, a rerun computes only the missing shards, bad rows are reported by id, an actor that dies
-mid-run is restarted with its batch retried, and NPU actors claim the mobilint_npu resource."""
+mid-run is restarted with its batch retried (one that dies every time ends the job with an error),
+and NPU actors claim the mobilint_npu resource."""
 
 from __future__ import annotations
 
 import json
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ import pytest
 import ray
 
 from bertnpu_runtime import SentenceEncoder
-from bertnpu_runtime.corpus import embed_corpus, read_corpus
+from bertnpu_runtime.corpus import ActorsExhaustedError, embed_corpus, read_corpus
 from bertnpu_runtime.data import read_sentences, stsb_file
 from bertnpu_runtime.errors import DataError
 from bertnpu_runtime.testing import bundle_with_placeholder_mxq
@@ -94,6 +98,32 @@ def test_an_actor_that_dies_mid_run_is_restarted_and_its_batch_retried(local_ray
     assert marker.exists()  # an actor did die
     assert len(result.written) == 2 and not result.errors
     assert_equal_to_encode(tiny_bundle, tmp_path / "out", sentences)
+
+
+def test_an_actor_dying_on_every_batch_ends_the_job_with_an_error(local_ray, tiny_bundle, corpus, tmp_path):
+    npu_bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle")
+    options = {"qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_dying_always"}
+
+    def run() -> tuple[BaseException | None, list[warnings.WarningMessage]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                embed_corpus(npu_bundle, corpus, tmp_path / "out", text_column="body", id_column="doc_id",
+                             actors=1, npu_per_actor=1, shard_rows=1000, encoder_options=options)  # fmt: skip
+            except ActorsExhaustedError as exc:
+                return exc, caught
+        return None, caught
+
+    # Unbounded restarts would never end: wait on a thread, so a regression fails instead of hanging.
+    pool = ThreadPoolExecutor(1)
+    try:
+        error, caught = pool.submit(run).result(timeout=120)
+    finally:
+        pool.shutdown(wait=False)
+    assert error is not None
+    assert re.search(r"died 4 times .* 0 shard\(s\) were written .* a rerun computes only the rest", str(error))
+    assert not list((tmp_path / "out").glob("*.parquet"))
+    assert not [w for w in caught if "ray_remote_args" in str(w.message)]
 
 
 def test_npu_actors_claim_the_mobilint_npu_resource(local_ray, tiny_bundle, tmp_path):
