@@ -12,14 +12,23 @@ from pathlib import Path
 from . import accuracy, corpus, footprint, npu_pipeline, serve, speed
 from .common import DEFAULT_BUNDLE, DEFAULT_THREADS, RESULTS_DIR
 
-BENCHMARKS = {"accuracy": accuracy, "speed": speed, "npu_pipeline": npu_pipeline, "serve": serve, "corpus": corpus, "footprint": footprint}
+BENCHMARKS = {
+    "accuracy": accuracy,
+    "speed": speed,
+    "npu_pipeline": npu_pipeline,
+    "serve": serve,
+    "corpus": corpus,
+    "footprint": footprint,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the chosen benchmarks with the same bundle, model, threads and --quick."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--model", default=None, help="sentence-transformers reference folder (default: the bundle's source model)")
+    parser.add_argument(
+        "--model", default=None, help="sentence-transformers reference folder (default: the bundle's source model)"
+    )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)

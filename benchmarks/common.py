@@ -43,17 +43,32 @@ BUILD_HINT = "build it with: python -m compile --model default --out {bundle}"
 def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: --bundle, --model, --threads, --quick, --stsb-dir, --out."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{result_name}", description=description)
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bertnpu bundle folder (default: %(default)s)")
+    parser.add_argument(
+        "--bundle", type=Path, default=DEFAULT_BUNDLE, help="bertnpu bundle folder (default: %(default)s)"
+    )
     parser.add_argument(
         "--model",
         default=None,
         help="sentence-transformers model folder for the PyTorch reference (default: the bundle's source model)",
     )
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for every contender (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a few sentences and repeats: checks that it runs, numbers mean little")
-    parser.add_argument("--stsb-dir", type=Path, default=None, help="STS-B CSV folder (default: the copy shipped with bertnpu_runtime.data)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{result_name}.json", help="JSON result file (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help=f"first N STS-B dev pairs (default: all 1,500; --quick: {QUICK_PAIRS})")
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for every contender (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few sentences and repeats: checks that it runs, numbers mean little"
+    )
+    parser.add_argument(
+        "--stsb-dir",
+        type=Path,
+        default=None,
+        help="STS-B CSV folder (default: the copy shipped with bertnpu_runtime.data)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / f"{result_name}.json", help="JSON result file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help=f"first N STS-B dev pairs (default: all 1,500; --quick: {QUICK_PAIRS})"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 5; --quick: fewer)")
     return parser
 
@@ -230,7 +245,9 @@ def build_contenders(bundle: Path, model_folder: Path, threads: int, *, baseline
     found = Contenders([sentence_transformers_contender(model_folder, threads)] if baseline else [])
     found.items.append(bertnpu_contender(ONNX, bundle, backend="onnx", num_threads=threads))
     if contents.has(INT8_ENCODER_FILE):
-        found.items.append(bertnpu_contender(ONNX_INT8, bundle, backend="onnx", encoder_precision="int8", num_threads=threads))
+        found.items.append(
+            bertnpu_contender(ONNX_INT8, bundle, backend="onnx", encoder_precision="int8", num_threads=threads)
+        )
     else:
         found.skipped[ONNX_INT8] = f"the bundle has no {INT8_ENCODER_FILE}"
     reason = _npu_missing_reason(contents.has(MXQ_FILE))
@@ -254,9 +271,7 @@ def _npu_missing_reason(has_mxq: bool) -> str | None:
 # ---- timing ----------------------------------------------------------------------------------
 
 
-def interleave(
-    tasks: dict[str, Callable[[int], object]], repeats: int, warmup: int = 1
-) -> dict[str, list[float]]:
+def interleave(tasks: dict[str, Callable[[int], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each task, `repeats` calls each after `warmup` untimed ones.
 
     Round r calls every task once with argument r, starting at a different task each round,
@@ -318,7 +333,11 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
     print("  ".join("-" * width for width in widths))
     for line in cells:
-        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))
+            )
+        )
 
 
 def _format(value: Any) -> str:

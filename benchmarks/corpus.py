@@ -38,9 +38,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {"in_process": [], "ray_1_actor": [], "ray_2_actors": []}
     ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR")
     try:
-        with tempfile.TemporaryDirectory(prefix="bertnpu-corpus-") as scratch, SentenceEncoder(
-            run.bundle, backend="onnx", num_threads=args.threads
-        ) as encoder:
+        with (
+            tempfile.TemporaryDirectory(prefix="bertnpu-corpus-") as scratch,
+            SentenceEncoder(run.bundle, backend="onnx", num_threads=args.threads) as encoder,
+        ):
             corpus = Path(scratch) / "corpus.parquet"
             pq.write_table(pa.table({"id": list(range(len(sentences))), "text": sentences}), corpus)
             for round_no in range(run.repeats + 1):  # round 0 warms up
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         encoder.encode(sentences)
                     else:
                         actors = 1 if name == "ray_1_actor" else 2
-                        embed_corpus(run.bundle, corpus, Path(scratch) / f"{name}-{round_no}", actors=actors, shard_rows=1000)
+                        embed_corpus(
+                            run.bundle, corpus, Path(scratch) / f"{name}-{round_no}", actors=actors, shard_rows=1000
+                        )
                     if round_no:
                         seconds[name].append(time.perf_counter() - started)
     finally:
@@ -62,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "contender": name,
             "sentences_per_s": len(sentences) / statistics.median(times),
             "vs_in_process": in_process / statistics.median(times),
-            "ray_overhead_ms_per_batch": None if name == "in_process" else 1e3 * (statistics.median(times) - in_process) / batches,
+            "ray_overhead_ms_per_batch": None
+            if name == "in_process"
+            else 1e3 * (statistics.median(times) - in_process) / batches,
         }
         for name, times in seconds.items()
     ]

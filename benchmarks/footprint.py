@@ -120,7 +120,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _run_child(job: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter, from the repository root so bertnpu_runtime imports."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "RAYON_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+    }
     completed = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(job)],
         capture_output=True,

@@ -86,13 +86,17 @@ def spearman(vectors: np.ndarray, n_pairs: int, gold: np.ndarray) -> float:
 
 def time_alternating(encoders: dict[str, object], texts: list[str], repeats: int) -> dict[str, float]:
     """Best-of-`repeats` sentences/s per encoder, run in turn so load changes hit all alike."""
-    seconds = interleave({name: (lambda _, encode=encode: encode(texts)) for name, encode in encoders.items()}, repeats, warmup=0)
+    seconds = interleave(
+        {name: (lambda _, encode=encode: encode(texts)) for name, encode in encoders.items()}, repeats, warmup=0
+    )
     return {name: len(texts) / min(times) for name, times in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.int8_sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.int8_sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--pairs", type=int, default=500, help="first N STS-B dev pairs; 0 = all 1,500")
@@ -128,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             if CONFIGS[name] == "dynamic":
                 info = quantize_dynamic_baseline(bundle.path(ONNX_ENCODER_FILE), out)
             else:
-                info = quantize_encoder(bundle.path(ONNX_ENCODER_FILE), bundle.directory / CALIB_DIR, out, CONFIGS[name])
+                info = quantize_encoder(
+                    bundle.path(ONNX_ENCODER_FILE), bundle.directory / CALIB_DIR, out, CONFIGS[name]
+                )
             build_s = time.perf_counter() - start
             pipe = Pipeline(bundle, out, args.threads)
             vectors = pipe.encode(texts)

@@ -60,28 +60,39 @@ LOSSES = ("before_first_call_ms", "in_calls_beyond_model_ms", "between_calls_ms"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], "npu_pipeline")
     parser.add_argument(
-        "--latency-us", type=float, nargs="+", default=None,
+        "--latency-us",
+        type=float,
+        nargs="+",
+        default=None,
         help="modelled NPU time per sentence per core; several values take turns (default: 100)",
-    )  # fmt: skip
-    parser.add_argument("--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)")
+    )
     parser.add_argument(
-        "--batch-size", type=int, default=None,
+        "--cores", type=int, nargs="+", default=[1, 2, 4], help="NPU core counts to run (default: 1 2 4)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
         help="encode() batch size (default: the NPU backend's, SentenceEncoder.default_batch_size)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--copies", type=int, default=1,
+        "--copies",
+        type=int,
+        default=1,
         help="each encode() gets the STS-B dev sentences this many times over, in one list (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--device", action="store_true",
+        "--device",
+        action="store_true",
         help="run on the NPU card through qbruntime and the bundle's model.mxq, not the test double (no --latency-us)",
-    )  # fmt: skip
+    )
     parser.add_argument("--device-no", type=int, default=0, help="with --device: which card (default: %(default)s)")
     parser.add_argument("--trace", type=Path, help="with --device: qbruntime's event trace, one file per core count")
     parser.add_argument(
-        "--group-sentences", action="store_true",
+        "--group-sentences",
+        action="store_true",
         help="several sentences of one length per NPU call (default: one per call, the runtime's default)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     if args.trace is not None and not args.device:
         parser.error("--trace records qbruntime's events on a card: use it with --device")
@@ -162,7 +173,9 @@ def main(argv: Sequence[str] | None = None, qbruntime_module: Any = None) -> dic
     return result
 
 
-def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _with_test_double(
+    args: argparse.Namespace, run: Run, sentences: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every latency and core count on the test double, taking turns in each round; (host stages, rows)."""
     from bertnpu_runtime.testing.bundles import bundle_with_placeholder_mxq
 
@@ -175,7 +188,9 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
         try:
             for cores in args.cores:  # one encoder per core count serves every latency (see _at_latency)
                 encoders[cores], fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size, args.group_sentences)
-                ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(npu_bundle, cores, hidden_size, args.group_sentences)
+                ceiling_encoders[cores], ceiling_fakes[cores] = _npu_encoder(
+                    npu_bundle, cores, hidden_size, args.group_sentences
+                )
                 core_ids[cores] = encoders[cores].pipeline.backend.cores  # (cluster, core) pairs
             # The host stages alone take turns with the encode() runs, so both see the same machine.
             host_runs: list[dict[str, float]] = []
@@ -189,7 +204,9 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
                 latency, cores = key[0] * 1e-6, key[1]
                 timed = partial(_timed_encode, encoders[cores], sentences, args.batch_size, timings[key])
                 tasks[key] = _at_latency(fakes[cores], latency, timed)
-                tasks[(*key, "prepared")] = _at_latency(ceiling_fakes[cores], latency, partial(_run_prepared, ceiling_encoders[cores], prepared))
+                tasks[(*key, "prepared")] = _at_latency(
+                    ceiling_fakes[cores], latency, partial(_run_prepared, ceiling_encoders[cores], prepared)
+                )
             seconds = interleave(tasks, repeats, warmup=1)
         finally:
             for encoder in [*encoders.values(), *ceiling_encoders.values()]:
@@ -199,7 +216,10 @@ def _with_test_double(args: argparse.Namespace, run: Run, sentences: list[str]) 
     rows = []
     for latency_us, cores in runs:
         key, latency = (latency_us, cores), latency_us * 1e-6
-        row = {"latency_us": latency_us, **_pipeline_row(cores, len(sentences), seconds[key], timings[key], host_rate, cores / latency)}
+        row = {
+            "latency_us": latency_us,
+            **_pipeline_row(cores, len(sentences), seconds[key], timings[key], host_rate, cores / latency),
+        }
         ceiling = len(sentences) / summarize(seconds[(*key, "prepared")])["median"]
         calls = _calls_within(fakes[cores].calls, timings[key].windows)  # this latency's encode()s, the warm-up too
         busy = sum(call.end - call.start for call in calls) / (cores * (repeats + 1))  # per encode(), per core
@@ -233,12 +253,19 @@ def _on_device(
     host_runs: list[dict[str, float]] = []
     measured, monitored = {}, {}
     for cores in args.cores:
-        trace = None if args.trace is None else args.trace.with_name(f"{args.trace.stem}-{cores}cores{args.trace.suffix}")
+        trace = (
+            None if args.trace is None else args.trace.with_name(f"{args.trace.stem}-{cores}cores{args.trace.suffix}")
+        )
         try:
             encoder = SentenceEncoder(
-                run.bundle, backend="npu", device_no=args.device_no, npu_cores=cores,
-                npu_group_sentences=args.group_sentences, npu_trace_path=trace, qbruntime_module=qbruntime_module,
-            )  # fmt: skip
+                run.bundle,
+                backend="npu",
+                device_no=args.device_no,
+                npu_cores=cores,
+                npu_group_sentences=args.group_sentences,
+                npu_trace_path=trace,
+                qbruntime_module=qbruntime_module,
+            )
         except (BackendUnavailableError, ValueError) as exc:
             raise SystemExit(f"--device: {exc}") from exc
         with encoder:
@@ -256,7 +283,9 @@ def _on_device(
         measured[cores] = (seconds, timings)
 
     host, host_rate = _host_stages(host_runs, len(sentences))
-    npu_rates = {cores: len(sentences) / summarize(seconds["prepared"])["median"] for cores, (seconds, _) in measured.items()}
+    npu_rates = {
+        cores: len(sentences) / summarize(seconds["prepared"])["median"] for cores, (seconds, _) in measured.items()
+    }
     rows = []
     for cores, (seconds, timings) in measured.items():
         per_core_vs_1 = npu_rates[cores] / cores / npu_rates[1] if 1 in npu_rates else None
@@ -300,7 +329,9 @@ def _host_stages(host_runs: Sequence[dict[str, float]], sentences: int) -> tuple
     return host, 1e6 / host["host"]["us_per_sentence_median"]
 
 
-def _time_host_stages(encoder: Any, sentences: list[str], batch_size: int, runs: list[dict[str, float]], _: int) -> None:
+def _time_host_stages(
+    encoder: Any, sentences: list[str], batch_size: int, runs: list[dict[str, float]], _: int
+) -> None:
     """A benchmark task: the host stages alone, once; appends their seconds to `runs`."""
     runs.append(time_stages_once(encoder, sentences, batch_size, run_encoder=False))
 
@@ -345,7 +376,9 @@ def _timed_encode(encoder: Any, sentences: list[str], batch_size: int, timings: 
     encoder.encode(sentences, batch_size=batch_size)
     timings.windows.append((start, time.perf_counter()))
     faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults_before
-    timings.cpu.append((time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults))
+    timings.cpu.append(
+        (time.thread_time() - host_before, sum(map(time.clock_gettime, core_clocks)) - cores_before, faults)
+    )
 
 
 def _calls_within(calls: Sequence[Any], windows: Sequence[tuple[float, float]]) -> list[Any]:
@@ -353,7 +386,9 @@ def _calls_within(calls: Sequence[Any], windows: Sequence[tuple[float, float]]) 
     return [call for call in calls if any(start <= call.start <= end for start, end in windows)]
 
 
-def _time_lost(calls: Sequence[Any], windows: Sequence[tuple[float, float]], cores: Sequence[Any], latency: float) -> dict[str, float]:
+def _time_lost(
+    calls: Sequence[Any], windows: Sequence[tuple[float, float]], cores: Sequence[Any], latency: float
+) -> dict[str, float]:
     """Where each core's wall time beyond its modelled NPU time went, ms per encode(), mean over the cores:
     before its first call, inside calls beyond the modelled sleep (waking, waiting for the GIL, the
     double's own work), between calls, and after its last call. With the modelled time they add up

@@ -46,12 +46,20 @@ START_TIMEOUT_S = 180
 
 def parse_args(argv: Sequence[str] | None):
     parser = base_parser(__doc__.splitlines()[0], "serve")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default: 1 8 64)")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default: 1 8 64)"
+    )
     parser.add_argument("--texts", type=int, nargs="+", default=[1, 32], help="texts per request (default: 1 32)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)")
-    parser.add_argument("--requests", type=int, default=4000, help="most requests a case sends per server and round (default: 4000)")
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=4000, help="most requests a case sends per server and round (default: 4000)"
+    )
     parser.add_argument("--infinity", help="the infinity_emb executable (default: on PATH, else infinity is left out)")
-    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="bertnpu serve --max-wait-ms (default: 0, its default)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=0.0, help="bertnpu serve --max-wait-ms (default: 0, its default)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.requests = min(args.seconds, 1.0), min(args.requests, 100)
@@ -99,8 +107,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         in_flight = in_process.rate(sentences[:1000], chunk=texts * concurrency)
                         order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
                         for server in order:
-                            result = asyncio.run(_load(server, sentences, texts, concurrency, args.seconds, args.requests))
-                            result.update(in_process_sentences_per_s=ceiling, encode_of_in_flight_sentences_per_s=in_flight)
+                            result = asyncio.run(
+                                _load(server, sentences, texts, concurrency, args.seconds, args.requests)
+                            )
+                            result.update(
+                                in_process_sentences_per_s=ceiling, encode_of_in_flight_sentences_per_s=in_flight
+                            )
                             measured[server.name].append(result)
                     rows.extend(_row(server.name, texts, concurrency, measured[server.name]) for server in servers)
         _compare(rows)
@@ -108,8 +120,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for server in servers:
             server.stop()
 
-    columns = ("server", "texts", "concurrency", "requests_per_s", "sentences_per_s", "p50_ms", "p99_ms",
-               "in_process_sentences_per_s", "vs_in_process", "vs_encode_of_in_flight", "vs_infinity", "errors")  # fmt: skip
+    columns = (
+        "server",
+        "texts",
+        "concurrency",
+        "requests_per_s",
+        "sentences_per_s",
+        "p50_ms",
+        "p99_ms",
+        "in_process_sentences_per_s",
+        "vs_in_process",
+        "vs_encode_of_in_flight",
+        "vs_infinity",
+        "errors",
+    )
     print_table(
         f"Serving on loopback: closed-loop clients, {len(sentences)} STS-B sentences, medians of {run.repeats} rounds "
         "(each round's ratios to the in-process encode() measured in that round)",
@@ -154,19 +178,44 @@ def _free_port() -> int:
 def _start_bertnpu(bundle: Path, args: Any) -> Server:
     port = _free_port()
     command = [
-        sys.executable, "-m", "bertnpu_runtime", "serve", "--bundle", str(bundle), "--backend", "onnx",
-        "--threads", str(args.threads), "--port", str(port), "--model-name", MODEL_NAME,
-        "--max-wait-ms", str(args.max_wait_ms),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bertnpu_runtime",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--backend",
+        "onnx",
+        "--threads",
+        str(args.threads),
+        "--port",
+        str(port),
+        "--model-name",
+        MODEL_NAME,
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     return _started(Server("bertnpu serve", subprocess.Popen(command, stderr=subprocess.DEVNULL), port))
 
 
 def _start_infinity(executable: str, model_folder: Path, threads: int) -> Server:
     port = _free_port()
     command = [
-        executable, "v2", "--model-id", str(model_folder), "--served-model-name", MODEL_NAME,
-        "--port", str(port), "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu",
-    ]  # fmt: skip
+        executable,
+        "v2",
+        "--model-id",
+        str(model_folder),
+        "--served-model-name",
+        MODEL_NAME,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return _started(Server("infinity", process, port))
@@ -215,7 +264,9 @@ async def _one_request(server: Server, texts: list[str]) -> tuple[int, bytes]:
         writer.close()
 
 
-async def _load(server: Server, sentences: list[str], texts: int, concurrency: int, seconds: float, requests: int) -> dict[str, float]:
+async def _load(
+    server: Server, sentences: list[str], texts: int, concurrency: int, seconds: float, requests: int
+) -> dict[str, float]:
     """Closed-loop load: `concurrency` clients, each with one connection, until the time or the
     request budget is spent. Returns throughput and latency figures."""
     payloads = [_request_bytes(server, sentences[i : i + texts]) for i in range(0, len(sentences) - texts + 1, texts)]
@@ -273,7 +324,9 @@ def _compare(rows: list[dict[str, Any]]) -> None:
     infinity = {(r["texts"], r["concurrency"]): r for r in rows if r["server"] == "infinity"}
     for row in rows:
         other = infinity.get((row["texts"], row["concurrency"]))
-        row["vs_infinity"] = row["sentences_per_s"] / other["sentences_per_s"] if other and row["server"] != "infinity" else None
+        row["vs_infinity"] = (
+            row["sentences_per_s"] / other["sentences_per_s"] if other and row["server"] != "infinity" else None
+        )
 
 
 if __name__ == "__main__":

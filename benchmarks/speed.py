@@ -127,7 +127,11 @@ def batch_sizes(contenders: Contenders, sentences: list[str], sentence_budget: i
 
 
 def length_sweep(
-    contenders: Contenders, sentences: list[str], lengths: Sequence[int], repeats: int, batch_size: int = LENGTH_BATCH_SIZE
+    contenders: Contenders,
+    sentences: list[str],
+    lengths: Sequence[int],
+    repeats: int,
+    batch_size: int = LENGTH_BATCH_SIZE,
 ) -> list[dict[str, Any]]:
     """Latency at batch 1 and time per sentence at `batch_size` for inputs of a given token length."""
     tokenizer = next(c.encoder for c in contenders if c.encoder is not None)
@@ -137,7 +141,9 @@ def length_sweep(
     for tokens in lengths:
         texts = texts_of_length(tokenizer, words, tokens, batch_size)
         measured = int(tokenizer.tokenize(texts).lengths.max())
-        singles = interleave_blocks({c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 2)
+        singles = interleave_blocks(
+            {c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 2
+        )
         batched = interleave({c.name: (lambda _, c=c: c.encode(texts, batch_size)) for c in contenders}, repeats)
         for contender in contenders:
             single, batch = summarize(singles[contender.name]), summarize(batched[contender.name])
@@ -157,7 +163,14 @@ def length_sweep(
     print_table(
         f"Input length (tokens incl. [CLS]/[SEP]), batch 1 and batch {batch_size}; the last rows are the long-input workload",
         rows,
-        ("tokens", "contender", "batch1_p50_ms", "batch1_vs_baseline", "batched_sentences_per_s", "batched_vs_baseline"),
+        (
+            "tokens",
+            "contender",
+            "batch1_p50_ms",
+            "batch1_vs_baseline",
+            "batched_sentences_per_s",
+            "batched_vs_baseline",
+        ),
     )
     return rows
 
@@ -196,11 +209,13 @@ def stages(contenders: Contenders, sentences: list[str], repeats: int) -> dict[s
         runs[HOST_ONLY] = (bertnpu[0].encoder, False)
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     tasks = {
-        name: (lambda _, name=name, encoder=encoder, run_encoder=run_encoder: timings[name].append(
-            time_stages_once(encoder, sentences, STSB_BATCH_SIZE, run_encoder)
-        ))
+        name: (
+            lambda _, name=name, encoder=encoder, run_encoder=run_encoder: timings[name].append(
+                time_stages_once(encoder, sentences, STSB_BATCH_SIZE, run_encoder)
+            )
+        )
         for name, (encoder, run_encoder) in runs.items()
-    }  # fmt: skip
+    }
     interleave(tasks, repeats, warmup=1)
     result = {}
     for name, (_, run_encoder) in runs.items():
@@ -266,7 +281,15 @@ def _latency_rows(seconds: dict[str, list[float]], extra: dict[str, Any]) -> lis
     rows = []
     for name, values in seconds.items():
         summary = summarize(values)
-        rows.append({"contender": name, **extra, "p50_ms": summary["median"] * 1e3, "p95_ms": summary["p95"] * 1e3, "calls": summary["n"]})
+        rows.append(
+            {
+                "contender": name,
+                **extra,
+                "p50_ms": summary["median"] * 1e3,
+                "p95_ms": summary["p95"] * 1e3,
+                "calls": summary["n"],
+            }
+        )
     _add_ratios(rows, "p50_ms", "p50_vs_baseline")
     return rows
 

@@ -56,9 +56,13 @@ def stage_breakdown(
     return summarize_stages(runs, len(texts), run_encoder)
 
 
-def summarize_stages(runs: Sequence[dict[str, float]], sentences: int, with_encoder: bool = True) -> dict[str, dict[str, float]]:
+def summarize_stages(
+    runs: Sequence[dict[str, float]], sentences: int, with_encoder: bool = True
+) -> dict[str, dict[str, float]]:
     """Per stage, host (tokenize + embed + pool) and total: microseconds per sentence, median and p95 over `runs`."""
-    names = [name for name in STAGES if with_encoder or name != "encoder"] + ["host"] + (["total"] if with_encoder else [])
+    names = (
+        [name for name in STAGES if with_encoder or name != "encoder"] + ["host"] + (["total"] if with_encoder else [])
+    )
     per_sentence = 1e6 / sentences
     result = {}
     for name in names:
@@ -69,5 +73,8 @@ def summarize_stages(runs: Sequence[dict[str, float]], sentences: int, with_enco
         else:
             values = [run[name] for run in runs]
         summary = summarize(values)
-        result[name] = {"us_per_sentence_median": summary["median"] * per_sentence, "us_per_sentence_p95": summary["p95"] * per_sentence}
+        result[name] = {
+            "us_per_sentence_median": summary["median"] * per_sentence,
+            "us_per_sentence_p95": summary["p95"] * per_sentence,
+        }
     return result

@@ -10,11 +10,11 @@ from .encoder import SentenceEncoder
 from .errors import BackendUnavailableError, BertNpuError, BundleError, EncoderOutputError, NpuTimeoutError
 
 __all__ = [
-    "SentenceEncoder",
+    "BackendUnavailableError",
     "BertNpuError",
     "BundleError",
-    "BackendUnavailableError",
     "EncoderOutputError",
     "NpuTimeoutError",
+    "SentenceEncoder",
 ]
 __version__ = "0.1.0"

@@ -48,7 +48,13 @@ def chunk_bounds(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
 
 
 def plan_chunk(
-    lengths: np.ndarray, batch_size: int, bucket: Bucket, *, carried: int, final: bool, call_cost_tokens: float | None = None
+    lengths: np.ndarray,
+    batch_size: int,
+    bucket: Bucket,
+    *,
+    carried: int,
+    final: bool,
+    call_cost_tokens: float | None = None,
 ) -> ChunkPlan:
     """Batches of a chunk's rows, given their token `lengths`; the first `carried` rows were held
     back by the previous chunk and are never held again. `final`: the last chunk, which holds nothing.
@@ -86,7 +92,9 @@ def batch_bounds(
                 yield start, min(start + batch_size, run_stop)
 
 
-def least_padding_bounds(lengths_longest_first: np.ndarray, batch_size: int, call_cost_tokens: float) -> list[tuple[int, int]]:
+def least_padding_bounds(
+    lengths_longest_first: np.ndarray, batch_size: int, call_cost_tokens: float
+) -> list[tuple[int, int]]:
     """(start, stop) of the batches of at most batch_size sentences, each padded to its first
     (longest), that cost least in all: padded tokens plus `call_cost_tokens` per batch. Dynamic
     programming over the cut points; ties go to the larger batch."""

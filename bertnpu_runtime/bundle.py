@@ -18,9 +18,9 @@ import hashlib
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -225,7 +225,11 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                         raise ValueError(f"{info.filename} has .npy format version {version}, not 1.0 or 2.0")
                 name = info.filename[: -len(".npy")]
                 declared = math.prod(shape) * dtype.itemsize
-                stored = info.file_size if info.compress_type == zipfile.ZIP_STORED else info.compress_size * _MAX_DEFLATE_RATIO
+                stored = (
+                    info.file_size
+                    if info.compress_type == zipfile.ZIP_STORED
+                    else info.compress_size * _MAX_DEFLATE_RATIO
+                )
                 if declared > min(info.file_size, stored) or info.compress_size > path.stat().st_size:
                     raise BundleError(
                         path, f"{name} declares shape {shape} ({declared} bytes), more than the archive holds for it"
@@ -240,7 +244,9 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
-def _check_table_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]], manifest: Manifest | None) -> None:
+def _check_table_headers(
+    path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]], manifest: Manifest | None
+) -> None:
     shapes = {key: shape for key, (shape, _) in headers.items()}
     word = shapes[WORD_KEY]
     if len(word) != 2:
@@ -262,7 +268,9 @@ def _check_table_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], n
         if hidden != manifest.hidden_size:
             raise BundleError(path, f"hidden size {hidden} disagrees with {manifest.hidden_size} in {MANIFEST_FILE}")
         if word[0] != manifest.vocab_size:
-            raise BundleError(path, f"vocabulary of {word[0]} rows disagrees with {manifest.vocab_size} in {MANIFEST_FILE}")
+            raise BundleError(
+                path, f"vocabulary of {word[0]} rows disagrees with {manifest.vocab_size} in {MANIFEST_FILE}"
+            )
         if shapes[POSITION_KEY][0] < manifest.max_seq_length:
             raise BundleError(
                 path,
@@ -327,15 +335,25 @@ def _check_prompts(value: Any) -> str | None:
 # Optional fields (sentence-transformers settings; bundles from before they were recorded lack them).
 _OPTIONAL_FIELDS: dict[str, tuple[Any, Callable[[Any], str | None]]] = {
     "prompts": ({}, _check_prompts),
-    "default_prompt_name": (None, lambda v: None if v is None or type(v) is str else f"must be a string or null, found {v!r:.60}"),
+    "default_prompt_name": (
+        None,
+        lambda v: None if v is None or type(v) is str else f"must be a string or null, found {v!r:.60}",
+    ),
     "include_prompt": (True, _of_type(bool)),
-    "similarity_fn_name": ("cosine", lambda v: None if v in SIMILARITY_FUNCTIONS else f"must be one of {list(SIMILARITY_FUNCTIONS)}, found {v!r:.60}"),
+    "similarity_fn_name": (
+        "cosine",
+        lambda v: (
+            None if v in SIMILARITY_FUNCTIONS else f"must be one of {list(SIMILARITY_FUNCTIONS)}, found {v!r:.60}"
+        ),
+    ),
 }
 
 
 def _read_manifest(path: Path) -> Manifest:
     if not path.is_file():
-        raise BundleError(path, "file is missing: this folder is not a bertnpu bundle (build one with `python -m compile`)")
+        raise BundleError(
+            path, "file is missing: this folder is not a bertnpu bundle (build one with `python -m compile`)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -364,7 +382,9 @@ def _read_manifest(path: Path) -> Manifest:
         if problem is not None:
             raise BundleError(path, f'field "{name}" {problem}')
     if optional["default_prompt_name"] is not None and optional["default_prompt_name"] not in optional["prompts"]:
-        raise BundleError(path, f'field "default_prompt_name" {optional["default_prompt_name"]!r} is not among the prompts')
+        raise BundleError(
+            path, f'field "default_prompt_name" {optional["default_prompt_name"]!r} is not among the prompts'
+        )
     files = {}
     for rel, entry in data["files"].items():
         digest = entry.get("sha256") if isinstance(entry, dict) else None
@@ -399,4 +419,6 @@ def _read_npu_section(path: Path, npu: dict[str, Any]) -> NpuSpec:
         if npu.get(name) not in allowed:
             shown = ", ".join("null" if a is None else f'"{a}"' for a in allowed)
             raise BundleError(path, f"npu.{name} must be one of {shown}, found {npu.get(name)!r:.60}")
-    return NpuSpec(mask_input=npu.get("mask_input"), graph=npu.get("graph"), inference_scheme=npu.get("inference_scheme"))
+    return NpuSpec(
+        mask_input=npu.get("mask_input"), graph=npu.get("graph"), inference_scheme=npu.get("inference_scheme")
+    )

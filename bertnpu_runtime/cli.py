@@ -1,12 +1,12 @@
 """`bertnpu` command line: encode lines to a .npy file, or print a similarity table.
 
-    bertnpu encode --bundle DIR "A man plays guitar." "Someone plays an instrument."
-    bertnpu encode --bundle DIR --input sentences.txt --output vectors.npy
-    cat sentences.txt | bertnpu encode --bundle DIR --input - --output vectors.npy
-    bertnpu info --bundle DIR
-    bertnpu serve --bundle DIR [--host 127.0.0.1] [--port 8000]     (the serve extra)
-    bertnpu embed-corpus --bundle DIR --input corpus.parquet --output vectors/   (the ray extra)
-    bertnpu compile --model default --out DIR        (the same as python -m compile)
+bertnpu encode --bundle DIR "A man plays guitar." "Someone plays an instrument."
+bertnpu encode --bundle DIR --input sentences.txt --output vectors.npy
+cat sentences.txt | bertnpu encode --bundle DIR --input - --output vectors.npy
+bertnpu info --bundle DIR
+bertnpu serve --bundle DIR [--host 127.0.0.1] [--port 8000]     (the serve extra)
+bertnpu embed-corpus --bundle DIR --input corpus.parquet --output vectors/   (the ray extra)
+bertnpu compile --model default --out DIR        (the same as python -m compile)
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from .backends.npu_device import CORE_MODES, list_npu_devices
-from .monitor import npu_status
 from .encoder import SentenceEncoder
 from .errors import BackendUnavailableError, BertNpuError
+from .monitor import npu_status
 from .pooling import l2_normalize
 
 
@@ -54,14 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("sentences", nargs="*", help="sentences for a cosine-similarity table")
     encode.add_argument("--input", metavar="FILE", help="text file, one sentence per line ('-' for stdin)")
     encode.add_argument(
-        "--output", metavar="NPY",
+        "--output",
+        metavar="NPY",
         help="write the [n, dim] float32 vectors to this .npy file instead of printing a similarity table",
-    )  # fmt: skip
-    encode.add_argument("--allow-empty", action="store_true", help="an empty --input writes a [0, dim] file instead of failing")
+    )
     encode.add_argument(
-        "--batch-size", type=int, default=None,
+        "--allow-empty", action="store_true", help="an empty --input writes a [0, dim] file instead of failing"
+    )
+    encode.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
         help="most sentences per encoder call (default: 32 on ONNX, 64 on the NPU)",
-    )  # fmt: skip
+    )
     encode.add_argument("--normalize", action="store_true", help="L2-normalize the vectors")
     encode.set_defaults(run=_encode)
 
@@ -74,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--model-name", help="the model name clients send (default: the bundle's model name)")
-    serve.add_argument("--api-key", default=os.environ.get("BERTNPU_API_KEY"), help="require Authorization: Bearer KEY (default: $BERTNPU_API_KEY)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("BERTNPU_API_KEY"),
+        help="require Authorization: Bearer KEY (default: $BERTNPU_API_KEY)",
+    )
     for flag, default, what in (
         ("--max-batch-tokens", 16_384, "most tokens in one encoder batch across requests"),
         ("--max-queue-requests", 1024, "most requests waiting; more are answered 503 (TEI route: 429)"),
@@ -82,26 +92,44 @@ def _parser() -> argparse.ArgumentParser:
     ):
         serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: {default})")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=0.0,
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
         help="how long an idle encoder waits for more requests before a batch (default: 0; requests that arrive while it runs always share the next)",
-    )  # fmt: skip
+    )
     serve.add_argument(
-        "--on-overflow", choices=("truncate", "error"), default="truncate",
+        "--on-overflow",
+        choices=("truncate", "error"),
+        default="truncate",
         help="texts longer than the model's length: truncated as encode() does, or a 400 naming the index",
-    )  # fmt: skip
+    )
     serve.set_defaults(run=_serve)
 
-    corpus = commands.add_parser("embed-corpus", help="embed a corpus into Parquet shards with Ray (needs the ray extra)")
+    corpus = commands.add_parser(
+        "embed-corpus", help="embed a corpus into Parquet shards with Ray (needs the ray extra)"
+    )
     _add_encoder_options(corpus)
-    corpus.add_argument("--input", required=True, help="Parquet file or folder, JSONL, or a text file of lines; a path or a URI (s3://, gs://, ...)")
+    corpus.add_argument(
+        "--input",
+        required=True,
+        help="Parquet file or folder, JSONL, or a text file of lines; a path or a URI (s3://, gs://, ...)",
+    )
     corpus.add_argument("--output", required=True, help="folder (or URI) for the shard-NNNNN.parquet files")
     corpus.add_argument("--text-column", default="text", help="the input's text column (default: text)")
-    corpus.add_argument("--id-column", default="id", help="the input's id column, copied beside the vectors (default: id)")
-    corpus.add_argument("--ray-address", help="a Ray cluster to join (default: start a local one; 'auto' for the running one)")
+    corpus.add_argument(
+        "--id-column", default="id", help="the input's id column, copied beside the vectors (default: id)"
+    )
+    corpus.add_argument(
+        "--ray-address", help="a Ray cluster to join (default: start a local one; 'auto' for the running one)"
+    )
     corpus.add_argument("--actors", type=_positive_int, default=1, help="encoder actors (default: 1)")
-    corpus.add_argument("--npu-per-actor", type=float, default=0, help="mobilint_npu resource per actor; 0 = CPU actors on ONNX")
+    corpus.add_argument(
+        "--npu-per-actor", type=float, default=0, help="mobilint_npu resource per actor; 0 = CPU actors on ONNX"
+    )
     corpus.add_argument("--batch-size", type=_positive_int, default=None, help="encode() batch size in each actor")
-    corpus.add_argument("--shard-rows", type=_positive_int, default=10_000, help="rows per output shard (default: 10000)")
+    corpus.add_argument(
+        "--shard-rows", type=_positive_int, default=10_000, help="rows per output shard (default: 10000)"
+    )
     corpus.set_defaults(run=_embed_corpus)
     return parser
 
@@ -112,13 +140,23 @@ def _embed_corpus(args: argparse.Namespace) -> int:
 
         from .corpus import embed_corpus
     except ImportError as exc:
-        raise BackendUnavailableError(f"bertnpu embed-corpus needs the ray extra: pip install 'bertnpu[ray]' ({exc})") from exc
+        raise BackendUnavailableError(
+            f"bertnpu embed-corpus needs the ray extra: pip install 'bertnpu[ray]' ({exc})"
+        ) from exc
     options = {k: v for k, v in _encoder_options(args).items() if k != "backend" or args.backend != "auto"}
     result = embed_corpus(
-        args.bundle, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
-        ray_address=args.ray_address, actors=args.actors, npu_per_actor=args.npu_per_actor,
-        batch_size=args.batch_size, shard_rows=args.shard_rows, encoder_options=options,
-    )  # fmt: skip
+        args.bundle,
+        args.input,
+        args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        ray_address=args.ray_address,
+        actors=args.actors,
+        npu_per_actor=args.npu_per_actor,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        encoder_options=options,
+    )
     for row_id, reason in result.errors[:20]:
         print(f"bertnpu: row {args.id_column}={row_id!r} has no vector: {reason}", file=sys.stderr)
     print(
@@ -139,9 +177,11 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `python -m compile`")
     parser.add_argument("--backend", choices=("auto", "npu", "onnx"), default="auto")
     parser.add_argument(
-        "--encoder-precision", choices=("float32", "int8"), default="float32",
+        "--encoder-precision",
+        choices=("float32", "int8"),
+        default="float32",
         help="the ONNX encoder graph: float32, or the int8 preview of NPU quantization",
-    )  # fmt: skip
+    )
     parser.add_argument("--device", type=int, default=0, help="NPU device number")
     parser.add_argument("--npu-device-name", help="open the NPU card by board name (aries, regulus, ...)")
     parser.add_argument("--npu-core-mode", choices=CORE_MODES, default="single", help="NPU core mode (default: single)")
@@ -155,7 +195,9 @@ def _compile(argv: list[str]) -> int:
     try:
         from compile.cli import main as compile_main
     except ImportError as exc:
-        print(f"bertnpu: error: compile needs the compile extra: pip install 'bertnpu[compile]' ({exc})", file=sys.stderr)
+        print(
+            f"bertnpu: error: compile needs the compile extra: pip install 'bertnpu[compile]' ({exc})", file=sys.stderr
+        )
         return 2
     return compile_main(argv)
 
@@ -181,7 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
         from .serve.app import ServeSettings
         from .serve.server import serve
     except ImportError as exc:
-        raise BackendUnavailableError(f"bertnpu serve needs the serve extra: pip install 'bertnpu[serve]' ({exc})") from exc
+        raise BackendUnavailableError(
+            f"bertnpu serve needs the serve extra: pip install 'bertnpu[serve]' ({exc})"
+        ) from exc
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms must be at least 0, found {args.max_wait_ms}")
     logging.getLogger("bertnpu.serve").setLevel(logging.INFO)
@@ -224,23 +268,38 @@ def _encode(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     with _open(args) as encoder:
         manifest = encoder.manifest
-        print(json.dumps({
-            "bundle": str(encoder.bundle_dir.resolve()),
-            "source_model": manifest.source_model,
-            "backend": encoder.backend,
-            "backend_reason": encoder.backend_reason,
-            "encoder_precision": encoder.encoder_precision,
-            "dim": encoder.dim,
-            "max_seq_length": encoder.max_seq_length,
-            "num_layers": manifest.num_layers,
-            "pooling": manifest.pooling,
-            "normalize": manifest.normalize,
-            "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
-            "libraries": {name: _version(name) for name in ("bertnpu", "onnxruntime", "mobilint-qb-runtime", "mobilint-ml", "tokenizers", "numpy")},
-            "npu_devices": list_npu_devices(),
-            "npu_cores_in_service": encoder.npu_cores_in_service,
-            "npu_monitor": npu_status(),
-        }, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bundle": str(encoder.bundle_dir.resolve()),
+                    "source_model": manifest.source_model,
+                    "backend": encoder.backend,
+                    "backend_reason": encoder.backend_reason,
+                    "encoder_precision": encoder.encoder_precision,
+                    "dim": encoder.dim,
+                    "max_seq_length": encoder.max_seq_length,
+                    "num_layers": manifest.num_layers,
+                    "pooling": manifest.pooling,
+                    "normalize": manifest.normalize,
+                    "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
+                    "libraries": {
+                        name: _version(name)
+                        for name in (
+                            "bertnpu",
+                            "onnxruntime",
+                            "mobilint-qb-runtime",
+                            "mobilint-ml",
+                            "tokenizers",
+                            "numpy",
+                        )
+                    },
+                    "npu_devices": list_npu_devices(),
+                    "npu_cores_in_service": encoder.npu_cores_in_service,
+                    "npu_monitor": npu_status(),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -26,6 +26,7 @@ logger = logging.getLogger("bertnpu")
 class ActorsExhaustedError(BertNpuError):
     """An encoder actor kept dying after its restarts; the shards written before it stay."""
 
+
 SHARD_COLUMN = "__bertnpu_shard"
 
 
@@ -94,7 +95,7 @@ def embed_corpus(
     on the NPU; 0 runs ONNX Runtime on CPU actors. Without `ray_address`, a local Ray is started."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.fs  # noqa: F401 - pa.fs below
+    import pyarrow.fs
     import ray
 
     fs, output = _filesystem(output_dir)
@@ -129,7 +130,12 @@ def embed_corpus(
         warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated", category=DeprecationWarning)
         dataset = ray.data.from_arrow(pieces).map_batches(
             EmbedBatch,
-            fn_constructor_kwargs={"bundle_dir": str(bundle_dir), "text_column": text_column, "batch_size": batch_size, **options},
+            fn_constructor_kwargs={
+                "bundle_dir": str(bundle_dir),
+                "text_column": text_column,
+                "batch_size": batch_size,
+                **options,
+            },
             batch_format="pyarrow",
             batch_size=1024,
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -142,7 +148,9 @@ def embed_corpus(
                 rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
                 gathered.setdefault(shard, []).append(rows)
                 if sum(part.num_rows for part in gathered[shard]) == expected[shard]:
-                    result.written.append(_write_shard(fs, output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result))
+                    result.written.append(
+                        _write_shard(fs, output, shard, pa.concat_tables(gathered.pop(shard)), id_column, result)
+                    )
     except ray.exceptions.ActorDiedError as exc:
         raise ActorsExhaustedError(
             f"an encoder actor died {ACTOR_RESTARTS + 1} times (restarted {ACTOR_RESTARTS} times, each retrying its batch); "

@@ -74,7 +74,9 @@ class EmbeddingLayer:
         (C-contiguous float32 of that shape) when given, else into a fresh array."""
         seq_len = input_ids.shape[-1]
         if seq_len > self.max_length:
-            raise ValueError(f"sequence of {seq_len} tokens is longer than this embedding's max_length {self.max_length}")
+            raise ValueError(
+                f"sequence of {seq_len} tokens is longer than this embedding's max_length {self.max_length}"
+            )
         inverse_std = self._inverse_std[input_ids, self._position_index[:seq_len]]  # [batch, seq]; checks the ids
         # mode="wrap" reads ids as the line above does; with out=, the default mode writes a temporary first
         hidden = np.take(self._words_scaled, input_ids, axis=0, out=out, mode="wrap")  # [batch, seq, hidden]

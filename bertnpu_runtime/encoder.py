@@ -249,7 +249,9 @@ class SentenceEncoder:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a str, found {type(prompt).__name__}")
             if prompt_name is not None:
-                logger.warning("encode() got both prompt and prompt_name; the prompt is used, as in sentence-transformers")
+                logger.warning(
+                    "encode() got both prompt and prompt_name; the prompt is used, as in sentence-transformers"
+                )
             return prompt
         if prompt_name is not None:
             if prompt_name not in self.prompts:

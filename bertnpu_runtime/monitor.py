@@ -5,8 +5,9 @@ package or a driver, the status says why instead."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 # mbltml's target device types, by the board names qbruntime reports.
 _TARGET_DEVICES = {

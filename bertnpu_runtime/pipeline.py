@@ -120,9 +120,13 @@ class Pipeline:
             indices = np.concatenate([carried_indices, np.arange(first, last)])  # the text of each row
             tokens = TokenRows.concatenate([carried, tokens]) if len(carried) else tokens
             plan = plan_chunk(
-                tokens.lengths, batch_size, bucket,
-                carried=len(carried), final=last == len(texts), call_cost_tokens=hints.call_cost_tokens,
-            )  # fmt: skip
+                tokens.lengths,
+                batch_size,
+                bucket,
+                carried=len(carried),
+                final=last == len(texts),
+                call_cost_tokens=hints.call_cost_tokens,
+            )
             alone = first == 0 and last == len(texts) and len(plan.batches) == 1
             for rows in plan.batches:
                 yield TokenBatch(indices[rows], tokens.padded(rows), alone)

@@ -61,8 +61,9 @@ def _ranges(embeddings: np.ndarray, precision: str, calibration_embeddings: np.n
         if embeddings.shape[0] < 100:
             logger.warning(
                 "%s quantization ranges computed from %d embeddings; more, or calibration embeddings, make them steadier",
-                precision, len(embeddings),
-            )  # fmt: skip
+                precision,
+                len(embeddings),
+            )
         calibration_embeddings = embeddings
     calibration_embeddings = np.asarray(calibration_embeddings)
     return np.vstack((calibration_embeddings.min(axis=0), calibration_embeddings.max(axis=0)))

@@ -42,7 +42,9 @@ def cpu_actor_options(max_restarts: int = ACTOR_RESTARTS, max_task_retries: int 
     return {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": max_task_retries}
 
 
-def npu_actor_options(npu_per_actor: float = 1, max_restarts: int = ACTOR_RESTARTS, max_task_retries: int = ACTOR_RESTARTS) -> dict[str, Any]:
+def npu_actor_options(
+    npu_per_actor: float = 1, max_restarts: int = ACTOR_RESTARTS, max_task_retries: int = ACTOR_RESTARTS
+) -> dict[str, Any]:
     """map_batches keywords for NPU actors: the custom resource, and restarts of an actor whose
     NPU call fails (its batch is retried on the new one), at most `max_restarts` per actor."""
     return {**cpu_actor_options(max_restarts, max_task_retries), "resources": {NPU_RESOURCE: npu_per_actor}}
@@ -97,7 +99,9 @@ class EmbedBatch:
         flat = pa.array(vectors.ravel(), type=pa.float32())
         mask = pa.array([e is not None for e in errors])
         column = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dim, mask=mask)
-        return table.append_column(self.vector_column, column).append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
+        return table.append_column(self.vector_column, column).append_column(
+            ERROR_COLUMN, pa.array(errors, pa.string())
+        )
 
 
 def _on_a_free_card(bundle_dir: str, options: dict[str, Any]) -> SentenceEncoder:

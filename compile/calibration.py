@@ -43,7 +43,11 @@ def sample_sentences(path: Path, samples: int | None, seed: int) -> list[str]:
     try:
         sentences = list(dict.fromkeys(read_sentences(path)))  # STS-B repeats sentences across pairs
     except DataError as exc:
-        hint = f" (from ${STSB_DIR_ENV}; unset it to use the shipped copy)" if os.environ.get(STSB_DIR_ENV) and path == default_calib_data() else ""
+        hint = (
+            f" (from ${STSB_DIR_ENV}; unset it to use the shipped copy)"
+            if os.environ.get(STSB_DIR_ENV) and path == default_calib_data()
+            else ""
+        )
         raise CompileError(f"calibration data {exc}{hint}") from exc
     if len(sentences) < wanted:
         if samples is None and len(sentences) < RECOMMENDED_MIN_CALIB_SAMPLES:
@@ -54,14 +58,19 @@ def sample_sentences(path: Path, samples: int | None, seed: int) -> list[str]:
             )
         log.warning(
             "%s has %d distinct sentences, fewer than the %d asked for: the calibration set has %d",
-            path, len(sentences), wanted, len(sentences),
-        )  # fmt: skip
+            path,
+            len(sentences),
+            wanted,
+            len(sentences),
+        )
         wanted = len(sentences)
     chosen = np.random.default_rng(seed).choice(len(sentences), size=wanted, replace=False)
     return [sentences[i] for i in chosen]
 
 
-def write_calibration(sentences: list[str], embedding: EmbeddingLayer, tokenizer: Tokenizer, calib_dir: Path) -> list[Path]:
+def write_calibration(
+    sentences: list[str], embedding: EmbeddingLayer, tokenizer: Tokenizer, calib_dir: Path
+) -> list[Path]:
     """Embed each sentence alone (unpadded) and save it as calib_dir/NNNN.npy, float32 [1, seq, hidden]."""
     calib_dir.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(sentences) - 1)))
@@ -82,7 +91,9 @@ def calibration_files(calib_dir: Path) -> list[Path]:
         raise CompileError(f"{calib_dir}: calibration folder does not exist (expected NNNN.npy files)")
     files = sorted(calib_dir.glob("*.npy"))
     if not files:
-        raise CompileError(f"{calib_dir}: calibration folder holds no .npy files (expected float32 [1, seq, hidden] arrays)")
+        raise CompileError(
+            f"{calib_dir}: calibration folder holds no .npy files (expected float32 [1, seq, hidden] arrays)"
+        )
     return files
 
 

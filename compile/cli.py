@@ -21,34 +21,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Build a bertnpu bundle (host embedding tables, tokenizer, ONNX encoder, calibration set, "
         "optionally an .mxq for a Mobilint NPU) from a Sentence-BERT model.",
     )
-    parser.add_argument("--model", required=True, help='"default" (embedded all-MiniLM-L6-v2), a model folder, or a hub id')
+    parser.add_argument(
+        "--model", required=True, help='"default" (embedded all-MiniLM-L6-v2), a model folder, or a hub id'
+    )
     parser.add_argument("--out", required=True, help="bundle folder to write")
     parser.add_argument("--calib-data", help="CSV or text file of sentences (default: the shipped STS-B train split)")
     parser.add_argument(
-        "--calib-samples", type=int, default=None,
+        "--calib-samples",
+        type=int,
+        default=None,
         help="calibration sentences (default 256; fewer than 100 only when given explicitly)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed for drawing calibration sentences (default 42)")
     parser.add_argument("--max-seq-length", type=int, help="override the model's max sequence length")
     parser.add_argument("--mxq", action="store_true", help="also compile model.mxq with Mobilint's qbcompiler")
     parser.add_argument("--mblt", action="store_true", help="also write model.mblt, the qbcompiler analysis graph")
     parser.add_argument(
-        "--npu-graph", choices=qb.NPU_GRAPHS, default="model",
+        "--npu-graph",
+        choices=qb.NPU_GRAPHS,
+        default="model",
         help="what --mxq/--mblt compile: the whole BertModel, Mobilint's recipe (default), or the encoder alone",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--inference-scheme", choices=qb.INFERENCE_SCHEMES,
+        "--inference-scheme",
+        choices=qb.INFERENCE_SCHEMES,
         help="NPU core modes the .mxq supports (qbcompiler's inference_scheme; left to the compiler when not given)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--compile-device", choices=qb.COMPILE_DEVICES, default="auto",
+        "--compile-device",
+        choices=qb.COMPILE_DEVICES,
+        default="auto",
         help="where qbcompiler computes (its device=): auto = gpu when CUDA is available, else cpu",
-    )  # fmt: skip
-    parser.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling (default: its 1_Pooling config, else mean)")
+    )
     parser.add_argument(
-        "--prompt", action="append", default=[], metavar="NAME=TEXT",
+        "--pooling",
+        choices=POOLING_MODES,
+        help="override the model's pooling (default: its 1_Pooling config, else mean)",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
         help='add or replace one of the model\'s prompts, e.g. --prompt "query=query: " (repeatable)',
-    )  # fmt: skip
+    )
     parser.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx (int8 CPU encoder)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     return parser.parse_args(argv)
@@ -97,7 +113,7 @@ def _prompts(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"error: --prompt {item!r}: expected NAME=TEXT, e.g. --prompt \"query=query: \"")
+            raise SystemExit(f'error: --prompt {item!r}: expected NAME=TEXT, e.g. --prompt "query=query: "')
         prompts[name] = text
     return prompts
 

@@ -46,7 +46,9 @@ def smooth_matmul_inputs(model: onnx.ModelProto, matmul_names: list[str], calib_
         smoothed, inverse = f"{tensor}_smoothed", f"{tensor}_smooth_inverse_scale"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
         position = min(list(model.graph.node).index(n) for n in nodes)
-        model.graph.node.insert(position, helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"SmoothQuant_{tensor}"))
+        model.graph.node.insert(
+            position, helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"SmoothQuant_{tensor}")
+        )
         for node in nodes:
             node.input[0] = smoothed
     return len(readers)

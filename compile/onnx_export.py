@@ -37,7 +37,10 @@ def export_encoder(bert: torch.nn.Module, out_path: Path) -> float:
     dims = {0: "batch", 1: "seq"}
     batch_dim, seq_dim = torch.export.Dim("batch"), torch.export.Dim("seq")
     exporters = {
-        "torchscript": {"dynamo": False, "dynamic_axes": {ONNX_HIDDEN_INPUT: dims, ONNX_MASK_INPUT: dims, ONNX_OUTPUT: dims}},
+        "torchscript": {
+            "dynamo": False,
+            "dynamic_axes": {ONNX_HIDDEN_INPUT: dims, ONNX_MASK_INPUT: dims, ONNX_OUTPUT: dims},
+        },
         "dynamo": {"dynamo": True, "dynamic_shapes": ({0: batch_dim, 1: seq_dim}, {0: batch_dim, 1: seq_dim})},
     }
     failures = []

@@ -80,9 +80,12 @@ def build_bundle(
     source = load_source_model(model, max_seq_length)
     if pooling is not None or prompts:
         settings = source.settings
-        source = replace(source, settings=replace(
-            settings, pooling=pooling or settings.pooling, prompts={**settings.prompts, **(prompts or {})}
-        ))  # fmt: skip
+        source = replace(
+            source,
+            settings=replace(
+                settings, pooling=pooling or settings.pooling, prompts={**settings.prompts, **(prompts or {})}
+            ),
+        )
 
     staging = _make_staging_dir(out)
     try:

@@ -116,7 +116,7 @@ def npu_manifest(graph: str, inference_scheme: str | None, compile_device: str) 
 
 
 def resolve_compile_device(compile_device: str) -> str:
-    """"auto" is "gpu" when CUDA is available, else "cpu", as Mobilint's STT encoder script decides."""
+    """ "auto" is "gpu" when CUDA is available, else "cpu", as Mobilint's STT encoder script decides."""
     if compile_device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     return compile_device

@@ -110,8 +110,14 @@ def load_source_model(model: str, max_seq_length: int | None = None) -> SourceMo
     settings = read_sentence_settings(folder, config, max_seq_length)
     log.info(
         "loaded %s from %s: hidden %d, %d layers, vocab %d; pooling %s, normalize %s, max_seq_length %d",
-        model, folder, config["hidden_size"], config["num_hidden_layers"], config["vocab_size"],
-        settings.pooling, settings.normalize, settings.max_seq_length,
+        model,
+        folder,
+        config["hidden_size"],
+        config["num_hidden_layers"],
+        config["vocab_size"],
+        settings.pooling,
+        settings.normalize,
+        settings.max_seq_length,
     )
     return SourceModel(name=model, folder=folder, model=bert, settings=settings)
 
@@ -121,12 +127,12 @@ def _read_bert_config(folder: Path) -> dict[str, Any]:
     model_type = config.get("model_type")
     if model_type != "bert":
         raise CompileError(
-            f"{folder}: expected a BERT model (config.json model_type \"bert\"), found model_type {model_type!r}"
+            f'{folder}: expected a BERT model (config.json model_type "bert"), found model_type {model_type!r}'
         )
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise CompileError(
-            f"{folder}: position_embedding_type {position_type!r} is not supported; the host embedding needs \"absolute\""
+            f'{folder}: position_embedding_type {position_type!r} is not supported; the host embedding needs "absolute"'
         )
     for field_name in _ROTARY_FIELDS:  # BERT variants with rotary positions keep model_type "bert" in places
         if config.get(field_name) is not None:
@@ -163,9 +169,14 @@ def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length:
         )
     prompts, default_prompt_name, similarity = _read_prompts(folder / "config_sentence_transformers.json")
     return SentenceSettings(
-        pooling=pooling, normalize=normalize, max_seq_length=length, include_prompt=include_prompt,
-        prompts=prompts, default_prompt_name=default_prompt_name, similarity_fn_name=similarity,
-    )  # fmt: skip
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=length,
+        include_prompt=include_prompt,
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
+        similarity_fn_name=similarity,
+    )
 
 
 def _read_pooling(path: Path) -> tuple[str, bool]:
@@ -199,4 +210,3 @@ def _read_prompts(path: Path) -> tuple[dict[str, str], str | None, str]:
     if similarity not in SIMILARITY_FUNCTIONS:
         raise CompileError(f"{path}: similarity_fn_name must be one of {SIMILARITY_FUNCTIONS}, found {similarity!r}")
     return prompts, default, similarity
-

@@ -35,7 +35,9 @@ def export_tokenizer(model_folder: Path, out_path: Path, model_vocab_size: int) 
         if not vocab.is_file():
             raise CompileError(f"{model_folder}: has neither tokenizer.json nor vocab.txt; cannot build the tokenizer")
         source = vocab
-        tokenizer = build_wordpiece_tokenizer(vocab, read_json(model_folder / "tokenizer_config.json", required=False) or {})
+        tokenizer = build_wordpiece_tokenizer(
+            vocab, read_json(model_folder / "tokenizer_config.json", required=False) or {}
+        )
         tokenizer.save(str(out_path))
     tokenizer_size = tokenizer.get_vocab_size(with_added_tokens=True)
     if tokenizer_size > model_vocab_size:
@@ -72,4 +74,3 @@ def build_wordpiece_tokenizer(vocab_path: Path, settings: dict) -> Tokenizer:
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     tokenizer.add_special_tokens(list(special.values()))
     return tokenizer
-

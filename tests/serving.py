@@ -44,7 +44,17 @@ class ServerProcess:
     def __init__(self, bundle: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "bertnpu_runtime", "serve", "--bundle", str(bundle), "--port", str(self.port), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "bertnpu_runtime",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--port",
+            str(self.port),
+            *args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         wait_healthy(self.url, self.process)

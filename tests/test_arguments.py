@@ -69,7 +69,7 @@ def test_a_numpy_array_of_texts_is_a_list(encoder):
 
 
 def test_a_surrogate_pair_is_the_character_it_encodes(encoder):
-    """"\\ud83d\\ude00" is U+1F600 given as UTF-16 code units (as from JSON's "\\ud83d\\ude00")."""
+    """ "\\ud83d\\ude00" is U+1F600 given as UTF-16 code units (as from JSON's "\\ud83d\\ude00")."""
     as_pair = encoder.tokenize(["the dog \ud83d\ude00 runs"]).input_ids
     as_char = encoder.tokenize(["the dog \U0001f600 runs"]).input_ids
     np.testing.assert_array_equal(as_pair, as_char)

@@ -19,7 +19,9 @@ def test_chunks_cover_every_text_once_growing_from_one_batch(count, batch_size):
         assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
 
 
-@pytest.mark.parametrize("bucket", [lambda n: None, lambda n: n, lambda n: -(-n // 4) * 4], ids=["none", "exact", "by4"])
+@pytest.mark.parametrize(
+    "bucket", [lambda n: None, lambda n: n, lambda n: -(-n // 4) * 4], ids=["none", "exact", "by4"]
+)
 def test_batches_hold_one_bucket_and_at_most_batch_size(bucket):
     lengths = np.sort(np.random.default_rng(0).integers(1, 30, size=200))[::-1]
     bounds = list(batch_bounds(lengths, 8, bucket))

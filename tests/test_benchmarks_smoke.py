@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_with_imports_blocked
 
 from benchmarks import accuracy, footprint, npu_pipeline, speed
 from benchmarks.accuracy import rank_average_ties, spearman
 from benchmarks.common import BASELINE, ONNX
-from conftest import run_with_imports_blocked
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,17 @@ def keep_thread_settings():
 
 @pytest.fixture
 def common_args(tiny_bundle, tiny_model_dir, stsb_dir) -> list[str]:
-    return ["--bundle", str(tiny_bundle), "--model", str(tiny_model_dir), "--stsb-dir", str(stsb_dir), "--quick", "--threads", "1"]
+    return [
+        "--bundle",
+        str(tiny_bundle),
+        "--model",
+        str(tiny_model_dir),
+        "--stsb-dir",
+        str(stsb_dir),
+        "--quick",
+        "--threads",
+        "1",
+    ]
 
 
 def test_spearman_matches_a_hand_computed_example():
@@ -79,7 +89,20 @@ def test_accuracy_reports_spearman_and_cosines(common_args, tmp_path):
 
 
 def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
-    args = ["--limit", "20", "--copies", "2", "--cores", "1", "2", "--latency-us", "100", "300", "--out", str(tmp_path / "npu.json")]
+    args = [
+        "--limit",
+        "20",
+        "--copies",
+        "2",
+        "--cores",
+        "1",
+        "2",
+        "--latency-us",
+        "100",
+        "300",
+        "--out",
+        str(tmp_path / "npu.json"),
+    ]
     result = npu_pipeline.main(common_args + args)
     assert (result["sentences"], result["copies"]) == (80, 2)  # 20 pairs, twice over
     assert [(row["latency_us"], row["npu_cores"]) for row in result["rows"]] == [(100, 1), (100, 2), (300, 1), (300, 2)]
@@ -89,7 +112,10 @@ def test_npu_pipeline_compares_with_the_bound(common_args, tmp_path):
         # The double ran at this row's latency on every copy: each call lasts at least its sentences x latency.
         assert row["npu_busy_s_per_core"] >= row["npu_modelled_s_per_core"] > 0
         assert row["achieved_vs_bound"] > 0 and row["infer_calls_per_encode"] >= 1
-        assert row["prepared_vs_bound"] == pytest.approx(row["prepared_sentences_per_s"] / row["bound"]) and row["prepared_vs_bound"] > 0
+        assert (
+            row["prepared_vs_bound"] == pytest.approx(row["prepared_sentences_per_s"] / row["bound"])
+            and row["prepared_vs_bound"] > 0
+        )
         # Each core's wall time splits into modelled NPU time and the four kinds of time lost.
         lost = sum(row[name] for name in npu_pipeline.LOSSES)
         assert row["wall_ms_per_encode"] == pytest.approx(1e3 * row["npu_modelled_s_per_core"] + lost, rel=1e-6)
@@ -161,7 +187,9 @@ def test_npu_pipeline_on_a_device_traces_and_monitors(device_args, tiny_bundle, 
 
 def test_npu_pipeline_groups_sentences_when_asked(common_args):
     single = npu_pipeline.main([*common_args, "--limit", "40", "--cores", "1", "--latency-us", "50"])
-    grouped = npu_pipeline.main([*common_args, "--limit", "40", "--cores", "1", "--latency-us", "50", "--group-sentences"])
+    grouped = npu_pipeline.main(
+        [*common_args, "--limit", "40", "--cores", "1", "--latency-us", "50", "--group-sentences"]
+    )
     assert single["rows"][0]["infer_calls_per_encode"] == single["sentences"]  # one sentence per call, the default
     assert grouped["group_sentences"] and grouped["rows"][0]["infer_calls_per_encode"] < grouped["sentences"] / 2
 
@@ -172,7 +200,9 @@ def test_npu_pipeline_on_a_device_shows_an_infer_that_holds_the_gil(device_args,
 
     from bertnpu_runtime.testing import FakeNpu
 
-    def compute_holding_the_gil(self, inputs, start, lanes=1):  # in place of FakeNpu._compute: a call of latency_s per sentence
+    def compute_holding_the_gil(
+        self, inputs, start, lanes=1
+    ):  # in place of FakeNpu._compute: a call of latency_s per sentence
         ctypes.PyDLL(None).usleep(int(len(inputs[0]) * self.latency_s * 1e6))  # PyDLL: the GIL stays held
         return np.zeros(inputs[0].shape, np.float32)
 
@@ -212,7 +242,20 @@ def test_interleave_blocks_runs_each_task_in_blocks_and_rotates():
     seconds = interleave_blocks(tasks, calls=3, rounds=2, warmup=1)
     assert {name: len(values) for name, values in seconds.items()} == {"a": 3 * 2, "b": 3 * 2}
     timed = log[2:]  # after one warm-up call each
-    assert timed == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("b", 4), ("b", 5), ("a", 3), ("a", 4), ("a", 5)]
+    assert timed == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
+        ("b", 4),
+        ("b", 5),
+        ("a", 3),
+        ("a", 4),
+        ("a", 5),
+    ]
 
 
 @pytest.mark.parametrize("module", [accuracy, footprint, npu_pipeline, speed])
@@ -227,7 +270,9 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
 
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)  # infinity is left out, as where it is not installed
     out = tmp_path / "serve.json"
-    result = serve.main([*common_args, "--limit", "40", "--concurrency", "1", "4", "--texts", "1", "8", "--out", str(out)])
+    result = serve.main(
+        [*common_args, "--limit", "40", "--concurrency", "1", "4", "--texts", "1", "8", "--out", str(out)]
+    )
     rows = {(row["texts"], row["concurrency"]): row for row in result["rows"]}
     assert set(rows) == {(1, 1), (1, 4), (8, 1), (8, 4)}
     for (texts, _), row in rows.items():
@@ -236,5 +281,7 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
         assert row["p50_ms"] <= row["p99_ms"] and row["vs_infinity"] is None
         ceilings = [r["in_process_sentences_per_s"] for r in row["rounds"]]  # measured in every round
         assert len(ceilings) == len(row["rounds"]) and min(ceilings) > 0
-        assert row["vs_in_process"] == pytest.approx(statistics.median(r["sentences_per_s"] / c for r, c in zip(row["rounds"], ceilings)))
+        assert row["vs_in_process"] == pytest.approx(
+            statistics.median(r["sentences_per_s"] / c for r, c in zip(row["rounds"], ceilings))
+        )
     assert len(json.loads(out.read_text())["rows"]) == 4

@@ -4,10 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
+from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 
 from bertnpu_runtime import BundleError, SentenceEncoder
 from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_FILE
-from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 
 
 def test_missing_folder(tmp_path):

@@ -9,11 +9,11 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
+from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 from onnx import TensorProto, helper
 
 from bertnpu_runtime import BundleError, EncoderOutputError, SentenceEncoder
 from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, ONNX_ENCODER_FILE, TOKENIZER_FILE
-from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,9 @@ def test_an_npz_header_declaring_an_absurd_shape(bundle_copy):
                 else:
                     np.lib.format.write_array(member, array)
     rehash(bundle_copy, EMBEDDINGS_FILE)
-    with pytest.raises(BundleError, match=r"word_embeddings declares shape \(1099511627776, 32\).*more than the archive holds"):
+    with pytest.raises(
+        BundleError, match=r"word_embeddings declares shape \(1099511627776, 32\).*more than the archive holds"
+    ):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 
@@ -112,7 +114,9 @@ def test_the_tables_eps_is_checked_against_the_manifest(bundle_copy, eps, messag
 def test_a_tokenizer_whose_ids_exceed_the_tables(bundle_copy):
     rewrite_tables(bundle_copy, word_embeddings=table(bundle_copy, "word_embeddings")[:50])
     rewrite_manifest(bundle_copy, vocab_size=50)
-    with pytest.raises(BundleError, match=rf"{TOKENIZER_FILE}: produces token ids up to \d+, but {EMBEDDINGS_FILE} has 50 word"):
+    with pytest.raises(
+        BundleError, match=rf"{TOKENIZER_FILE}: produces token ids up to \d+, but {EMBEDDINGS_FILE} has 50 word"
+    ):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 
@@ -121,14 +125,19 @@ def identity_encoder(path, width):
     hidden = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "seq", width])
     mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
     out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", width])
-    graph = helper.make_graph([helper.make_node("Identity", ["hidden_states"], ["last_hidden_state"])], "g", [hidden, mask], [out])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["hidden_states"], ["last_hidden_state"])], "g", [hidden, mask], [out]
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def test_an_onnx_graph_of_another_width(bundle_copy):
     identity_encoder(bundle_copy / ONNX_ENCODER_FILE, 48)
     rehash(bundle_copy, ONNX_ENCODER_FILE)
-    with pytest.raises(BundleError, match=rf"{ONNX_ENCODER_FILE}: input 'hidden_states' has shape \['batch', 'seq', 48\]; expected \[batch, seq, 32\]"):
+    with pytest.raises(
+        BundleError,
+        match=rf"{ONNX_ENCODER_FILE}: input 'hidden_states' has shape \['batch', 'seq', 48\]; expected \[batch, seq, 32\]",
+    ):
         SentenceEncoder(bundle_copy, backend="onnx")
 
 

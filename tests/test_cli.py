@@ -22,7 +22,9 @@ def test_file_to_npy_matches_api(tiny_bundle, tmp_path):
     lines = ["first sentence", "", "third one, a bit longer than the others"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "vectors.npy"
-    assert main(["encode", "--bundle", str(tiny_bundle), "--input", str(tmp_path / "in.txt"), "--output", str(out)]) == 0
+    assert (
+        main(["encode", "--bundle", str(tiny_bundle), "--input", str(tmp_path / "in.txt"), "--output", str(out)]) == 0
+    )
     with SentenceEncoder(tiny_bundle, backend="onnx") as enc:
         np.testing.assert_allclose(np.load(out), enc.encode(lines), atol=1e-6)
 
@@ -38,11 +40,14 @@ def test_stdin(tiny_bundle, tmp_path, monkeypatch):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "nothing to encode"),
-    (["--input", "x.txt"], "--input needs --output"),
-    (["--input", "x.txt", "--output", "o.npy", "extra"], "not both"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to encode"),
+        (["--input", "x.txt"], "--input needs --output"),
+        (["--input", "x.txt", "--output", "o.npy", "extra"], "not both"),
+    ],
+)
 def test_usage_errors_exit_2(tiny_bundle, capsys, args, message):
     assert main(["encode", "--bundle", str(tiny_bundle), *args]) == 2
     assert message in capsys.readouterr().err
@@ -118,7 +123,10 @@ def test_info_says_what_runs_and_where(tiny_bundle, capsys):
     assert main(["info", "--bundle", str(tiny_bundle)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["bundle"] == str(tiny_bundle.resolve())
-    assert info["backend_reason"].startswith("backend='auto' chose ONNX Runtime (CPU): ") and "model.mxq" in info["backend_reason"]
+    assert (
+        info["backend_reason"].startswith("backend='auto' chose ONNX Runtime (CPU): ")
+        and "model.mxq" in info["backend_reason"]
+    )
     assert info["libraries"]["onnxruntime"] and info["libraries"]["numpy"] == np.__version__
     assert info["npu_devices"] == []  # qbruntime is installed in the test environment and sees no card
     assert info["npu_cores_in_service"] == []  # the encoder runs on ONNX Runtime
@@ -134,12 +142,15 @@ def test_bertnpu_compile_is_python_m_compile(tiny_model_dir, tmp_path, capsys):
 def test_bertnpu_compile_without_the_extra_names_it():
     from conftest import run_with_imports_blocked
 
-    out = run_with_imports_blocked(("torch",), """
+    out = run_with_imports_blocked(
+        ("torch",),
+        """
         import contextlib, io
         from bertnpu_runtime.cli import main
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = main(["compile", "--model", "default", "--out", "x"])
         print(code, err.getvalue())
-    """)
+    """,
+    )
     assert out.startswith("2 ") and "pip install 'bertnpu[compile]'" in out

@@ -10,12 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import TINY_HIDDEN, TINY_LAYERS, TINY_MAX_POSITIONS, TINY_MAX_SEQ_LENGTH, tiny_vocab
 from transformers import BertModel, BertTokenizer
 
 from bertnpu_runtime.bundle import (
     CALIB_DIR,
-    EMBEDDINGS_FILE,
     EMBEDDING_KEYS,
+    EMBEDDINGS_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -28,12 +29,11 @@ from bertnpu_runtime.bundle import (
     load_embedding_tables,
     sha256_of,
 )
+from bertnpu_runtime.data import STSB_TRAIN_FILE
 from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.tokenize import Tokenizer
 from compile import build_bundle
 from compile.calibration import sample_sentences
-from bertnpu_runtime.data import STSB_TRAIN_FILE
-from conftest import TINY_HIDDEN, TINY_LAYERS, TINY_MAX_POSITIONS, TINY_MAX_SEQ_LENGTH, tiny_vocab
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -78,7 +78,9 @@ def test_tokenizer_matches_the_models_bert_tokenizer(tiny_bundle: Path, tiny_mod
         assert ours.encode([text]).input_ids[0].tolist() == reference(text)["input_ids"]
 
 
-def test_vocab_only_model_gets_an_equivalent_wordpiece_tokenizer(tiny_model_dir: Path, tiny_bundle: Path, tmp_path: Path):
+def test_vocab_only_model_gets_an_equivalent_wordpiece_tokenizer(
+    tiny_model_dir: Path, tiny_bundle: Path, tmp_path: Path
+):
     vocab_only = tmp_path / "vocab-only"
     shutil.copytree(tiny_model_dir, vocab_only)
     (vocab_only / "tokenizer.json").unlink()
@@ -118,7 +120,11 @@ def test_manifest_describes_the_bundle(tiny_bundle: Path, tiny_model_dir: Path, 
     data = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
     assert data["format"] == FORMAT_NAME and data["format_version"] == FORMAT_VERSION
     assert data["source_model"] == str(tiny_model_dir)
-    assert (data["hidden_size"], data["num_layers"], data["vocab_size"]) == (TINY_HIDDEN, TINY_LAYERS, len(tiny_vocab()))
+    assert (data["hidden_size"], data["num_layers"], data["vocab_size"]) == (
+        TINY_HIDDEN,
+        TINY_LAYERS,
+        len(tiny_vocab()),
+    )
     assert data["max_seq_length"] == TINY_MAX_SEQ_LENGTH
     assert (data["pooling"], data["normalize"], data["layer_norm_eps"]) == ("mean", False, 1e-12)
     assert data["npu"] == {"mask_input": None}
@@ -188,7 +194,9 @@ def test_onnx_encoder_has_dynamic_batch_and_seq(tiny_bundle: Path):
     assert all(isinstance(d, str) for d in hidden_shape[:2]) and hidden_shape[2] == TINY_HIDDEN
     for batch, seq in [(1, 1), (5, 40)]:
         hidden = np.random.default_rng(0).standard_normal((batch, seq, TINY_HIDDEN)).astype(np.float32)
-        (out,) = session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones((batch, seq), np.int64)})
+        (out,) = session.run(
+            [ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones((batch, seq), np.int64)}
+        )
         assert out.shape == (batch, seq, TINY_HIDDEN) and out.dtype == np.float32
 
 

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+
 from bertnpu_runtime.bundle import INT8_ENCODER_FILE, MANIFEST_FILE, Bundle
 from compile import CompileError, build_bundle
 from compile.cli import main
@@ -58,7 +59,9 @@ def test_non_bert_model_folder(tiny_model_dir: Path, tmp_path: Path):
         ({"rope_theta": 10000.0}, "field 'rope_theta'"),
     ],
 )
-def test_models_the_host_embedding_cannot_serve_are_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch, change, named):
+def test_models_the_host_embedding_cannot_serve_are_refused_before_any_work(
+    tiny_model_dir, tmp_path, monkeypatch, change, named
+):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -162,9 +165,22 @@ def test_calibration_data_that_is_a_folder(tiny_model_dir: Path, tmp_path: Path)
 
 def test_the_cli_prints_one_clean_line_per_step(tiny_model_dir: Path, tmp_path: Path):
     result = subprocess.run(
-        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--calib-samples", "4"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "compile",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "b"),
+            "--calib-samples",
+            "4",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr and "%|" not in result.stderr
     assert "wrote calib (" in result.stderr and "bundle ready" in result.stderr
@@ -184,9 +200,25 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.C
 def test_cli_builds_a_bundle(tiny_model_dir: Path, tmp_path: Path):
     out = tmp_path / "bundle"
     result = subprocess.run(
-        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(out),
-         "--calib-samples", "2", "--seed", "1", "--max-seq-length", "32"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "compile",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--calib-samples",
+            "2",
+            "--seed",
+            "1",
+            "--max-seq-length",
+            "32",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "wrote encoder.onnx" in result.stderr and "wrote calib" in result.stderr

@@ -18,9 +18,23 @@ from compile import CompileError, build_bundle
 from compile.qb import MBLT_FILE, MODEL_INPUTS, QUANTIZATION_SETTINGS
 
 STANDINS = Path(__file__).parent / "standins"
-SEED_SETTINGS = {"quantization_method": 1, "quantization_output": 0, "quantization_mode": 1, "percentile": 0.999, "topk_ratio": 0.01}
+SEED_SETTINGS = {
+    "quantization_method": 1,
+    "quantization_output": 0,
+    "quantization_mode": 1,
+    "percentile": 0.999,
+    "topk_ratio": 0.01,
+}
 # The keywords of Mobilint's BERT compile_mxq.py, plus device= (their STT script, the guides).
-PUBLISHED_MXQ_KEYWORDS = {"model", "save_path", "calib_data_path", "backend", "feed_dict", "calibration_config", "device"}
+PUBLISHED_MXQ_KEYWORDS = {
+    "model",
+    "save_path",
+    "calib_data_path",
+    "backend",
+    "feed_dict",
+    "calibration_config",
+    "device",
+}
 SEED_MBLT_KEYWORDS = {"model", "mblt_save_path", "backend", "feed_dict", "cpu_offload"}
 
 
@@ -69,9 +83,12 @@ def test_the_whole_model_is_compiled_as_mobilint_does(stand_in, tiny_model_dir: 
     assert bundle.path(MXQ_FILE) == out / MXQ_FILE  # listed and hash-checked
     npu = json.loads((out / MANIFEST_FILE).read_text())["npu"]
     assert npu == {
-        "graph": "model", "compiled_inputs": list(MODEL_INPUTS), "mask_input": "auto",
-        "inference_scheme": None, "compile_device": kwargs["device"],
-    }  # fmt: skip
+        "graph": "model",
+        "compiled_inputs": list(MODEL_INPUTS),
+        "mask_input": "auto",
+        "inference_scheme": None,
+        "compile_device": kwargs["device"],
+    }
     assert bundle.manifest.npu.mask_input == "auto" and bundle.manifest.npu.graph == "model"
 
 
@@ -127,7 +144,9 @@ def test_the_stand_in_refuses_keywords_mobilint_never_passes(stand_in):
         qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", target_device="aries")
 
 
-@pytest.mark.parametrize("option", [{"npu_graph": "decoder"}, {"inference_scheme": "global16"}, {"compile_device": "tpu"}])
+@pytest.mark.parametrize(
+    "option", [{"npu_graph": "decoder"}, {"inference_scheme": "global16"}, {"compile_device": "tpu"}]
+)
 def test_unknown_options_are_named_before_any_work(stand_in, option, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
     with pytest.raises(CompileError, match=repr(next(iter(option.values())))):
@@ -175,13 +194,33 @@ def test_a_failing_compiler_leaves_no_mxq(stand_in, monkeypatch, tiny_model_dir:
 def test_the_cli_compiles_an_mxq_end_to_end(tiny_model_dir: Path, tmp_path: Path):
     """python -m compile --mxq in a fresh interpreter, with the stand-in as the installed qbcompiler."""
     log = tmp_path / "calls.jsonl"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(STANDINS), os.environ.get("PYTHONPATH", "")]), QBCOMPILER_STANDIN_LOG=str(log))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(STANDINS), os.environ.get("PYTHONPATH", "")]),
+        QBCOMPILER_STANDIN_LOG=str(log),
+    )
     out = tmp_path / "bundle"
     result = subprocess.run(
-        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(out), "--calib-samples", "4",
-         "--mxq", "--inference-scheme", "all"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "compile",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--calib-samples",
+            "4",
+            "--mxq",
+            "--inference-scheme",
+            "all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+    )
     assert result.returncode == 0, result.stderr
     [call] = [json.loads(line) for line in log.read_text().splitlines()]
     assert call["function"] == "mxq_compile" and set(call["keywords"]) == PUBLISHED_MXQ_KEYWORDS | {"inference_scheme"}

@@ -47,7 +47,9 @@ def corpus(tmp_path_factory, sentences):
 
 def read_output(folder):
     table = pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("shard-*.parquet"))])
-    return {row_id: vector for row_id, vector in zip(table.column("doc_id").to_pylist(), table.column("vector").to_pylist())}
+    return {
+        row_id: vector for row_id, vector in zip(table.column("doc_id").to_pylist(), table.column("vector").to_pylist())
+    }
 
 
 def assert_equal_to_encode(tiny_bundle, folder, sentences):
@@ -86,15 +88,25 @@ def test_rows_without_text_are_reported_by_id(local_ray, tiny_bundle, tmp_path):
     assert table.column("vector").to_pylist()[1] is None and table.column("vector").to_pylist()[0] is not None
 
 
-def test_an_actor_that_dies_mid_run_is_restarted_and_its_batch_retried(local_ray, tiny_bundle, corpus, sentences, tmp_path):
+def test_an_actor_that_dies_mid_run_is_restarted_and_its_batch_retried(
+    local_ray, tiny_bundle, corpus, sentences, tmp_path
+):
     npu_bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle")
     marker = tmp_path / "died"
     result = embed_corpus(
-        npu_bundle, corpus, tmp_path / "out", text_column="body", id_column="doc_id", actors=2,
-        npu_per_actor=1, shard_rows=1000,
-        encoder_options={"qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_dying_once",
-                         "qbruntime_factory_options": {"marker": str(marker)}},
-    )  # fmt: skip
+        npu_bundle,
+        corpus,
+        tmp_path / "out",
+        text_column="body",
+        id_column="doc_id",
+        actors=2,
+        npu_per_actor=1,
+        shard_rows=1000,
+        encoder_options={
+            "qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_dying_once",
+            "qbruntime_factory_options": {"marker": str(marker)},
+        },
+    )
     assert marker.exists()  # an actor did die
     assert len(result.written) == 2 and not result.errors
     assert_equal_to_encode(tiny_bundle, tmp_path / "out", sentences)
@@ -108,8 +120,17 @@ def test_an_actor_dying_on_every_batch_ends_the_job_with_an_error(local_ray, tin
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                embed_corpus(npu_bundle, corpus, tmp_path / "out", text_column="body", id_column="doc_id",
-                             actors=1, npu_per_actor=1, shard_rows=1000, encoder_options=options)  # fmt: skip
+                embed_corpus(
+                    npu_bundle,
+                    corpus,
+                    tmp_path / "out",
+                    text_column="body",
+                    id_column="doc_id",
+                    actors=1,
+                    npu_per_actor=1,
+                    shard_rows=1000,
+                    encoder_options=options,
+                )
             except ActorsExhaustedError as exc:
                 return exc, caught
         return None, caught
@@ -130,9 +151,13 @@ def test_npu_actors_claim_the_mobilint_npu_resource(local_ray, tiny_bundle, tmp_
     npu_bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle")
     path = tmp_path / "lines.txt"
     path.write_text("a dog\nthe park\n" * 50)
-    options = {"qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_recording_resources",
-               "qbruntime_factory_options": {"folder": str(tmp_path)}}  # fmt: skip
-    result = embed_corpus(npu_bundle, path, tmp_path / "out", actors=2, npu_per_actor=1, shard_rows=20, encoder_options=options)
+    options = {
+        "qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_recording_resources",
+        "qbruntime_factory_options": {"folder": str(tmp_path)},
+    }
+    result = embed_corpus(
+        npu_bundle, path, tmp_path / "out", actors=2, npu_per_actor=1, shard_rows=20, encoder_options=options
+    )
     assert len(result.written) == 5
     claimed = [json.loads(p.read_text()) for p in tmp_path.glob("resources-*.json")]
     assert claimed and all(r.get("mobilint_npu") == 1 for r in claimed)
@@ -158,7 +183,9 @@ def test_the_embed_corpus_command(local_ray, tiny_bundle, tmp_path, capsys):
     table = pq.read_table(out / "shard-00000.parquet")
     assert table.column("id").to_pylist() == [0, 1]
     with SentenceEncoder(tiny_bundle, backend="onnx") as encoder:
-        np.testing.assert_allclose(np.array(table.column("vector").to_pylist()), encoder.encode(["a dog runs", "the cat sits"]), atol=1e-5)
+        np.testing.assert_allclose(
+            np.array(table.column("vector").to_pylist()), encoder.encode(["a dog runs", "the cat sits"]), atol=1e-5
+        )
     assert main(["embed-corpus", "--bundle", str(tiny_bundle), "--input", str(path), "--output", str(out)]) == 0
     rerun = capsys.readouterr().out
     assert "wrote 0 shard(s)" in rerun and "skipped 1 already written" in rerun

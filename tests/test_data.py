@@ -35,10 +35,13 @@ def test_the_environment_variable_points_elsewhere(monkeypatch, tmp_path):
     assert data.read_stsb_pairs(data.stsb_file(data.STSB_DEV_FILE)) == [("A cat.", "A dog.", 1.5)]
 
 
-@pytest.mark.parametrize("make, problem", [
-    (lambda d: d, "expected a file, found a folder"),
-    (lambda d: d / "missing.csv", "file does not exist"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda d: d, "expected a file, found a folder"),
+        (lambda d: d / "missing.csv", "file does not exist"),
+    ],
+)
 def test_a_bad_path_is_named(tmp_path, make, problem):
     path = make(tmp_path)
     with pytest.raises(DataError) as error:
@@ -51,21 +54,35 @@ def test_nothing_in_the_project_reads_outside_the_checkout():
     for folder in ("bertnpu_runtime", "compile", "benchmarks", "tests", "docs"):
         project += [path for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".md", ".sh", ".toml")]
     offenders = [
-        str(path.relative_to(REPO)) for path in project
+        str(path.relative_to(REPO))
+        for path in project
         if path != Path(__file__) and "../shared" in path.read_text(encoding="utf-8", errors="replace")
-    ]  # fmt: skip
+    ]
     assert offenders == []
 
 
 def test_the_data_is_in_the_wheel_and_the_sdist(tmp_path):
     """Build both from a copy of the project, as pip would, and look inside."""
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "bundles", "build", "dist", "*.egg-info", "__pycache__", "results"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "bundles", "build", "dist", "*.egg-info", "__pycache__", "results"
+        ),
+    )
     out = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-c", f"import setuptools.build_meta as b; b.build_wheel({str(out)!r}); b.build_sdist({str(out)!r})"],
-        cwd=source, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"import setuptools.build_meta as b; b.build_wheel({str(out)!r}); b.build_sdist({str(out)!r})",
+        ],
+        cwd=source,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = out.glob("*.whl")
     (sdist,) = out.glob("*.tar.gz")
     in_wheel = set(zipfile.ZipFile(wheel).namelist())

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import in_forked_child
 
 from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
 from bertnpu_runtime.backends.onnx import OnnxEncoder
-from conftest import in_forked_child
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -216,9 +216,8 @@ def test_closed_encoder_refuses_work(tiny_bundle):
 
 
 def test_auto_falls_back_to_onnx_and_says_why(tiny_bundle, caplog):
-    with caplog.at_level(logging.INFO, logger="bertnpu"):
-        with SentenceEncoder(tiny_bundle) as enc:
-            assert enc.backend == "onnx"
+    with caplog.at_level(logging.INFO, logger="bertnpu"), SentenceEncoder(tiny_bundle) as enc:
+        assert enc.backend == "onnx"
     assert "ONNX Runtime" in caplog.text and "model.mxq" in caplog.text
 
 
@@ -232,11 +231,14 @@ def test_int8_without_int8_file_names_it(tiny_bundle):
         SentenceEncoder(tiny_bundle, backend="onnx", encoder_precision="int8")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"backend": "gpu"}, "backend must be one of"),
-    ({"encoder_precision": "fp16"}, "encoder_precision must be one of"),
-    ({"backend": "npu", "encoder_precision": "int8"}, "encoder_precision=.int8. selects an ONNX graph"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "gpu"}, "backend must be one of"),
+        ({"encoder_precision": "fp16"}, "encoder_precision must be one of"),
+        ({"backend": "npu", "encoder_precision": "int8"}, "encoder_precision=.int8. selects an ONNX graph"),
+    ],
+)
 def test_bad_options(tiny_bundle, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SentenceEncoder(tiny_bundle, **kwargs)
@@ -333,7 +335,9 @@ def test_batch_memory_is_kept_between_encodes_but_not_after_a_failure(tiny_bundl
         memory = enc.pipeline._batch_memory
         assert memory is not None and memory.nbytes > 0
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
-        assert enc.pipeline._batch_memory is memory and enc.pipeline._batch_memory.nbytes == memory.nbytes  # reused, not grown
+        assert (
+            enc.pipeline._batch_memory is memory and enc.pipeline._batch_memory.nbytes == memory.nbytes
+        )  # reused, not grown
 
         backend.fail_at = backend.calls + 3
         with pytest.raises(RuntimeError, match="encoder failed"):

@@ -8,10 +8,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import in_forked_child
 
 from bertnpu_runtime import BackendUnavailableError, SentenceEncoder
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
-from conftest import in_forked_child
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -103,12 +103,19 @@ def test_last_chunk_runs_its_largest_calls_first(npu_bundle):
     """So that the cores' final calls are short and they finish together; earlier chunks stay longest first."""
     texts = ["word"] * 4 + ["word " * 10] + ["word word word"] * 3 + ["word"] * 4  # chunks of 4 and 8 texts
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
+    with SentenceEncoder(
+        npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake
+    ) as enc:
         short, long, mid = (int(n) for n in enc.tokenize(texts).lengths[3:6])
         vectors = enc.encode(texts, batch_size=4)
     assert short < mid < long
     # One core runs calls in the order they were queued: the first chunk, then the last one's 4, 3 and 1 sentences.
-    assert [(call.sentences, call.shapes[0][-2]) for call in fake.calls] == [(4, short), (4, short), (3, mid), (1, long)]
+    assert [(call.sentences, call.shapes[0][-2]) for call in fake.calls] == [
+        (4, short),
+        (4, short),
+        (3, mid),
+        (1, long),
+    ]
     with SentenceEncoder(npu_bundle, backend="onnx") as onnx:
         assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
 
@@ -119,16 +126,24 @@ def test_short_batches_wait_one_chunk_for_more_of_their_length(npu_bundle):
     a, b, c, d = ("word " * n for n in (1, 2, 3, 4))
     texts = [a, a, b, b] + [a, a] + [c] * 6 + [c] * 2 + [d] * 14  # chunks of 4, 8 and 16 texts at batch_size 4
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
+    with SentenceEncoder(
+        npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake
+    ) as enc:
         len_a, len_b, len_c, len_d = (int(n) for n in enc.tokenize([a, b, c, d]).lengths)
         vectors = enc.encode(texts, batch_size=4)
     assert len_a < len_b < len_c < len_d
     # One core runs calls in the order they were queued. The first chunk sends nothing; the second
     # sends a and b (held, b still short), 4 of its 6 c (2 wait); the last sends everything.
     assert [(call.sentences, call.shapes[0][-2]) for call in fake.calls] == [
-        (4, len_c), (2, len_b), (4, len_a),
-        (4, len_d), (4, len_d), (4, len_d), (4, len_c), (2, len_d),
-    ]  # fmt: skip
+        (4, len_c),
+        (2, len_b),
+        (4, len_a),
+        (4, len_d),
+        (4, len_d),
+        (4, len_d),
+        (4, len_c),
+        (2, len_d),
+    ]
     with SentenceEncoder(npu_bundle, backend="onnx") as onnx:
         assert cosine_rows(vectors, onnx.encode(texts)).min() >= 0.99999  # every row back in input order
 
@@ -138,7 +153,9 @@ def test_npu_batches_default_to_64_sentences_and_batch_size_still_caps_them(npu_
     wake-up on the host); a batch_size given caps it as before."""
     texts = ["A man is playing a guitar."] * 150  # one length: calls of a full batch, and the rest
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as enc:
+    with SentenceEncoder(
+        npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake
+    ) as enc:
         assert enc.default_batch_size == 64
         by_default = enc.encode(texts)
         default_calls = [call.sentences for call in fake.calls]
@@ -157,9 +174,8 @@ def test_auto_picks_the_npu_when_device_and_mxq_exist(npu_bundle, onnx_vectors):
 
 def test_auto_without_a_device_falls_back_and_logs(npu_bundle, caplog):
     fake = FakeNpu(npu_bundle / "encoder.onnx", num_devices=0)
-    with caplog.at_level(logging.INFO, logger="bertnpu"):
-        with SentenceEncoder(npu_bundle, qbruntime_module=fake) as enc:
-            assert enc.backend == "onnx"
+    with caplog.at_level(logging.INFO, logger="bertnpu"), SentenceEncoder(npu_bundle, qbruntime_module=fake) as enc:
+        assert enc.backend == "onnx"
     assert "no Mobilint NPU found" in caplog.text
 
 

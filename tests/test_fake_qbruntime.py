@@ -71,11 +71,24 @@ def test_is_valid_shape_agrees_with_qbruntime_on_random_shapes():
 def test_find_memory_format_agrees_with_qbruntime():
     rng = np.random.default_rng(1)
     model_shapes = [[(1, -1, HIDDEN)], [(1, 8, HIDDEN)], [(1, 8, HIDDEN), (1, 8, 1)], [(1, -4, HIDDEN), (1, -4, 1)]]
-    candidates = [(1, 8, HIDDEN), (3, 1, 8, HIDDEN), (HIDDEN, 1, 8), (8, HIDDEN), (1, 8, 1), (2, 1, 8, 1), (1, 6, HIDDEN)]
+    candidates = [
+        (1, 8, HIDDEN),
+        (3, 1, 8, HIDDEN),
+        (HIDDEN, 1, 8),
+        (8, HIDDEN),
+        (1, 8, 1),
+        (2, 1, 8, 1),
+        (1, 6, HIDDEN),
+    ]
     for _ in range(2000):
         shapes = model_shapes[rng.integers(len(model_shapes))]
-        inputs = [np.empty(candidates[i], np.float32) for i in rng.integers(len(candidates), size=int(rng.integers(1, 3)))]
-        assert _find_memory_format(inputs, shapes) == real_find_memory_format(inputs, shapes), ([a.shape for a in inputs], shapes)
+        inputs = [
+            np.empty(candidates[i], np.float32) for i in rng.integers(len(candidates), size=int(rng.integers(1, 3)))
+        ]
+        assert _find_memory_format(inputs, shapes) == real_find_memory_format(inputs, shapes), (
+            [a.shape for a in inputs],
+            shapes,
+        )
 
 
 @pytest.mark.parametrize(
@@ -234,7 +247,9 @@ def test_core_modes_the_single_core_mxq_lacks_are_rejected(mxq, mode):
 def test_model_config_single_core_mode_matches_the_real_one(cluster, core):
     fake = FakeNpu(hidden_size=HIDDEN)
     real_config, fake_config = qbruntime.ModelConfig(), fake.ModelConfig()
-    real_ok = real_config.set_single_core_mode(None, [qbruntime.CoreId(qbruntime.Cluster[cluster], qbruntime.Core[core])])
+    real_ok = real_config.set_single_core_mode(
+        None, [qbruntime.CoreId(qbruntime.Cluster[cluster], qbruntime.Core[core])]
+    )
     fake_ok = fake_config.set_single_core_mode(None, [fake.CoreId(fake.Cluster[cluster], fake.Core[core])])
     assert fake_ok == real_ok
     assert fake_config.get_core_mode().name == real_config.get_core_mode().name

@@ -16,8 +16,8 @@ from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, TOKENIZER_FILE,
 from bertnpu_runtime.embedding import EmbeddingLayer
 from bertnpu_runtime.pooling import l2_normalize, pool
 from bertnpu_runtime.tokenize import Tokenizer
-from compile.errors import CompileError
 from compile.calibration import calibration_files
+from compile.errors import CompileError
 from compile.int8 import DEFAULT_OPTIONS, MATMUL_ROLES, matmul_roles, quantize_encoder
 from compile.int8_smooth import smooth_matmul_inputs
 
@@ -57,14 +57,21 @@ def test_int8_model_keeps_the_encoder_interface(tiny_bundle: Path, int8_model: t
 def test_int8_model_is_quantized_per_channel(int8_model: tuple[Path, dict]):
     graph = onnx.load(str(int8_model[0])).graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    weight_dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and initializers.get(n.input[0]) is not None
-                  and initializers[n.input[0]].ndim == 2]
+    weight_dqs = [
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and initializers.get(n.input[0]) is not None
+        and initializers[n.input[0]].ndim == 2
+    ]
     assert len(weight_dqs) == int8_model[1]["matmuls"]["quantized"] > 0
     for node in weight_dqs:
         weight, scale = initializers[node.input[0]], initializers[node.input[1]]
         assert weight.dtype == np.int8
         assert scale.shape == (weight.shape[1],), "one scale per output channel"
-    assert not [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"], "activations must be statically quantized"
+    assert not [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"], (
+        "activations must be statically quantized"
+    )
 
 
 def test_int8_output_is_close_to_float32(tiny_bundle: Path, int8_model: tuple[Path, dict]):
@@ -80,8 +87,13 @@ def test_info_records_how_the_model_was_made(tiny_bundle: Path, int8_model: tupl
     info = int8_model[1]
     assert info["format"] == "QDQ"
     assert info["onnxruntime_version"] == ort.__version__
-    assert info["weights"] == {"type": "int8", "symmetric": True, "per_channel": True, "channel_axis": 1,
-                               "reduce_range": DEFAULT_OPTIONS.reduce_range}
+    assert info["weights"] == {
+        "type": "int8",
+        "symmetric": True,
+        "per_channel": True,
+        "channel_axis": 1,
+        "reduce_range": DEFAULT_OPTIONS.reduce_range,
+    }
     assert info["activations"]["calibration"] == "percentile"
     assert info["activations"]["percentile"] == DEFAULT_OPTIONS.percentile
     assert info["calibration_samples"] == len(list((tiny_bundle / CALIB_DIR).glob("*.npy")))
@@ -111,7 +123,10 @@ def test_smoothing_keeps_the_float_function(tiny_bundle: Path):
     smoothed.CopyFrom(model)
     count = smooth_matmul_inputs(smoothed, weight_matmuls, calibration_files(tiny_bundle / CALIB_DIR), alpha=0.75)
     assert count > 0
-    assert sum(n.op_type == "Mul" for n in smoothed.graph.node) == sum(n.op_type == "Mul" for n in model.graph.node) + count
+    assert (
+        sum(n.op_type == "Mul" for n in smoothed.graph.node)
+        == sum(n.op_type == "Mul" for n in model.graph.node) + count
+    )
     hidden, mask = _inputs(tiny_bundle, SENTENCES)
 
     def run(m: onnx.ModelProto) -> np.ndarray:
@@ -162,11 +177,16 @@ def test_compile_int8_then_encode_with_precision_int8(tiny_model_dir: Path, tmp_
     bundle = build_bundle(str(tiny_model_dir), tmp_path / "b", calib_samples=8, int8=True)
     assert Bundle(bundle).manifest.int8["weights"]["per_channel"] is True
     texts = ["A man is playing a guitar.", "Hi", "", "Two dogs run through a field of tall grass."]
-    with SentenceEncoder(bundle, backend="onnx") as fp32, SentenceEncoder(bundle, backend="onnx", encoder_precision="int8") as q:
+    with (
+        SentenceEncoder(bundle, backend="onnx") as fp32,
+        SentenceEncoder(bundle, backend="onnx", encoder_precision="int8") as q,
+    ):
         assert q.encoder_precision == "int8"
         reference, quantized = fp32.encode(texts), q.encode(texts)
         assert not np.allclose(quantized, reference, atol=1e-6)  # really the int8 graph
-        cosine = np.sum(quantized * reference, axis=1) / (np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1))
+        cosine = np.sum(quantized * reference, axis=1) / (
+            np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1)
+        )
         assert cosine.min() > 0.99
         for batch_size in (1, 3):  # static ranges: a vector does not depend on its batch
             np.testing.assert_allclose(q.encode(texts, batch_size=batch_size), quantized, atol=1e-5)

@@ -16,7 +16,10 @@ def test_the_real_mbltml_without_a_driver_says_so():
 
 def test_without_the_package_the_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "mbltml", None)
-    assert npu_status() == {"available": False, "reason": "mobilint-ml is not installed (pip install 'bertnpu[monitor]')"}
+    assert npu_status() == {
+        "available": False,
+        "reason": "mobilint-ml is not installed (pip install 'bertnpu[monitor]')",
+    }
 
 
 def card_readings():
@@ -56,12 +59,19 @@ def test_a_cards_readings():
     status = npu_status(module)
     assert status == {
         "available": True,
-        "devices": [{
-            "board": "aries-rb", "dev_no": 0, "utilization_percent": 37.5,
-            "cores": [{"cluster": 1, "core": 2, "utilization_percent": 25.0}],
-            "memory_used_bytes": 1 << 20, "memory_total_bytes": 16 << 30, "temperature_c": 48, "power_w": None,
-        }],
-    }  # fmt: skip
+        "devices": [
+            {
+                "board": "aries-rb",
+                "dev_no": 0,
+                "utilization_percent": 37.5,
+                "cores": [{"cluster": 1, "core": 2, "utilization_percent": 25.0}],
+                "memory_used_bytes": 1 << 20,
+                "memory_total_bytes": 16 << 30,
+                "temperature_c": 48,
+                "power_w": None,
+            }
+        ],
+    }
     assert shut == [True]  # mbltml is shut down after reading
 
 

@@ -220,9 +220,8 @@ def test_a_length_no_variant_accepts(mxq):
         with pytest.raises(ValueError, match="5 tokens.*no mask input, so sentences cannot be padded"):
             encoder.run(*batch([8, 5]))
     bounded = FakeNpu(hidden_size=HIDDEN, variants=[-1], max_width=10)
-    with npu(mxq, bounded, cores=1) as encoder:
-        with pytest.raises(ValueError, match="any length up to 10"):
-            encoder.run(*batch([11]))
+    with npu(mxq, bounded, cores=1) as encoder, pytest.raises(ValueError, match="any length up to 10"):
+        encoder.run(*batch([11]))
 
 
 def test_bad_batches(mxq):
@@ -253,7 +252,9 @@ def test_an_mxq_that_disagrees_with_the_bundle(mxq, fake_kwargs, spec, message):
 
 
 def test_no_device_names_the_device_number(mxq):
-    with pytest.raises(BackendUnavailableError, match=r"device 3 \(dev_no=3; qbruntime sees \['aries-rb'\]\): Acc_DeviceNotFound"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"device 3 \(dev_no=3; qbruntime sees \['aries-rb'\]\): Acc_DeviceNotFound"
+    ):
         npu(mxq, FakeNpu(hidden_size=HIDDEN), device_no=3)
 
 
@@ -274,7 +275,9 @@ def test_a_busy_core_releases_what_was_launched(mxq):
     config.set_single_core_mode(None, [fake.CoreId(fake.Cluster.Cluster0, fake.Core.Core1)])
     other = fake.Model(str(mxq), config)
     other.launch(fake.Accelerator())
-    with pytest.raises(BackendUnavailableError, match=r"device 0, \(cluster 0, core 1\): Acc_CoreAlreadyInUse") as raised:
+    with pytest.raises(
+        BackendUnavailableError, match=r"device 0, \(cluster 0, core 1\): Acc_CoreAlreadyInUse"
+    ) as raised:
         npu(mxq, fake, cores=3)
     assert "still open" in str(raised.value) and "npu_cores=" in str(raised.value)  # what to do about it
     assert fake.busy_cores() == {(0, 1)}

@@ -59,7 +59,9 @@ def test_a_transient_failure_fails_one_encode_and_keeps_grouping(npu_bundle, tin
         expected = reference.encode(TEXTS)
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=None)
     fake.fail_core((0, 0), calls=[1])
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(
+        npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake
+    ) as encoder:
         with pytest.raises(Exception, match="Model_InferFailed"):
             encoder.encode(TEXTS)
         calls_before = len(fake.calls)
@@ -73,7 +75,9 @@ def test_a_shape_refusal_turns_grouping_off(npu_bundle, tiny_bundle, caplog):
     with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
         expected = reference.encode(TEXTS)
     fake = FakeNpu(npu_bundle / "encoder.onnx", max_batch=1)
-    with SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(
+        npu_bundle, backend="npu", npu_cores=1, npu_group_sentences=True, qbruntime_module=fake
+    ) as encoder:
         np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-5)
     assert "refused one call" in caplog.text
 
@@ -81,7 +85,9 @@ def test_a_shape_refusal_turns_grouping_off(npu_bundle, tiny_bundle, caplog):
 @pytest.mark.parametrize("timeout", [0, -1, float("inf"), "30", True])
 def test_a_bad_timeout_is_refused(npu_bundle, timeout):
     with pytest.raises(ValueError, match="npu timeout must be a positive number"):
-        SentenceEncoder(npu_bundle, backend="npu", npu_timeout_s=timeout, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx"))
+        SentenceEncoder(
+            npu_bundle, backend="npu", npu_timeout_s=timeout, qbruntime_module=FakeNpu(npu_bundle / "encoder.onnx")
+        )
 
 
 def test_a_core_that_keeps_failing_goes_out_of_service_and_the_others_serve(npu_bundle, tiny_bundle, caplog):
@@ -97,7 +103,7 @@ def test_a_core_that_keeps_failing_goes_out_of_service_and_the_others_serve(npu_
                 vectors = encoder.encode(TEXTS, batch_size=4)
             except BackendUnavailableError:
                 raise
-            except Exception:  # noqa: BLE001 - the failing core's QbRuntimeError
+            except Exception:
                 failed += 1
         assert encoder.npu_cores_in_service == [(0, 0)]
         assert 1 <= failed <= 3
@@ -113,7 +119,9 @@ def test_no_core_left_is_a_clear_error_at_once(npu_bundle):
         started = time.monotonic()
         with pytest.raises(Exception):  # noqa: B017 - the first failures are the runtime's own
             encoder.encode(TEXTS, batch_size=2)  # 20 calls: the third failure takes the only core out
-        with pytest.raises(BackendUnavailableError, match=r"no NPU core is left in service.*\(cluster 0, core 0\): Model_InferFailed"):
+        with pytest.raises(
+            BackendUnavailableError, match=r"no NPU core is left in service.*\(cluster 0, core 0\): Model_InferFailed"
+        ):
             encoder.encode(TEXTS)
         assert time.monotonic() - started < 10  # the queued calls failed; none waited for the timeout
         assert encoder.npu_cores_in_service == []
@@ -126,7 +134,7 @@ def test_failures_that_are_not_in_a_row_keep_the_core(npu_bundle):
         for _ in range(9):
             try:
                 encoder.encode(["one sentence"])
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         assert encoder.npu_cores_in_service == [(0, 0)]
         assert encoder.encode(["one sentence"]).shape == (1, encoder.dim)

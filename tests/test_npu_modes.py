@@ -13,7 +13,11 @@ from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 
 ALL_MODES = ("single", "multi", "global4", "global8")
 TEXTS = [f"sentence number {i} about a {'big ' * (i % 5)}dog in the park" for i in range(30)]
-WHOLE_MODEL = {"graph": "model", "compiled_inputs": ["input_ids", "token_type_ids", "attention_mask"], "mask_input": "auto"}
+WHOLE_MODEL = {
+    "graph": "model",
+    "compiled_inputs": ["input_ids", "token_type_ids", "attention_mask"],
+    "mask_input": "auto",
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,10 @@ def test_each_core_mode(model_bundle, expected, mode, models, grouped):
 
 def test_a_mode_the_mxq_was_not_compiled_for(model_bundle):
     fake = FakeNpu(model_bundle / "encoder.onnx")  # compiled for single-core mode only
-    with pytest.raises(BackendUnavailableError, match=r"not compiled for multi-core mode \(Model_MXQAndModelConfigNotMatch occurred\.\).*--inference-scheme multi"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"not compiled for multi-core mode \(Model_MXQAndModelConfigNotMatch occurred\.\).*--inference-scheme multi",
+    ):
         SentenceEncoder(model_bundle, backend="npu", npu_core_mode="multi", qbruntime_module=fake)
     assert fake.busy_cores() == set()
 
@@ -128,7 +135,9 @@ def test_cluster_modes_need_an_aries_card(model_bundle):
 
 def test_a_board_is_opened_by_name(model_bundle, expected):
     fake = FakeNpu(model_bundle / "encoder.onnx")
-    with SentenceEncoder(model_bundle, backend="npu", npu_device_name="aries", npu_cores=1, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(
+        model_bundle, backend="npu", npu_device_name="aries", npu_cores=1, qbruntime_module=fake
+    ) as encoder:
         assert cosine_rows(encoder.encode(TEXTS), expected).min() >= 0.99999
     with pytest.raises(BackendUnavailableError, match=r"device_name='regulus', dev_no=0.*Acc_DeviceNotFound"):
         SentenceEncoder(model_bundle, backend="npu", npu_device_name="regulus", qbruntime_module=fake)
@@ -139,7 +148,11 @@ def test_a_board_name_without_a_card_is_driver_not_initialized_as_in_qbruntime()
 
     qbruntime.set_log_level(qbruntime.LogLevel.Off)
     fake = FakeNpu(hidden_size=32, num_devices=0)
-    for name, code in (("aries-rb", "Driver_NotInitialized"), ("regulus-rb", "Driver_NotInitialized"), ("aries", "Acc_DeviceNotFound")):
+    for name, code in (
+        ("aries-rb", "Driver_NotInitialized"),
+        ("regulus-rb", "Driver_NotInitialized"),
+        ("aries", "Acc_DeviceNotFound"),
+    ):
         for runtime in (qbruntime, fake):
             with pytest.raises(runtime.QbRuntimeError, match=code):
                 runtime.Accelerator(name)
@@ -150,7 +163,9 @@ def test_a_trace_of_the_encoders_calls(model_bundle, tmp_path):
 
     fake = FakeNpu(model_bundle / "encoder.onnx")
     trace = tmp_path / "npu-trace.json"
-    with SentenceEncoder(model_bundle, backend="npu", npu_cores=2, npu_trace_path=trace, qbruntime_module=fake) as encoder:
+    with SentenceEncoder(
+        model_bundle, backend="npu", npu_cores=2, npu_trace_path=trace, qbruntime_module=fake
+    ) as encoder:
         encoder.encode(TEXTS[:5])
         assert not fake.start_tracing_events(str(tmp_path / "second.json"))  # one trace at a time, as in qbruntime
     events = json.loads(trace.read_text())["traceEvents"]
@@ -162,5 +177,7 @@ def test_a_trace_of_the_encoders_calls(model_bundle, tmp_path):
 def test_a_trace_into_a_missing_folder_is_refused(model_bundle, tmp_path):
     fake = FakeNpu(model_bundle / "encoder.onnx")
     with pytest.raises(ValueError, match="its folder does not exist"):
-        SentenceEncoder(model_bundle, backend="npu", npu_trace_path=tmp_path / "nowhere" / "t.json", qbruntime_module=fake)
+        SentenceEncoder(
+            model_bundle, backend="npu", npu_trace_path=tmp_path / "nowhere" / "t.json", qbruntime_module=fake
+        )
     assert fake.busy_cores() == set() and fake.start_tracing_events(str(tmp_path / "ok.json"))

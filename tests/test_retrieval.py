@@ -9,13 +9,13 @@ from contextlib import nullcontext
 
 import numpy as np
 import pytest
+from conftest import write_tiny_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import quantize_embeddings as st_quantize
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.quantization import quantize_embeddings
 from compile import build_bundle
-from conftest import write_tiny_model
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -67,10 +67,15 @@ def test_e5_style_query_and_passage_prefixes(models):
     assert ours.prompts == E5_PROMPTS["prompts"]
     for method in ("encode_query", "encode_document"):
         assert cosine_rows(getattr(ours, method)(TEXTS), getattr(theirs, method)(TEXTS)).min() >= 0.99999
-    assert cosine_rows(ours.encode(TEXTS, prompt_name="query"), theirs.encode(TEXTS, prompt_name="query")).min() >= 0.99999
+    assert (
+        cosine_rows(ours.encode(TEXTS, prompt_name="query"), theirs.encode(TEXTS, prompt_name="query")).min() >= 0.99999
+    )
     assert cosine_rows(ours.encode(TEXTS, prompt="custom: "), theirs.encode(TEXTS, prompt="custom: ")).min() >= 0.99999
     plain = ours.encode(TEXTS)  # no default prompt: as written
-    assert cosine_rows(plain, theirs.encode(TEXTS)).min() >= 0.99999 and cosine_rows(plain, ours.encode_query(TEXTS)).max() < 0.9999
+    assert (
+        cosine_rows(plain, theirs.encode(TEXTS)).min() >= 0.99999
+        and cosine_rows(plain, ours.encode_query(TEXTS)).max() < 0.9999
+    )
 
 
 def test_bge_style_cls_with_a_query_instruction(models):
@@ -98,8 +103,13 @@ def test_a_default_prompt_is_used_without_asking(models):
 
 
 def test_the_seed_tutorials_shape(models):
-    shape = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
-             "max_position_embeddings": 512}  # fmt: skip
+    shape = {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "max_position_embeddings": 512,
+    }
     ours, theirs = models("tutorial-shape", shape=shape)
     assert ours.dim == 128
     assert cosine_rows(ours.encode(TEXTS), theirs.encode(TEXTS)).min() >= 0.99999
@@ -114,7 +124,9 @@ def test_matryoshka_truncation_in_sentence_transformers_order(models, normalize_
     assert got.shape == (len(TEXTS), 8)
     np.testing.assert_allclose(got, expected, atol=2e-5)
     with SentenceEncoder(ours.bundle_dir, backend="onnx", truncate_dim=8) as truncating:
-        np.testing.assert_allclose(truncating.encode(TEXTS, normalize_embeddings=normalize_embeddings), expected, atol=2e-5)
+        np.testing.assert_allclose(
+            truncating.encode(TEXTS, normalize_embeddings=normalize_embeddings), expected, atol=2e-5
+        )
     with pytest.raises(ValueError, match="truncate_dim 33 is larger than this model's 32"):
         ours.encode(TEXTS, truncate_dim=33)
 
@@ -172,8 +184,25 @@ def test_compile_options_add_prompts_and_override_pooling(tmp_path):
 
     folder = write_tiny_model(tmp_path / "model", seed=7, st_config=E5_PROMPTS)
     out = tmp_path / "bundle"
-    assert compile_main(["--model", str(folder), "--out", str(out), "--calib-samples", "4",
-                         "--pooling", "cls", "--prompt", "query=search: ", "--prompt", "clustering=cluster: "]) == 0  # fmt: skip
+    assert (
+        compile_main(
+            [
+                "--model",
+                str(folder),
+                "--out",
+                str(out),
+                "--calib-samples",
+                "4",
+                "--pooling",
+                "cls",
+                "--prompt",
+                "query=search: ",
+                "--prompt",
+                "clustering=cluster: ",
+            ]
+        )
+        == 0
+    )
     with SentenceEncoder(out, backend="onnx") as ours:
         assert ours.manifest.pooling == "cls"
         assert ours.prompts == {"query": "search: ", "document": "passage: ", "clustering": "cluster: "}

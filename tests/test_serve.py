@@ -15,12 +15,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from serving import ServerProcess, server_in_thread, wait_healthy
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.serve.app import ServeSettings, create_app
 from bertnpu_runtime.serve.batcher import WORKERS
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
-from serving import ServerProcess, server_in_thread, wait_healthy
 
 TEXTS = [f"sentence {i}: a dog runs across the {'green ' * (i % 4)}park" for i in range(64)]
 LONG = "word " * 400  # over the tiny model's 48 tokens
@@ -65,7 +65,9 @@ def test_the_openai_client_gets_the_vectors_of_encode(server, reference, encodin
         got = [np.frombuffer(base64.b64decode(e), "<f4") for e in got]
     expected = reference.encode(TEXTS[:8])
     assert cosine_rows(got, expected).min() >= 0.99999
-    assert response.usage.prompt_tokens == response.usage.total_tokens == int(reference.tokenize(TEXTS[:8]).lengths.sum())
+    assert (
+        response.usage.prompt_tokens == response.usage.total_tokens == int(reference.tokenize(TEXTS[:8]).lengths.sum())
+    )
 
 
 def test_a_single_string_and_matryoshka_dimensions(server, reference):
@@ -89,7 +91,8 @@ def test_tei_embed(server, reference):
 def test_tei_long_inputs_are_413_unless_truncated(server, reference):
     refused = httpx.post(f"{server.url}/embed", json={"inputs": ["short", LONG]})
     assert refused.status_code == 413 and refused.json() == {
-        "error": "inputs[1] is longer than this model's 48 tokens", "error_type": "Validation"
+        "error": "inputs[1] is longer than this model's 48 tokens",
+        "error_type": "Validation",
     }
     cut = httpx.post(f"{server.url}/embed", json={"inputs": [LONG], "truncate": True, "normalize": False})
     np.testing.assert_allclose(cut.json()[0], reference.encode(LONG), atol=1e-5)
@@ -109,7 +112,12 @@ def openai_error(response):
         ({"input": []}, 400, "'input' must not be an empty list", "input"),
         ({"input": {"text": "a"}}, 400, "'input' must be a string or a list of strings, found an object", "input"),
         ({}, 400, "'input' is required", "input"),
-        ({"input": "a", "encoding_format": "int8"}, 400, "'encoding_format' must be 'float' or 'base64'", "encoding_format"),
+        (
+            {"input": "a", "encoding_format": "int8"},
+            400,
+            "'encoding_format' must be 'float' or 'base64'",
+            "encoding_format",
+        ),
         ({"input": "a", "dimensions": 33}, 400, "'dimensions' must be between 1 and 32", "dimensions"),
         ({"input": "a", "dimensions": "8"}, 400, "'dimensions' must be an integer, found a string", "dimensions"),
         ({"input": "a", "model": "gpt-4"}, 404, "The model `gpt-4` does not exist", "model"),
@@ -143,8 +151,14 @@ def test_models_health_and_metrics(server):
     health = httpx.get(f"{server.url}/health")
     assert health.status_code == 200 and health.json()["backend"] == "onnx"
     metrics = httpx.get(f"{server.url}/metrics").text
-    for name in ("bertnpu_requests_total", "bertnpu_encoder_batches_total", "bertnpu_sentences_total",
-                 "bertnpu_tokens_total", "bertnpu_queue_requests", "bertnpu_request_seconds_bucket"):  # fmt: skip
+    for name in (
+        "bertnpu_requests_total",
+        "bertnpu_encoder_batches_total",
+        "bertnpu_sentences_total",
+        "bertnpu_tokens_total",
+        "bertnpu_queue_requests",
+        "bertnpu_request_seconds_bucket",
+    ):
         assert name in metrics
 
 
@@ -187,7 +201,9 @@ def test_requests_queued_while_the_encoder_is_busy_share_a_batch(tiny_bundle, re
 
     gate = threading.Event()
     backend = WaitsForGate(OnnxEncoder(tiny_bundle / "encoder.onnx"), gate)
-    app = create_app(ServeSettings(bundle=tiny_bundle), open_encoder=lambda: SentenceEncoder(tiny_bundle, backend=backend))
+    app = create_app(
+        ServeSettings(bundle=tiny_bundle), open_encoder=lambda: SentenceEncoder(tiny_bundle, backend=backend)
+    )
     with server_in_thread(app) as url:
         batcher = app.state.service.batcher
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
@@ -209,10 +225,14 @@ def test_an_api_key_is_required_when_set(tiny_bundle, reference):
     try:
         for key in ("wrong", None):
             headers = {} if key is None else {"Authorization": f"Bearer {key}"}
-            status, error = openai_error(httpx.post(f"{process.url}/v1/embeddings", json={"input": "a"}, headers=headers))
+            status, error = openai_error(
+                httpx.post(f"{process.url}/v1/embeddings", json={"input": "a"}, headers=headers)
+            )
             assert status == 401 and error["code"] == "invalid_api_key"
         assert httpx.post(f"{process.url}/embed", json={"inputs": "a"}).status_code == 401
-        response = client(process, api_key="s3cret").embeddings.create(model="model", input="a dog", encoding_format="float")
+        response = client(process, api_key="s3cret").embeddings.create(
+            model="model", input="a dog", encoding_format="float"
+        )
         assert cosine_rows([response.data[0].embedding], [reference.encode("a dog")]).min() >= 0.99999
         assert httpx.get(f"{process.url}/health").status_code == 200  # probes need no key
     finally:
@@ -233,7 +253,9 @@ def test_a_stop_during_load_loses_no_accepted_request(tiny_bundle, reference):
     process = ServerProcess(tiny_bundle, "--max-wait-ms", "2000")
 
     def one(i):
-        return httpx.post(f"{process.url}/v1/embeddings", json={"input": TEXTS[i], "encoding_format": "float"}, timeout=60)
+        return httpx.post(
+            f"{process.url}/v1/embeddings", json={"input": TEXTS[i], "encoding_format": "float"}, timeout=60
+        )
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
@@ -257,11 +279,15 @@ def npu_bundle(tiny_bundle, tmp_path_factory):
 def test_the_npu_path_through_the_double_on_several_cores(npu_bundle, reference):
     fake = FakeNpu(npu_bundle / "encoder.onnx", latency_s=1e-3)
     settings = ServeSettings(bundle=npu_bundle)
-    app = create_app(settings, open_encoder=lambda: SentenceEncoder(npu_bundle, backend="npu", npu_cores=4, qbruntime_module=fake))
+    app = create_app(
+        settings, open_encoder=lambda: SentenceEncoder(npu_bundle, backend="npu", npu_cores=4, qbruntime_module=fake)
+    )
     with server_in_thread(app) as url:
         assert httpx.get(f"{url}/health").json()["npu_cores_in_service"] == [[0, 0], [0, 1], [0, 2], [0, 3]]
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda t: httpx.post(f"{url}/embed", json={"inputs": t}, timeout=60).json()[0], TEXTS[:32]))
+            answers = list(
+                pool.map(lambda t: httpx.post(f"{url}/embed", json={"inputs": t}, timeout=60).json()[0], TEXTS[:32])
+            )
     assert cosine_rows(answers, reference.encode(TEXTS[:32])).min() >= 0.99999
     assert len({call.core for call in fake.calls}) == 4
     assert fake.busy_cores() == set()  # the server's stop released the NPU models
@@ -270,10 +296,14 @@ def test_the_npu_path_through_the_double_on_several_cores(npu_bundle, reference)
 def test_a_full_queue_is_503_with_retry_after(npu_bundle):
     fake = FakeNpu(npu_bundle / "encoder.onnx", latency_s=0.05)  # slow: the queue fills
     settings = ServeSettings(bundle=npu_bundle, max_queue_requests=2, max_batch_tokens=16)
-    app = create_app(settings, open_encoder=lambda: SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake))
+    app = create_app(
+        settings, open_encoder=lambda: SentenceEncoder(npu_bundle, backend="npu", npu_cores=1, qbruntime_module=fake)
+    )
     with server_in_thread(app) as url:
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
-            answers = list(pool.map(lambda t: httpx.post(f"{url}/v1/embeddings", json={"input": t}, timeout=60), TEXTS[:24]))
+            answers = list(
+                pool.map(lambda t: httpx.post(f"{url}/v1/embeddings", json={"input": t}, timeout=60), TEXTS[:24])
+            )
         refused = [a for a in answers if a.status_code == 503]
         assert refused and all(a.headers["retry-after"] == "1" for a in refused)
         assert openai_error(refused[0])[1]["code"] == "overloaded"

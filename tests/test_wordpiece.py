@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as LibraryTokenizer
 
-from bertnpu_runtime.tokenize import tokenizer as tokenization
-from bertnpu_runtime.tokenize import TokenRows, Tokenizer
-from bertnpu_runtime.tokenize.wordpiece import FastWordPiece
 from bertnpu_runtime.data import STSB_DEV_FILE, STSB_TRAIN_FILE, read_stsb_pairs
+from bertnpu_runtime.tokenize import Tokenizer, TokenRows
+from bertnpu_runtime.tokenize import tokenizer as tokenization
+from bertnpu_runtime.tokenize.wordpiece import FastWordPiece
 
 MAX_LENGTH = 32  # short, so truncation is exercised often
 
@@ -64,7 +64,9 @@ def test_edge_cases(tokenizer_file):
 
 
 def test_every_stsb_sentence(tokenizer_file, stsb_dir):
-    texts = [s for name in (STSB_TRAIN_FILE, STSB_DEV_FILE) for a, b, _ in read_stsb_pairs(stsb_dir / name) for s in (a, b)]
+    texts = [
+        s for name in (STSB_TRAIN_FILE, STSB_DEV_FILE) for a, b, _ in read_stsb_pairs(stsb_dir / name) for s in (a, b)
+    ]
     assert len(texts) > 14_000
     assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
 
@@ -75,7 +77,11 @@ def test_plain_and_other_texts_mixed_across_groups(tokenizer_file, stsb_dir):
     stsb = [a for a, _, _ in read_stsb_pairs(stsb_dir / STSB_DEV_FILE)[:600]]
     huge = "an overlong text, " * 2_000  # over the character bound: tokenized from a prefix
     others = EDGE_CASES + ["Ünïcode", "(εισιτηριον)", "naïve [MASK]", huge, "plain again"]
-    texts = [text for i, plain in enumerate(stsb) for text in ([plain, others[i // 20 % len(others)]] if i % 20 == 0 else [plain])]
+    texts = [
+        text
+        for i, plain in enumerate(stsb)
+        for text in ([plain, others[i // 20 % len(others)]] if i % 20 == 0 else [plain])
+    ]
     assert len(texts) > 3 * tokenization._TEXTS_PER_GIL_YIELD
     assert_same_ids(Tokenizer(tokenizer_file, MAX_LENGTH), library_tokenizer(tokenizer_file), texts)
 
@@ -106,11 +112,20 @@ def test_random_ascii(default_bundle, texts):
 
 
 # Characters where Python's and BertNormalizer's ideas of case, accents and spaces might part.
-TRICKY = list("ÀÉÎõüçñßǅİıΣσςﬁＡａ中文日本語한국어العربيةעבריתไทย😀\u0301\u0308\u00a0\u2003\u200b\u200d\u00ad\u2028\u3000\ufeff")
+TRICKY = list(
+    "ÀÉÎõüçñßǅİıΣσςﬁＡａ中文日本語한국어العربيةעבריתไทย😀\u0301\u0308\u00a0\u2003\u200b\u200d\u00ad\u2028\u3000\ufeff"
+)
 
 
 # Python's str.lower gives "οδος" for "ΟΔΟΣ" (final sigma); BertNormalizer gives "οδοσ", other ids.
-UNICODE_CASES = ["ΟΔΟΣ ΚΑΙ ΣΟΦΙΑ.", "İstanbul Straße ﬁne", "naïve café, Ünïcode!", "中文字 text 日本", "e\u0301 \u0301x", "emoji 😀 here"]
+UNICODE_CASES = [
+    "ΟΔΟΣ ΚΑΙ ΣΟΦΙΑ.",
+    "İstanbul Straße ﬁne",
+    "naïve café, Ünïcode!",
+    "中文字 text 日本",
+    "e\u0301 \u0301x",
+    "emoji 😀 here",
+]
 
 
 def test_unicode_cases(tokenizer_file):
@@ -119,7 +134,15 @@ def test_unicode_cases(tokenizer_file):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet=st.sampled_from(TRICKY + list(string.printable)) | st.characters(exclude_categories=("Cs",)), max_size=40), max_size=8))
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.sampled_from(TRICKY + list(string.printable)) | st.characters(exclude_categories=("Cs",)),
+            max_size=40,
+        ),
+        max_size=8,
+    )
+)
 def test_random_unicode(default_bundle, tiny_bundle, texts):
     for bundle in (default_bundle, tiny_bundle):
         path = bundle / "tokenizer.json"
@@ -175,6 +198,8 @@ def test_long_texts_are_cut_at_a_word_start_with_the_library_s_ids(default_bundl
     tokenizer = Tokenizer(default_bundle / "tokenizer.json", MAX_LENGTH)
     seen: list[int] = []
     real = tokenizer._tokenizer.encode_batch_fast
-    monkeypatch.setattr(tokenizer._tokenizer, "encode_batch_fast", lambda texts: seen.extend(map(len, texts)) or real(texts))
+    monkeypatch.setattr(
+        tokenizer._tokenizer, "encode_batch_fast", lambda texts: seen.extend(map(len, texts)) or real(texts)
+    )
     assert_same_ids(tokenizer, library_tokenizer(default_bundle / "tokenizer.json"), LONG_TEXTS)
     assert seen and max(seen) <= MAX_LENGTH * tokenization._CHARS_PER_TOKEN_BOUND

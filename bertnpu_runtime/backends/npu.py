@@ -25,11 +25,11 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -166,10 +166,14 @@ class NpuEncoder:
             self._workers.append(worker)
         logger.info(
             "npu backend: %s on device %d, %s-core mode on %s, variants %s, mask input %s, %s",
-            self.mxq_path.name, device_no, core_mode, [slot_name(s) for s in self.cores],
-            [str(v) for v in self._variants], self.npu_spec.mask_input,
+            self.mxq_path.name,
+            device_no,
+            core_mode,
+            [slot_name(s) for s in self.cores],
+            [str(v) for v in self._variants],
+            self.npu_spec.mask_input,
             "several sentences per call" if self._group else "one sentence per call",
-        )  # fmt: skip
+        )
 
     def _start_tracing(self, path: Path) -> None:
         if not path.parent.is_dir():
@@ -184,7 +188,9 @@ class NpuEncoder:
         config = qb.ModelConfig()
         cluster, core = slot
         if self.core_mode == "single":
-            accepted = config.set_single_core_mode(None, [qb.CoreId(qb.Cluster[f"Cluster{cluster}"], qb.Core[f"Core{core}"])])
+            accepted = config.set_single_core_mode(
+                None, [qb.CoreId(qb.Cluster[f"Cluster{cluster}"], qb.Core[f"Core{core}"])]
+            )
         elif self.core_mode == "multi":
             accepted = config.set_multi_core_mode([qb.Cluster[f"Cluster{cluster}"]])
         elif self.core_mode == "global4":
@@ -370,9 +376,11 @@ class NpuEncoder:
                         break
         logger.warning(
             "npu backend: core %s failed %d calls in a row (last: %s) and is out of service; cores still in service: %s",
-            slot_name(core), self.FAILURES_BEFORE_OUT_OF_SERVICE, first_line(failure),
+            slot_name(core),
+            self.FAILURES_BEFORE_OUT_OF_SERVICE,
+            first_line(failure),
             ", ".join(slot_name(s) for s in left) or "none",
-        )  # fmt: skip
+        )
         for call in orphans:
             if call is None:
                 continue
@@ -448,8 +456,9 @@ class NpuEncoder:
                 logger.warning(
                     "npu backend: core %s is still inside a call after %.0f s; its model "
                     "is left undisposed (its worker thread is a daemon and ends with the process)",
-                    slot_name(core), self.CLOSE_TIMEOUT_S,
-                )  # fmt: skip
+                    slot_name(core),
+                    self.CLOSE_TIMEOUT_S,
+                )
                 continue
             try:
                 model.dispose()
@@ -548,9 +557,7 @@ def _is_shape_refusal(exc: BaseException) -> bool:
 def _check_batch(hidden: np.ndarray, attention_mask: np.ndarray, hidden_size: int) -> np.ndarray:
     """Validate one padded batch; returns the true length of every sentence, [batch]."""
     if hidden.ndim != 3 or hidden.shape[2] != hidden_size or hidden.dtype != np.float32:
-        raise ValueError(
-            f"hidden must be float32 [batch, seq, {hidden_size}], found {hidden.dtype} {hidden.shape}"
-        )
+        raise ValueError(f"hidden must be float32 [batch, seq, {hidden_size}], found {hidden.dtype} {hidden.shape}")
     if attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"attention_mask must be [batch, seq] = {hidden.shape[:2]}, found {attention_mask.shape}")
     if attention_mask.all():  # no padding: every NPU batch encode() forms

@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,9 @@ def read_layout(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int)
     if not variants:
         raise BundleError(mxq_path, "the .mxq has no model variants")
     if len(output_indices) != 1:
-        raise BundleError(mxq_path, f"its variants give the last hidden state at different outputs {sorted(output_indices)}")
+        raise BundleError(
+            mxq_path, f"its variants give the last hidden state at different outputs {sorted(output_indices)}"
+        )
     return MxqLayout(variants, mask_input, output_indices.pop())
 
 
@@ -151,7 +154,7 @@ def select_slots(core_mode: str, cores: Any, device_cores: int) -> list[tuple[in
 
 
 def slot_name(slot: tuple[int, int]) -> str:
-    """"(cluster 0, core 1)", "(cluster 1, all cores)" or "(both clusters)", for messages."""
+    """ "(cluster 0, core 1)", "(cluster 1, all cores)" or "(both clusters)", for messages."""
     cluster, core = slot
     if cluster == ALL_CORES:
         return "(both clusters)"
@@ -176,7 +179,9 @@ def select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: in
             or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in pair)
             or not (0 <= pair[0] < CLUSTERS and 0 <= pair[1] < CORES_PER_CLUSTER)
         ):
-            raise ValueError(f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}")
+            raise ValueError(
+                f"cores must be (cluster 0-{CLUSTERS - 1}, core 0-{CORES_PER_CLUSTER - 1}) pairs, found {pair}"
+            )
     if not pairs or len(set(pairs)) != len(pairs):
         raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")
     return pairs

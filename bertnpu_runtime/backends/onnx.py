@@ -15,7 +15,6 @@ from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
 from ..errors import BackendUnavailableError, BundleError
 from .base import BackendHints
 
-
 # Padded tokens queued per lane beyond the batch the pipeline waits for: a batch or two of
 # STS-B-length sentences, so that a lane that finishes finds the next batch ready.
 LANE_QUEUED_TOKENS = 2048
@@ -56,7 +55,8 @@ class OnnxEncoder:
         input_names = {i.name for i in self._session.get_inputs()}
         if input_names != {ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT}:
             raise BundleError(
-                model_path, f"expected inputs {ONNX_HIDDEN_INPUT!r} and {ONNX_MASK_INPUT!r}, found {sorted(input_names)}"
+                model_path,
+                f"expected inputs {ONNX_HIDDEN_INPUT!r} and {ONNX_MASK_INPUT!r}, found {sorted(input_names)}",
             )
         if hidden_size is not None:
             _check_width(model_path, self._session, hidden_size)
@@ -193,9 +193,13 @@ def _check_width(model_path: str | Path, session: object, hidden_size: int) -> N
     outputs = {o.name: o for o in session.get_outputs()}
     if ONNX_OUTPUT not in outputs:
         raise BundleError(model_path, f"expected an output {ONNX_OUTPUT!r}, found {sorted(outputs)}")
-    for what, shape in ((f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape), (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape)):
+    for what, shape in (
+        (f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape),
+        (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape),
+    ):
         width = shape[-1] if shape else None
         if len(shape or ()) != 3 or (isinstance(width, int) and width != hidden_size):
             raise BundleError(
-                model_path, f"{what} has shape {shape}; expected [batch, seq, {hidden_size}] (bundle.json's hidden_size)"
+                model_path,
+                f"{what} has shape {shape}; expected [batch, seq, {hidden_size}] (bundle.json's hidden_size)",
             )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from types import ModuleType
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from types import ModuleType
+from typing import NamedTuple
 
 from ..bundle import INT8_ENCODER_FILE, MXQ_FILE, ONNX_ENCODER_FILE, Bundle
 from ..errors import BackendUnavailableError
@@ -59,8 +60,10 @@ def open_backend(
         )
 
     if backend != "onnx":  # "auto" or "npu": probe the NPU once
-        reason = _npu_unusable_reason(bundle, qbruntime_module) if encoder_precision == "float32" else (
-            f"encoder_precision={encoder_precision!r} was asked for"
+        reason = (
+            _npu_unusable_reason(bundle, qbruntime_module)
+            if encoder_precision == "float32"
+            else (f"encoder_precision={encoder_precision!r} was asked for")
         )
         if reason is None:
             from .npu import NpuEncoder
@@ -89,7 +92,9 @@ def open_backend(
     from .onnx import OnnxEncoder
 
     model_file = INT8_ENCODER_FILE if encoder_precision == "int8" else ONNX_ENCODER_FILE
-    return OpenedBackend(OnnxEncoder(bundle.path(model_file), num_threads=num_threads, hidden_size=bundle.manifest.hidden_size), why)
+    return OpenedBackend(
+        OnnxEncoder(bundle.path(model_file), num_threads=num_threads, hidden_size=bundle.manifest.hidden_size), why
+    )
 
 
 def _npu_unusable_reason(bundle: Bundle, qbruntime_module: ModuleType | None) -> str | None:

@@ -158,9 +158,11 @@ def create_app(
         parsed = parse_embeddings_request(body, service.encoder.dim, settings.max_request_texts)
         if parsed.model is not None and parsed.model != service.model_name:
             raise RequestError(
-                404, f"The model `{parsed.model}` does not exist; this server serves `{service.model_name}`",
-                "model", "model_not_found",
-            )  # fmt: skip
+                404,
+                f"The model `{parsed.model}` does not exist; this server serves `{service.model_name}`",
+                "model",
+                "model_not_found",
+            )
         overflow = "input" if settings.on_overflow == "error" else None
         vectors, tokens = await service.embed(parsed.texts, fail_on_overflow=overflow)
         vectors = _shortened(vectors, parsed.dimensions, normalize=True)
@@ -187,16 +189,23 @@ def create_app(
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                if settings.api_key is not None and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-                    raise RequestError(401, "Incorrect or missing API key: send Authorization: Bearer <key>", code="invalid_api_key")
+                if (
+                    settings.api_key is not None
+                    and request.headers.get("authorization") != f"Bearer {settings.api_key}"
+                ):
+                    raise RequestError(
+                        401, "Incorrect or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
+                    )
                 if not service.ready.is_set() and endpoint != "/v1/models":
                     raise RequestError(503, f"the server is {service.state}; retry shortly", code="not_ready")
                 response = await handler(request)
             except RequestError as exc:
                 response = errors(exc)
-            except Exception as exc:  # noqa: BLE001 - one request fails; the server goes on
+            except Exception as exc:
                 logger.exception("bertnpu serve: %s failed", endpoint)
-                response = errors(RequestError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+                response = errors(
+                    RequestError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+                )
             metrics.requests.labels(endpoint, str(response.status_code)).inc()
             metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
             if service.batcher is not None:

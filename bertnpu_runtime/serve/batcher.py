@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 WORKERS = 2  # encode() calls in flight at once
 
 

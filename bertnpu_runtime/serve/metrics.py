@@ -26,9 +26,15 @@ class Metrics:
         )
         self.sentences = Counter("bertnpu_sentences", "Texts embedded", registry=self.registry)
         self.tokens = Counter("bertnpu_tokens", "Tokens embedded, with [CLS] and [SEP]", registry=self.registry)
-        self.queue_requests = Gauge("bertnpu_queue_requests", "Requests waiting for the encoder", registry=self.registry)
+        self.queue_requests = Gauge(
+            "bertnpu_queue_requests", "Requests waiting for the encoder", registry=self.registry
+        )
         self.request_seconds = Histogram(
-            "bertnpu_request_seconds", "Request latency", ("endpoint",), buckets=LATENCY_BUCKETS_S, registry=self.registry
+            "bertnpu_request_seconds",
+            "Request latency",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

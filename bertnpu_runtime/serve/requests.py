@@ -90,7 +90,9 @@ def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
         if not isinstance(value, bool):
             raise RequestError(422, f"'{name}' must be true or false, found {_kind(value)}", name)
         flags[name] = value
-    return EmbedRequest(texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422))
+    return EmbedRequest(
+        texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422)
+    )
 
 
 def _texts(value: Any, field: str, max_texts: int, status: int = 400) -> list[str]:
@@ -123,7 +125,9 @@ def _dimensions(value: Any, dim: int, status: int = 400) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(status, f"'dimensions' must be an integer, found {_kind(value)}", "dimensions")
     if not 1 <= value <= dim:
-        raise RequestError(status, f"'dimensions' must be between 1 and {dim}, this model's size, found {value}", "dimensions")
+        raise RequestError(
+            status, f"'dimensions' must be between 1 and {dim}, this model's size, found {value}", "dimensions"
+        )
     return value
 
 

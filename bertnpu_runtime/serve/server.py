@@ -44,8 +44,12 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
         encoder = service.encoder
         logger.info(
             "bertnpu serve: ready on http://%s:%d (model %s, backend %s: %s)",
-            host, port, service.model_name, encoder.backend, encoder.backend_reason,
-        )  # fmt: skip
+            host,
+            port,
+            service.model_name,
+            encoder.backend,
+            encoder.backend_reason,
+        )
 
     def on_failure(failure: str) -> None:
         failed.append(failure)
@@ -54,9 +58,14 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
 
     app = create_app(settings, on_ready=on_ready, on_failure=on_failure)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on",
-    )  # fmt: skip
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
     server = _Server(config)
     threading.current_thread().name = "bertnpu-serve"
     server.run()

@@ -36,17 +36,24 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Sequence
 
 import numpy as np
 
 _DOCS = "Please visit https://docs.mobilint.com/v1.5/doxygen/html_en/group__CPPAPI.html for more details."
 _DEVICE_NAMES = (
-    "auto", "aries", "aries-rb", "regulus", "regulus-ra", "regulus-rb",
-    "regulus-usb", "regulus-ra-usb", "regulus-rb-usb",
-)  # fmt: skip
+    "auto",
+    "aries",
+    "aries-rb",
+    "regulus",
+    "regulus-ra",
+    "regulus-rb",
+    "regulus-usb",
+    "regulus-ra-usb",
+    "regulus-rb-usb",
+)
 _CORES_PER_CLUSTER = 4
 _ADDITIVE_KEEP_THRESHOLD = -1.0  # additive mask: 0 keeps a token, a large negative value drops it
 
@@ -106,7 +113,12 @@ class CoreMode(Enum):
     Error = 255
 
 
-_CORE_MODE_NAMES = {CoreMode.Single: "single", CoreMode.Multi: "multi", CoreMode.Global4: "global4", CoreMode.Global8: "global8"}
+_CORE_MODE_NAMES = {
+    CoreMode.Single: "single",
+    CoreMode.Multi: "multi",
+    CoreMode.Global4: "global4",
+    CoreMode.Global8: "global8",
+}
 
 
 class LogLevel(Enum):
@@ -366,15 +378,20 @@ class FakeNpu:
         with self._lock:
             calls = self.calls[first:]
         events = [
-            {"name": f"infer {call.sentences}x{call.shapes[0][-2]}", "ph": "X", "pid": 0,
-             "tid": f"cluster {call.core[0]} core {call.core[1]}",
-             "ts": (call.start - started) * 1e6, "dur": (call.end - call.start) * 1e6}
+            {
+                "name": f"infer {call.sentences}x{call.shapes[0][-2]}",
+                "ph": "X",
+                "pid": 0,
+                "tid": f"cluster {call.core[0]} core {call.core[1]}",
+                "ts": (call.start - started) * 1e6,
+                "dur": (call.end - call.start) * 1e6,
+            }
             for call in calls
-        ]  # fmt: skip
+        ]
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"traceEvents": events}, f)
 
-    def Accelerator(self, device_name: str | int = "auto", dev_no: int = 0) -> _FakeAccelerator:  # noqa: N802
+    def Accelerator(self, device_name: str | int = "auto", dev_no: int = 0) -> _FakeAccelerator:
         if isinstance(device_name, int):  # Accelerator(dev_no), as in qbruntime
             dev_no, device_name = device_name, "auto"
         name = device_name.lower()
@@ -386,7 +403,7 @@ class FakeNpu:
             raise _error("Acc_DeviceNotFound")
         return _FakeAccelerator(self, dev_no)
 
-    def Model(self, path: str | os.PathLike, model_config: ModelConfig | None = None) -> _FakeModel:  # noqa: N802
+    def Model(self, path: str | os.PathLike, model_config: ModelConfig | None = None) -> _FakeModel:
         if not os.path.isfile(path):
             raise _error("Model_FailedToLoadMXQ")
         config = model_config if model_config is not None else ModelConfig()
@@ -400,7 +417,9 @@ class FakeNpu:
 
     # Faults, for hardening tests: what a failing card would do.
 
-    def fail_core(self, core: tuple[int, int], *, calls: Sequence[int] | None = None, code: str = "Model_InferFailed") -> None:
+    def fail_core(
+        self, core: tuple[int, int], *, calls: Sequence[int] | None = None, code: str = "Model_InferFailed"
+    ) -> None:
         """Make infer on `core` raise QbRuntimeError(code) on that core's calls numbered `calls`
         (1 = its first call since the fake was made), or on every call when `calls` is None."""
         self._faults[tuple(core)] = (code, None if calls is None else set(calls))
@@ -577,7 +596,9 @@ class _FakeModel:
     def get_input_buffer_info(self) -> list[BufferInfo]:
         return self.get_model_variant_handle(0).get_input_buffer_info()
 
-    def infer(self, inputs: np.ndarray | list[np.ndarray], outputs: None = None, cache_size: int = 0) -> list[np.ndarray]:
+    def infer(
+        self, inputs: np.ndarray | list[np.ndarray], outputs: None = None, cache_size: int = 0
+    ) -> list[np.ndarray]:
         """Check like qbruntime's Python layer, then like its C++ side, then compute."""
         if outputs is not None:
             raise NotImplementedError("the fake supports infer(inputs) only, not pre-allocated outputs")

@@ -95,7 +95,9 @@ class FastWordPiece:
         plain = np.fromiter(map(str.isprintable, texts), dtype=bool, count=count)
         if self._special is not None and self._may_hold_special("".join(texts)):  # a false alarm only costs time
             searched = list(map(str.lower, texts)) if self._lowercase else texts
-            holds_prefix = np.fromiter(map(str.__contains__, searched, itertools.repeat(self._special_prefix)), bool, count)
+            holds_prefix = np.fromiter(
+                map(str.__contains__, searched, itertools.repeat(self._special_prefix)), bool, count
+            )
             for i in np.flatnonzero(holds_prefix & plain).tolist():
                 plain[i] = self._special.search(searched[i]) is None
         return np.flatnonzero(~plain).tolist()

@@ -106,22 +106,36 @@ class _LegacyQuantizationConfig:
 
     @classmethod
     def from_kwargs(
-        cls, *, quantization_method: int, quantization_output: int, quantization_mode: int, percentile: float, topk_ratio: float
+        cls,
+        *,
+        quantization_method: int,
+        quantization_output: int,
+        quantization_mode: int,
+        percentile: float,
+        topk_ratio: float,
     ) -> _LegacyQuantizationConfig:
-        return cls({
-            "quantization_method": quantization_method,
-            "quantization_output": quantization_output,
-            "quantization_mode": quantization_mode,
-            "percentile": percentile,
-            "topk_ratio": topk_ratio,
-        })
+        return cls(
+            {
+                "quantization_method": quantization_method,
+                "quantization_output": quantization_output,
+                "quantization_mode": quantization_mode,
+                "percentile": percentile,
+                "topk_ratio": topk_ratio,
+            }
+        )
 
     def settings(self) -> dict[str, Any]:
         return dict(self._settings)
 
 
 def _legacy_mxq_compile(
-    *, model: Any, save_path: str, calib_data_path: str, backend: str, feed_dict: dict[str, Any], quantization_config: Any
+    *,
+    model: Any,
+    save_path: str,
+    calib_data_path: str,
+    backend: str,
+    feed_dict: dict[str, Any],
+    quantization_config: Any,
 ) -> None:
     """The seed tutorial's mxq_compile call on a release before CalibrationConfig."""
     _record("mxq_compile", locals())
@@ -194,4 +208,6 @@ def _check_calibration(calib_data_path: str) -> None:
     for file in files:
         array = np.load(file)
         if array.ndim != 3 or array.shape[0] != 1 or array.dtype != np.float32:
-            raise ValueError(f"{file}: calibration input must be float32 [1, seq, hidden], found {array.dtype} {array.shape}")
+            raise ValueError(
+                f"{file}: calibration input must be float32 [1, seq, hidden], found {array.dtype} {array.shape}"
+            )
