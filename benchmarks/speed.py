@@ -111,7 +111,7 @@ def batch_sizes(contenders: Contenders, sentences: list[str], sentence_budget: i
     for size in BATCH_SIZES:
         batches = [sentences[i : i + size] for i in range(0, len(sentences) - size + 1, size)] or [sentences[:size]]
         calls = max(2, min(len(batches), sentence_budget // size))
-        tasks = {c.name: (lambda i, c=c, b=batches: c.encode(b[i % len(b)], size)) for c in contenders}
+        tasks = {c.name: (lambda i, c=c, b=batches, n=size: c.encode(b[i % len(b)], n)) for c in contenders}
         seconds = interleave_blocks(tasks, max(1, calls // 2))
         extra = {"batch_size": size, "sentences_per_batch": len(batches[0])}
         for row in _latency_rows(seconds, extra):
@@ -142,9 +142,9 @@ def length_sweep(
         texts = texts_of_length(tokenizer, words, tokens, batch_size)
         measured = int(tokenizer.tokenize(texts).lengths.max())
         singles = interleave_blocks(
-            {c.name: (lambda i, c=c: c.encode(texts[i % len(texts)], 1)) for c in contenders}, repeats * 2
+            {c.name: (lambda i, c=c, t=texts: c.encode(t[i % len(t)], 1)) for c in contenders}, repeats * 2
         )
-        batched = interleave({c.name: (lambda _, c=c: c.encode(texts, batch_size)) for c in contenders}, repeats)
+        batched = interleave({c.name: (lambda _, c=c, t=texts: c.encode(t, batch_size)) for c in contenders}, repeats)
         for contender in contenders:
             single, batch = summarize(singles[contender.name]), summarize(batched[contender.name])
             rows.append(

@@ -7,12 +7,20 @@ Mobilint NPU (qbruntime) or ONNX Runtime. Lightweight: numpy and tokenizers, nev
 """
 
 from .encoder import SentenceEncoder
-from .errors import BackendUnavailableError, BertNpuError, BundleError, EncoderOutputError, NpuTimeoutError
+from .errors import (
+    BackendUnavailableError,
+    BertNpuError,
+    BundleError,
+    EncoderClosedError,
+    EncoderOutputError,
+    NpuTimeoutError,
+)
 
 __all__ = [
     "BackendUnavailableError",
     "BertNpuError",
     "BundleError",
+    "EncoderClosedError",
     "EncoderOutputError",
     "NpuTimeoutError",
     "SentenceEncoder",

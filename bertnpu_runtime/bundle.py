@@ -64,13 +64,15 @@ NPU_ADDITIVE_MASK_PAD = -10000.0
 NPU_GRAPHS = ("model", "encoder")
 NPU_MASK_INPUTS = (None, "keep", "additive", "auto")
 NPU_INFERENCE_SCHEMES = ("single", "multi", "global4", "global8", "all")
+# The boards an .mxq is compiled for (`--target-device`), as Mobilint's compiler and runtime name them.
+NPU_TARGET_DEVICES = ("aries-rb", "regulus-rb")
 
 
 @dataclass(frozen=True)
 class NpuSpec:
     """How the bundle's model.mxq was compiled and expects its inputs (bundle.json's "npu").
 
-    graph: "model" (the whole BertModel, Mobilint's recipe), "encoder" (BertModel.encoder alone),
+    graph: "model" (the whole BertModel, Mobilint's first recipe), "encoder" (the encoder alone, their newer one),
     or None (not recorded: bundles written before compile recorded it, or no .mxq). Either way the
     .mxq takes the embedding output, float32 (H, W, C) = (1, seq, hidden) per sentence.
     mask_input: None when the .mxq takes hidden states only (each sentence runs unpadded at its
@@ -82,11 +84,14 @@ class NpuSpec:
       "auto":     decided at launch from the .mxq: a second input is the "keep" mask that Mobilint's
                   recipe marks as the padding mask; a single input means no mask.
     inference_scheme: the core modes it was compiled for (None: the compiler's default).
+    target_device: the board it was compiled for, "aries-rb" or "regulus-rb"; the runtime opens
+    that board by name. None in bundles written before compile recorded it (any card is tried).
     """
 
     mask_input: str | None = None
     graph: str | None = None
     inference_scheme: str | None = None
+    target_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -415,10 +420,14 @@ def _read_npu_section(path: Path, npu: dict[str, Any]) -> NpuSpec:
         ("mask_input", NPU_MASK_INPUTS),
         ("graph", (None, *NPU_GRAPHS)),
         ("inference_scheme", (None, *NPU_INFERENCE_SCHEMES)),
+        ("target_device", (None, *NPU_TARGET_DEVICES)),
     ):
         if npu.get(name) not in allowed:
             shown = ", ".join("null" if a is None else f'"{a}"' for a in allowed)
             raise BundleError(path, f"npu.{name} must be one of {shown}, found {npu.get(name)!r:.60}")
     return NpuSpec(
-        mask_input=npu.get("mask_input"), graph=npu.get("graph"), inference_scheme=npu.get("inference_scheme")
+        mask_input=npu.get("mask_input"),
+        graph=npu.get("graph"),
+        inference_scheme=npu.get("inference_scheme"),
+        target_device=npu.get("target_device"),
     )

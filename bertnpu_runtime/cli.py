@@ -12,6 +12,7 @@ bertnpu compile --model default --out DIR        (the same as python -m compile)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -25,10 +26,12 @@ from typing import TextIO
 
 import numpy as np
 
-from .backends.npu_device import CORE_MODES, list_npu_devices
+from .backends.npu_device import list_npu_devices
+from .bundle import MXQ_FILE
 from .encoder import SentenceEncoder
 from .errors import BackendUnavailableError, BertNpuError
 from .monitor import npu_status
+from .options import CORE_MODES, BackendOptions, NpuOptions, OnnxOptions
 from .pooling import l2_normalize
 
 
@@ -143,7 +146,6 @@ def _embed_corpus(args: argparse.Namespace) -> int:
         raise BackendUnavailableError(
             f"bertnpu embed-corpus needs the ray extra: pip install 'bertnpu[ray]' ({exc})"
         ) from exc
-    options = {k: v for k, v in _encoder_options(args).items() if k != "backend" or args.backend != "auto"}
     result = embed_corpus(
         args.bundle,
         args.input,
@@ -155,7 +157,7 @@ def _embed_corpus(args: argparse.Namespace) -> int:
         npu_per_actor=args.npu_per_actor,
         batch_size=args.batch_size,
         shard_rows=args.shard_rows,
-        encoder_options=options,
+        options=_backend_options(args),
     )
     for row_id, reason in result.errors[:20]:
         print(f"bertnpu: row {args.id_column}={row_id!r} has no vector: {reason}", file=sys.stderr)
@@ -202,20 +204,21 @@ def _compile(argv: list[str]) -> int:
     return compile_main(argv)
 
 
-def _encoder_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "backend": args.backend,
-        "encoder_precision": args.encoder_precision,
-        "device_no": args.device,
-        "npu_device_name": args.npu_device_name,
-        "npu_core_mode": args.npu_core_mode,
-        "npu_cores": args.npu_cores,
-        "num_threads": args.threads,
-    }
+def _backend_options(args: argparse.Namespace) -> BackendOptions:
+    return BackendOptions(
+        args.backend,
+        npu=NpuOptions(
+            device_no=args.device,
+            device_name=args.npu_device_name,
+            core_mode=args.npu_core_mode,
+            cores=args.npu_cores,
+        ),
+        onnx=OnnxOptions(precision=args.encoder_precision, num_threads=args.threads),
+    )
 
 
 def _open(args: argparse.Namespace) -> SentenceEncoder:
-    return SentenceEncoder(args.bundle, **_encoder_options(args))
+    return SentenceEncoder.from_options(args.bundle, _backend_options(args))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -238,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue_requests=args.max_queue_requests,
         max_request_texts=args.max_request_texts,
         on_overflow=args.on_overflow,
-        encoder_options=_encoder_options(args),
+        backend=_backend_options(args),
     )
     return serve(settings, host=args.host, port=args.port)
 
@@ -282,6 +285,8 @@ def _info(args: argparse.Namespace) -> int:
                     "pooling": manifest.pooling,
                     "normalize": manifest.normalize,
                     "files": sorted(f for f in manifest.files if not f.startswith("calib/")),
+                    # how model.mxq was compiled: recipe (graph), board, core modes, mask input
+                    "npu_mxq": dataclasses.asdict(manifest.npu) if MXQ_FILE in manifest.files else None,
                     "libraries": {
                         name: _version(name)
                         for name in (

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import BertNpuError, DataError
+from .options import BackendOptions
 from .ray import ACTOR_RESTARTS, ERROR_COLUMN, EmbedBatch, cpu_actor_options, npu_actor_options
 
 logger = logging.getLogger("bertnpu")
@@ -88,11 +90,14 @@ def embed_corpus(
     npu_per_actor: float = 0,
     batch_size: int | None = None,
     shard_rows: int = 10_000,
-    encoder_options: dict[str, Any] | None = None,
+    options: BackendOptions | None = None,
+    qbruntime_factory: str | None = None,
+    qbruntime_factory_options: dict[str, Any] | None = None,
 ) -> CorpusResult:
     """Embed the corpus at `input_path` into Parquet shards in `output_dir`; see the module doc.
     `npu_per_actor` > 0 makes each actor claim that much of the `mobilint_npu` resource and run
-    on the NPU; 0 runs ONNX Runtime on CPU actors. Without `ray_address`, a local Ray is started."""
+    on the NPU; 0 runs ONNX Runtime on CPU actors (one thread each unless `options` says). Without
+    `ray_address`, a local Ray is started. qbruntime_factory(_options): see EmbedBatch."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.fs
@@ -116,13 +121,14 @@ def embed_corpus(
 
     if not ray.is_initialized():
         ray.init(address=ray_address, logging_level=logging.WARNING, include_dashboard=False)
-    options = dict(encoder_options or {})
+    options = options or BackendOptions()
     if npu_per_actor > 0:
-        options.setdefault("backend", "npu")
+        options = replace(options, backend="npu") if options.backend == "auto" else options
         remote = npu_actor_options(npu_per_actor)
     else:
-        options.setdefault("backend", "onnx")
-        options.setdefault("num_threads", 1)
+        options = replace(options, backend="onnx") if options.backend == "auto" else options
+        if options.onnx.num_threads is None:  # one CPU per actor
+            options = replace(options, onnx=replace(options.onnx, num_threads=1))
         remote = cpu_actor_options()
     with warnings.catch_warnings():
         # Bounded restarts have no named map_batches parameter yet (pyproject keeps ray below the
@@ -134,7 +140,9 @@ def embed_corpus(
                 "bundle_dir": str(bundle_dir),
                 "text_column": text_column,
                 "batch_size": batch_size,
-                **options,
+                "options": options,
+                "qbruntime_factory": qbruntime_factory,
+                "qbruntime_factory_options": qbruntime_factory_options,
             },
             batch_format="pyarrow",
             batch_size=1024,
@@ -143,7 +151,8 @@ def embed_corpus(
         )
     gathered: dict[int, list[Any]] = {}
     try:
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        batches: Iterable[Any] = dataset.iter_batches(batch_format="pyarrow", batch_size=None)  # pyarrow Tables
+        for batch in batches:
             for shard in set(batch.column(SHARD_COLUMN).to_pylist()):
                 rows = batch.filter(pc.equal(batch.column(SHARD_COLUMN), shard))
                 gathered.setdefault(shard, []).append(rows)

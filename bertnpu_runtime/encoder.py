@@ -12,8 +12,7 @@ import os
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -21,9 +20,9 @@ from .backends.base import EncoderBackend, as_encoder_backend
 from .backends.selection import open_backend
 from .bundle import EMBEDDINGS_FILE, TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
-from .errors import BundleError
+from .errors import BundleError, EncoderClosedError
+from .options import BackendOptions, NpuOptions, OnnxOptions, with_keywords
 from .pipeline import HostBatch, Pipeline
-from .pooling import l2_normalize
 from .quantization import check_precision, quantize_embeddings
 from .similarity import similarity
 from .tokenize import TokenizedBatch, Tokenizer, validate_texts
@@ -31,6 +30,7 @@ from .tokenize import TokenizedBatch, Tokenizer, validate_texts
 logger = logging.getLogger("bertnpu")
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 
 
 class SentenceEncoder:
@@ -42,22 +42,14 @@ class SentenceEncoder:
             or an already-open EncoderBackend (for example an OnnxEncoder on another graph; an
             object with just `run(hidden, attention_mask)` works too, run one batch at a time),
             which the SentenceEncoder then owns and closes.
-        encoder_precision: "float32", or "int8" for the bundle's encoder.int8.onnx (ONNX backend
-            only). (The precision of the returned vectors is encode()'s `precision`.)
+        npu: NpuOptions (device, core mode, cores, timeout, trace, ...) for the NPU backend.
+        onnx: OnnxOptions (precision "float32", or "int8" for the bundle's encoder.int8.onnx; threads).
         truncate_dim: keep the first this many dimensions of every vector (Matryoshka models);
             encode()'s truncate_dim overrides it.
-        device_no: which NPU device to open. npu_device_name: open it by board name ("aries",
-            "regulus", ...) on a host with more than one kind of card.
-        npu_core_mode: "single" (one model per NPU core), "multi", "global4" (one per cluster) or
-            "global8" (one over both clusters: the lowest latency per sentence); see NpuEncoder.
-        npu_cores: single-core mode's cores: a count, or (cluster, core) pairs.
-        npu_group_sentences: several sentences of one length per NPU call (None: in multi mode only).
-        npu_trace_path: write qbruntime's event trace of the encoder's NPU calls to this file.
-        num_threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
-        npu_timeout_s: the longest wait for one NPU call; past it encode() raises NpuTimeoutError
-            naming the core (the NPU backend only).
         verify_bundle: check every file used against its SHA-256 in bundle.json.
-        qbruntime_module: a stand-in for `qbruntime` (see bertnpu_runtime.testing); None for the real one.
+        **settings: the keywords of earlier versions, each filling one option: encoder_precision,
+            num_threads (OnnxOptions); device_no, npu_device_name, npu_core_mode, npu_cores,
+            npu_group_sentences, npu_trace_path, npu_timeout_s, qbruntime_module (NpuOptions).
     """
 
     def __init__(
@@ -65,19 +57,16 @@ class SentenceEncoder:
         bundle_dir: str | Path,
         backend: str | EncoderBackend = "auto",
         *,
-        encoder_precision: str = "float32",
+        npu: NpuOptions | None = None,
+        onnx: OnnxOptions | None = None,
         truncate_dim: int | None = None,
-        device_no: int = 0,
-        npu_device_name: str | None = None,
-        npu_core_mode: str = "single",
-        npu_cores: int | Sequence[tuple[int, int]] | None = None,
-        npu_group_sentences: bool | None = None,
-        npu_trace_path: str | Path | None = None,
-        num_threads: int | None = None,
-        npu_timeout_s: float = 30.0,
         verify_bundle: bool = True,
-        qbruntime_module: ModuleType | None = None,
+        **settings: Any,
     ) -> None:
+        options = BackendOptions(
+            backend if isinstance(backend, str) else "auto", npu or NpuOptions(), onnx or OnnxOptions()
+        )
+        options = with_keywords(options, settings, "SentenceEncoder")
         bundle = Bundle(bundle_dir, verify=verify_bundle)
         self.bundle_dir: Path = bundle.directory
         self.manifest = bundle.manifest
@@ -93,20 +82,7 @@ class SentenceEncoder:
             )
         self.backend_reason = "an open encoder backend was passed in"
         if isinstance(backend, str):
-            backend, self.backend_reason = open_backend(
-                bundle,
-                backend,
-                encoder_precision=encoder_precision,
-                device_no=device_no,
-                npu_device_name=npu_device_name,
-                npu_core_mode=npu_core_mode,
-                npu_cores=npu_cores,
-                npu_group_sentences=npu_group_sentences,
-                npu_trace_path=npu_trace_path,
-                num_threads=num_threads,
-                npu_timeout_s=npu_timeout_s,
-                qbruntime_module=qbruntime_module,
-            )
+            backend, self.backend_reason = open_backend(bundle, options)
         encoder_backend = as_encoder_backend(backend)
         self.backend: str = encoder_backend.name
         self._pipeline: Pipeline | None = Pipeline(
@@ -116,11 +92,18 @@ class SentenceEncoder:
         # An encoder dropped without close() still releases its backend: NPU cores held by a
         # forgotten encoder would refuse the next one in this process (Acc_CoreAlreadyInUse).
         self._release_backend = weakref.finalize(self, _close_in_process, self._opened_in_pid, encoder_backend)
-        self.encoder_precision = encoder_precision
+        self.options = options
+        self.encoder_precision = options.onnx.precision
         self.truncate_dim = self._checked_truncate_dim(truncate_dim)
         self.similarity_fn_name: str = self.manifest.similarity_fn_name
         self.prompts: dict[str, str] = dict(self.manifest.prompts)
         self.default_prompt_name: str | None = self.manifest.default_prompt_name
+
+    @classmethod
+    def from_options(cls, bundle_dir: str | Path, options: BackendOptions, **keywords: Any) -> SentenceEncoder:
+        """A SentenceEncoder on the backend `options` names, with its settings (what the CLI, the
+        server and the Ray job build); `keywords` as the constructor's (truncate_dim, verify_bundle)."""
+        return cls(bundle_dir, options.backend, npu=options.npu, onnx=options.onnx, **keywords)
 
     @property
     def dim(self) -> int:
@@ -145,7 +128,7 @@ class SentenceEncoder:
         """The stages this encoder runs (tokenizer, embedding, backend, pooling), for callers that
         drive them one by one: benchmarks, the server, the Ray job."""
         if self._pipeline is None:
-            raise RuntimeError("this SentenceEncoder is closed")
+            raise EncoderClosedError("this SentenceEncoder is closed")
         return self._pipeline
 
     @property
@@ -156,6 +139,48 @@ class SentenceEncoder:
     def tokenize(self, texts: str | Sequence[str]) -> TokenizedBatch:
         """Token ids exactly as encode() sees them; `.truncated` tells which texts were cut."""
         return self._tokenizer.encode(validate_texts([texts] if isinstance(texts, str) else texts))
+
+    @overload
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int | None = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["sentence_embedding"] = ...,
+        precision: Precision = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode(  # type: ignore[overload-overlap]  # a str is a Sequence[str] too; this, the first match, wins
+        self,
+        sentences: str,
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int | None = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["token_embeddings"] = ...,
+        precision: Precision = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode(
+        self,
+        sentences: Sequence[str],
+        prompt_name: str | None = ...,
+        prompt: str | None = ...,
+        batch_size: int | None = ...,
+        show_progress_bar: bool | None = ...,
+        output_value: Literal["token_embeddings"] = ...,
+        precision: Precision = ...,
+        normalize_embeddings: bool = ...,
+        truncate_dim: int | None = ...,
+    ) -> list[np.ndarray]: ...
 
     def encode(
         self,
@@ -197,7 +222,7 @@ class SentenceEncoder:
         check_precision(precision)
         truncate_dim = self.truncate_dim if truncate_dim is None else self._checked_truncate_dim(truncate_dim)
         single = isinstance(sentences, str)
-        texts = validate_texts([sentences] if single else sentences)
+        texts = validate_texts([sentences] if isinstance(sentences, str) else sentences)
         prompt = self._prompt(prompt_name, prompt)
         skip_tokens = 0
         if prompt:
@@ -209,16 +234,15 @@ class SentenceEncoder:
             rows, truncated = pipeline.token_embeddings(texts, batch_size, progress=progress)
             _warn_if_truncated(truncated, len(texts), self.max_seq_length)
             return rows[0] if single else rows
-        normalize_in_pipeline = bool(normalize_embeddings) and truncate_dim is None
         vectors, truncated = pipeline.encode(
-            texts, batch_size, normalize=normalize_in_pipeline, progress=progress, skip_tokens=skip_tokens
+            texts,
+            batch_size,
+            truncate_dim=truncate_dim,
+            normalize=bool(normalize_embeddings),
+            progress=progress,
+            skip_tokens=skip_tokens,
         )
         _warn_if_truncated(truncated, len(texts), self.max_seq_length)
-        if truncate_dim is not None:
-            vectors = vectors[:, :truncate_dim]
-            if normalize_embeddings:
-                vectors = l2_normalize(vectors)
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         vectors = quantize_embeddings(vectors, precision)
         return vectors[0] if single else vectors
 

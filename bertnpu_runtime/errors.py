@@ -32,5 +32,16 @@ class NpuTimeoutError(BertNpuError):
     """An NPU call did not finish within the encoder's npu_timeout_s. The message names the core."""
 
 
+class EncoderClosedError(BertNpuError, RuntimeError):
+    """The encoder was closed (by close(), or as the process exits) before this work was done.
+    A RuntimeError too, as the error of a closed encoder always was."""
+
+
 class EncoderOutputError(BertNpuError):
     """The encoder backend returned values that are not finite numbers (NaN or infinity)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: qbruntime's are "<Code> occurred.\\nPlease visit <docs>",
+    and the code is the news."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

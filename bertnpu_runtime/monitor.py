@@ -4,6 +4,7 @@ package or a driver, the status says why instead."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from types import ModuleType
@@ -34,13 +35,13 @@ def npu_status(mbltml_module: ModuleType | Any | None = None) -> dict[str, Any]:
         return {"available": False, "reason": "mobilint-ml is not installed (pip install 'bertnpu[monitor]')"}
     try:
         ml.mbltmlInit()
-    except Exception as exc:  # MBLTMLUninitializedError without a driver, and its siblings
+    except Exception as exc:  # noqa: BLE001 - MBLTMLUninitializedError without a driver, and its siblings
         return {"available": False, "reason": f"mbltml cannot start: {type(exc).__name__}: {exc}"}
     try:
         devices = []
         for board, constant in _TARGET_DEVICES.items():
             target = getattr(ml, constant)
-            for dev_no in range(_reading(lambda: ml.mbltmlGetTargetDeviceCount(target)) or 0):
+            for dev_no in range(_reading(functools.partial(ml.mbltmlGetTargetDeviceCount, target)) or 0):
                 devices.append(_device_status(ml, board, target, dev_no))
         return {"available": True, "devices": devices}
     finally:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +21,7 @@ from .batch_memory import BatchMemory
 from .batching import chunk_bounds, plan_chunk
 from .embedding import EmbeddingLayer
 from .errors import EncoderOutputError
-from .pooling import l2_normalize, pool
+from .pooling import l2_normalize, pool, truncate_and_normalize
 from .tokenize import TokenizedBatch, Tokenizer, TokenRows
 
 # An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size (64 MiB).
@@ -52,6 +53,7 @@ class Encoded(NamedTuple):
 
 
 Progress = Callable[[Iterator[HostBatch], int], Iterator[HostBatch]]  # (batches, texts) -> the same batches
+Texts = list[str] | TokenRows  # what encode() takes: texts, or their token rows
 
 
 class _InFlight(NamedTuple):
@@ -87,35 +89,46 @@ class Pipeline:
 
     def encode(
         self,
-        texts: list[str],
+        texts: Texts,
         batch_size: int,
         *,
+        truncate_dim: int | None = None,
         normalize: bool = False,
         progress: Progress | None = None,
         skip_tokens: int = 0,
     ) -> Encoded:
-        """Vectors of already-validated texts, at most `batch_size` per encoder call; normalized when
-        `normalize` or the model's own `normalize` says so; the first `skip_tokens` tokens left out
-        of the pooling (a prompt). `progress` wraps the batches, if given."""
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        """Vectors of already-validated texts (or their token rows, tokenized once by the caller),
+        at most `batch_size` per encoder call: pooled without the first `skip_tokens` tokens (a
+        prompt), normalized where the model is, then cut to `truncate_dim` and normalized when
+        `normalize` (truncate_and_normalize). `progress` wraps the batches, if given: a progress
+        bar, or a server's count of encoder batches."""
+        vectors = np.empty((len(texts), truncate_dim or self.dim), dtype=np.float32)
         truncated: list[int] = []
         memory = self._take_batch_memory()
         batches = self.host_batches(texts, batch_size, truncated, memory)
         if progress is not None:
             batches = progress(batches, len(texts))
-        for rows, pooled in self.pooled_batches(batches, memory, normalize=normalize, skip_tokens=skip_tokens):
-            vectors[rows] = pooled  # batch by batch, while the encoder runs later ones
+        pooled = self.pooled_batches(
+            batches, memory, truncate_dim=truncate_dim, normalize=normalize, skip_tokens=skip_tokens
+        )
+        with closing(pooled):  # on an error or an interrupt, closing withdraws the batches still queued
+            for rows, batch_vectors in pooled:
+                vectors[rows] = batch_vectors  # batch by batch, while the encoder runs later ones
         self._keep_batch_memory(memory)  # not after an error: its batches may still be on the encoder
         return Encoded(vectors, truncated)
 
-    def token_batches(self, texts: list[str], batch_size: int, truncated: list[int]) -> Iterator[TokenBatch]:
+    def token_batches(self, texts: Texts, batch_size: int, truncated: list[int]) -> Iterator[TokenBatch]:
         """Yield each batch's text indices and padded token ids, as batching.py plans them; the
-        indices of truncated texts are appended to `truncated`."""
+        indices of truncated texts are appended to `truncated`. Texts are tokenized a chunk at a
+        time, as the batches are needed; token rows are taken as they are."""
         hints = self.backend.hints
         bucket = hints.bucket or _one_bucket
         carried_indices, carried = np.empty(0, dtype=np.intp), TokenRows.empty()  # held back by the last chunk
         for first, last in chunk_bounds(len(texts), batch_size):
-            tokens = self.tokenizer.encode_unpadded(texts[first:last])
+            if isinstance(texts, TokenRows):
+                tokens = texts.slice(first, last)
+            else:
+                tokens = self.tokenizer.encode_unpadded(texts[first:last])
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             indices = np.concatenate([carried_indices, np.arange(first, last)])  # the text of each row
             tokens = TokenRows.concatenate([carried, tokens]) if len(carried) else tokens
@@ -137,7 +150,7 @@ class Pipeline:
         return self.embedding(tokens.input_ids, out)
 
     def host_batches(
-        self, texts: list[str], batch_size: int, truncated: list[int], memory: BatchMemory | None = None
+        self, texts: Texts, batch_size: int, truncated: list[int], memory: BatchMemory | None = None
     ) -> Iterator[HostBatch]:
         """token_batches, embedded. The hidden states are taken from `memory` when given (the
         consumer gives them back), else fresh arrays."""
@@ -145,24 +158,39 @@ class Pipeline:
             out = None if memory is None else memory.take((*tokens.input_ids.shape, self.dim))
             yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask, alone)
 
-    def pool(self, output: np.ndarray, mask: np.ndarray, normalize: bool = False, skip_tokens: int = 0) -> np.ndarray:
-        """float32 [batch, dim]: the encoder's output pooled (without its first `skip_tokens`
-        tokens), and L2-normalized when asked or when the model normalizes."""
+    def pool(
+        self,
+        output: np.ndarray,
+        mask: np.ndarray,
+        *,
+        truncate_dim: int | None = None,
+        normalize: bool = False,
+        skip_tokens: int = 0,
+    ) -> np.ndarray:
+        """float32 [batch, truncate_dim or dim]: the encoder's output pooled (without its first
+        `skip_tokens` tokens) and L2-normalized where the model normalizes (its Normalize module),
+        then cut to `truncate_dim` and L2-normalized when `normalize`."""
         pooled = pool(output, mask, self.pooling, skip_tokens)
-        return l2_normalize(pooled) if normalize or self.normalize else pooled
+        if self.normalize:
+            pooled = l2_normalize(pooled)
+            normalize = normalize and truncate_dim is not None  # a unit vector stays one unless it is cut
+        return truncate_and_normalize(pooled, truncate_dim, normalize)
 
     def pooled_batches(
         self,
         host_batches: Iterable[HostBatch],
         memory: BatchMemory | None = None,
         *,
+        truncate_dim: int | None = None,
         normalize: bool = False,
         skip_tokens: int = 0,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
         """Yield (text indices, vectors) per batch. Batches are submitted as soon as they are
         embedded; the oldest is collected when it is done, or waited for once the encoder has
         `hints.queued_tokens` of work after it, so the host tokenizes, embeds and pools while the
-        encoder runs. Each batch's hidden states go back to `memory`, if given, once it is pooled."""
+        encoder runs. Each batch's hidden states go back to `memory`, if given, once it is pooled.
+        When this stops early (an error, an interrupt, the generator closed), the batches still in
+        flight are cancelled: what has not reached the encoder never will."""
         backend = self.backend
         budget = backend.hints.queued_tokens
         in_flight: deque[_InFlight] = deque()
@@ -170,20 +198,28 @@ class Pipeline:
 
         def oldest_pooled() -> tuple[np.ndarray, np.ndarray]:
             batch, pending = in_flight.popleft()
-            vectors = self.pool(pending.result(), batch.mask, normalize, skip_tokens)
+            vectors = self.pool(
+                pending.result(), batch.mask, truncate_dim=truncate_dim, normalize=normalize, skip_tokens=skip_tokens
+            )
             _check_finite(backend.name, batch.rows, np.isfinite(vectors).all(axis=1))
             if memory is not None:
                 memory.give_back(batch.hidden)
             return batch.rows, vectors
 
-        for batch in host_batches:  # tokenizing and embedding here overlaps the encoder
-            in_flight.append(_InFlight(batch, self.submit(batch)))
-            queued += batch.mask.size if len(in_flight) > 1 else 0
-            while len(in_flight) > 1 and (queued >= budget or in_flight[0].pending.done()):
-                queued -= in_flight[1].batch.mask.size  # the next oldest becomes the oldest: its tokens no longer count
+        try:
+            for batch in host_batches:  # tokenizing and embedding here overlaps the encoder
+                in_flight.append(_InFlight(batch, self.submit(batch)))
+                queued += batch.mask.size if len(in_flight) > 1 else 0
+                while len(in_flight) > 1 and (queued >= budget or in_flight[0].pending.done()):
+                    queued -= in_flight[
+                        1
+                    ].batch.mask.size  # the next oldest becomes the oldest: its tokens no longer count
+                    yield oldest_pooled()
+            while in_flight:
                 yield oldest_pooled()
-        while in_flight:
-            yield oldest_pooled()
+        finally:
+            for _, pending in in_flight:  # empty unless this stopped early
+                pending.cancel()
 
     def token_embeddings(
         self, texts: list[str], batch_size: int, *, progress: Progress | None = None
@@ -204,10 +240,15 @@ class Pipeline:
         return rows, truncated  # type: ignore[return-value]
 
     def submit(self, batch: HostBatch) -> PendingOutput:
-        """Hand the batch to the encoder backend, saying whether it runs alone where the backend asks."""
-        if self.backend.hints.takes_alone:
-            return self.backend.submit(batch.hidden, batch.mask, alone=batch.alone)
-        return self.backend.submit(batch.hidden, batch.mask)
+        """Hand the batch to the encoder backend."""
+        return self.backend.submit(batch.hidden, batch.mask, alone=batch.alone)
+
+    @property
+    def kept_batch_memory_bytes(self) -> int:
+        """Bytes of batch memory kept for the next encode() (0 before the first, after a failed
+        one, or after release_memory())."""
+        memory = self._batch_memory
+        return 0 if memory is None else memory.nbytes
 
     def release_memory(self) -> None:
         """Drop the batch memory kept between encode() calls."""

@@ -50,3 +50,14 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Scale each row to unit length; all-zero rows stay zero."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def truncate_and_normalize(vectors: np.ndarray, truncate_dim: int | None, normalize: bool) -> np.ndarray:
+    """float32 [n, truncate_dim or dim], C-contiguous: the first `truncate_dim` dimensions of each
+    vector (Matryoshka), then L2-normalized when `normalize`, in sentence-transformers' order. The
+    one place encode() and the server shorten and normalize vectors."""
+    if truncate_dim is not None:
+        vectors = vectors[:, :truncate_dim]
+    if normalize:
+        vectors = l2_normalize(vectors)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -19,6 +19,7 @@ of failing the job.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .backends.npu_device import list_npu_devices
 from .encoder import SentenceEncoder
 from .errors import BackendUnavailableError
+from .options import BackendOptions, with_keywords
 
 NPU_RESOURCE = "mobilint_npu"
 ERROR_COLUMN = "error"
@@ -59,24 +61,31 @@ class EmbedBatch:
         text_column: str = "text",
         vector_column: str = "vector",
         batch_size: int | None = None,
+        options: BackendOptions | None = None,
         qbruntime_factory: str | None = None,
         qbruntime_factory_options: dict[str, Any] | None = None,
-        **encoder_options: Any,
+        **settings: Any,
     ) -> None:
-        """encoder_options go to SentenceEncoder. An NPU actor given no device_no takes the first
-        card of its node that opens (a card another actor holds refuses its cores).
+        """options: which backend and how (BackendOptions); `settings` are SentenceEncoder's
+        keywords (backend="npu", npu_cores=2, ...) applied on top. An NPU actor takes the first card,
+        from its device_no on, that opens (a card another actor holds refuses its cores).
         qbruntime_factory: "module:function", called in the actor with bundle_dir (and
         qbruntime_factory_options as keywords), returning a qbruntime stand-in (a test double
         cannot be sent to an actor ready-made)."""
+        options = options or BackendOptions()
+        if "backend" in settings:
+            options = replace(options, backend=settings.pop("backend"))
+        options = with_keywords(options, settings, "EmbedBatch")
         if qbruntime_factory is not None:
             module, _, function = qbruntime_factory.partition(":")
-            encoder_options["qbruntime_module"] = getattr(importlib.import_module(module), function)(
+            stand_in = getattr(importlib.import_module(module), function)(
                 bundle_dir, **(qbruntime_factory_options or {})
             )
-        if encoder_options.get("backend") == "npu" and "device_no" not in encoder_options:
-            self.encoder = _on_a_free_card(bundle_dir, encoder_options)
+            options = replace(options, npu=replace(options.npu, qbruntime_module=stand_in))
+        if options.backend == "npu":
+            self.encoder = _on_a_free_card(bundle_dir, options)
         else:
-            self.encoder = SentenceEncoder(bundle_dir, **encoder_options)
+            self.encoder = SentenceEncoder.from_options(bundle_dir, options)
         self.text_column = text_column
         self.vector_column = vector_column
         self.batch_size = batch_size
@@ -104,13 +113,15 @@ class EmbedBatch:
         )
 
 
-def _on_a_free_card(bundle_dir: str, options: dict[str, Any]) -> SentenceEncoder:
-    devices = list_npu_devices(options.get("qbruntime_module"))
+def _on_a_free_card(bundle_dir: str, options: BackendOptions) -> SentenceEncoder:
+    devices = list_npu_devices(options.npu.qbruntime_module)
     count = len(devices) if isinstance(devices, list) else 0
     refusal: BackendUnavailableError | None = None
-    for device_no in range(max(count, 1)):
+    for device_no in range(options.npu.device_no, max(count, options.npu.device_no + 1)):
         try:
-            return SentenceEncoder(bundle_dir, device_no=device_no, **options)
+            return SentenceEncoder.from_options(
+                bundle_dir, replace(options, npu=replace(options.npu, device_no=device_no))
+            )
         except BackendUnavailableError as exc:
             refusal = exc
     assert refusal is not None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .pooling import l2_normalize
+
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
 
@@ -17,9 +19,7 @@ def similarity(a: np.ndarray, b: np.ndarray, function: str = "cosine") -> np.nda
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"vectors of different sizes: {a.shape[1]} and {b.shape[1]}")
     if function == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return a @ b.T
+        return l2_normalize(a) @ l2_normalize(b).T
     if function == "dot":
         return a @ b.T
     differences = a[:, None, :] - b[None, :, :]

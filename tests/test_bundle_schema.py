@@ -158,6 +158,8 @@ class NanEncoder:
 
 
 def test_nan_encoder_output_raises_naming_the_text(tiny_bundle):
-    with SentenceEncoder(tiny_bundle, backend=NanEncoder()) as encoder:
-        with pytest.raises(EncoderOutputError, match=r"NaN or infinite values for 1 text\(s\), first at index 2"):
-            encoder.encode(["one", "two", "three"], batch_size=8)
+    with (
+        SentenceEncoder(tiny_bundle, backend=NanEncoder()) as encoder,
+        pytest.raises(EncoderOutputError, match=r"NaN or infinite values for 1 text\(s\), first at index 2"),
+    ):
+        encoder.encode(["one", "two", "three"], batch_size=8)

@@ -102,10 +102,8 @@ def test_an_actor_that_dies_mid_run_is_restarted_and_its_batch_retried(
         actors=2,
         npu_per_actor=1,
         shard_rows=1000,
-        encoder_options={
-            "qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_dying_once",
-            "qbruntime_factory_options": {"marker": str(marker)},
-        },
+        qbruntime_factory="bertnpu_runtime.testing.actors:fake_npu_dying_once",
+        qbruntime_factory_options={"marker": str(marker)},
     )
     assert marker.exists()  # an actor did die
     assert len(result.written) == 2 and not result.errors
@@ -114,7 +112,6 @@ def test_an_actor_that_dies_mid_run_is_restarted_and_its_batch_retried(
 
 def test_an_actor_dying_on_every_batch_ends_the_job_with_an_error(local_ray, tiny_bundle, corpus, tmp_path):
     npu_bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle")
-    options = {"qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_dying_always"}
 
     def run() -> tuple[BaseException | None, list[warnings.WarningMessage]]:
         with warnings.catch_warnings(record=True) as caught:
@@ -129,7 +126,7 @@ def test_an_actor_dying_on_every_batch_ends_the_job_with_an_error(local_ray, tin
                     actors=1,
                     npu_per_actor=1,
                     shard_rows=1000,
-                    encoder_options=options,
+                    qbruntime_factory="bertnpu_runtime.testing.actors:fake_npu_dying_always",
                 )
             except ActorsExhaustedError as exc:
                 return exc, caught
@@ -151,12 +148,15 @@ def test_npu_actors_claim_the_mobilint_npu_resource(local_ray, tiny_bundle, tmp_
     npu_bundle = bundle_with_placeholder_mxq(tiny_bundle, tmp_path / "npu-bundle")
     path = tmp_path / "lines.txt"
     path.write_text("a dog\nthe park\n" * 50)
-    options = {
-        "qbruntime_factory": "bertnpu_runtime.testing.actors:fake_npu_recording_resources",
-        "qbruntime_factory_options": {"folder": str(tmp_path)},
-    }
     result = embed_corpus(
-        npu_bundle, path, tmp_path / "out", actors=2, npu_per_actor=1, shard_rows=20, encoder_options=options
+        npu_bundle,
+        path,
+        tmp_path / "out",
+        actors=2,
+        npu_per_actor=1,
+        shard_rows=20,
+        qbruntime_factory="bertnpu_runtime.testing.actors:fake_npu_recording_resources",
+        qbruntime_factory_options={"folder": str(tmp_path)},
     )
     assert len(result.written) == 5
     claimed = [json.loads(p.read_text()) for p in tmp_path.glob("resources-*.json")]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.data import STSB_DEV_FILE, read_stsb_pairs
@@ -26,10 +27,6 @@ def reference(dev_sentences):
 def encoder(default_bundle):
     with SentenceEncoder(default_bundle, backend="onnx") as enc:
         yield enc
-
-
-def cosine_rows(a, b):
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_every_stsb_dev_sentence_matches_sentence_transformers(encoder, dev_sentences, reference):

@@ -9,8 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import in_forked_child
+from tokenizers import Tokenizer as HfTokenizer
+from vectors import cosine_rows
 
-from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
+from bertnpu_runtime import BackendUnavailableError, BundleError, EncoderClosedError, SentenceEncoder
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 
 SENTENCES = [
@@ -28,10 +30,6 @@ SENTENCES = [
 def encoder(tiny_bundle):
     with SentenceEncoder(tiny_bundle, backend="onnx") as enc:
         yield enc
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_shapes_and_dtype(encoder):
@@ -159,8 +157,9 @@ def test_truncated_prefix_matches_full_tokenization(encoder):
     # The tokenizer cuts huge texts at whitespace before tokenizing; the kept tokens must be identical.
     text = " ".join(f"token{i % 7}" for i in range(5000))
     fast = encoder.pipeline.tokenizer.encode([text])
-    full = encoder.pipeline.tokenizer._tokenizer.encode(text)
-    assert fast.input_ids[0].tolist() == full.ids
+    library = HfTokenizer.from_file(str(encoder.bundle_dir / "tokenizer.json"))
+    library.enable_truncation(max_length=encoder.max_seq_length)
+    assert fast.input_ids[0].tolist() == library.encode(text).ids
 
 
 def test_whitespace_only_huge_text(encoder):
@@ -265,9 +264,12 @@ def test_an_open_backend_can_be_passed_in(tiny_bundle):
 
     with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
         expected = reference.encode(SENTENCES)
-    with SentenceEncoder(tiny_bundle, backend=Counting(tiny_bundle / "encoder.onnx")) as enc:
+    backend = Counting(tiny_bundle / "encoder.onnx")
+    with SentenceEncoder(tiny_bundle, backend=backend) as enc:
         np.testing.assert_allclose(enc.encode(SENTENCES), expected, atol=1e-6)
-    assert Counting.calls >= 1 and enc._pipeline is None  # used, then closed with the SentenceEncoder
+    assert Counting.calls >= 1  # used, then closed with the SentenceEncoder:
+    with pytest.raises(EncoderClosedError, match="OnnxEncoder.submit.. called after close"):
+        backend.submit(np.zeros((1, 2, 32), np.float32), np.ones((1, 2), np.int64))
 
 
 # --- how texts become batches --------------------------------------------------------------------
@@ -332,15 +334,13 @@ def test_batch_memory_is_kept_between_encodes_but_not_after_a_failure(tiny_bundl
     backend = FailingOnce()
     with SentenceEncoder(tiny_bundle, backend=backend) as enc:
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
-        memory = enc.pipeline._batch_memory
-        assert memory is not None and memory.nbytes > 0
+        kept = enc.pipeline.kept_batch_memory_bytes
+        assert kept > 0
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)
-        assert (
-            enc.pipeline._batch_memory is memory and enc.pipeline._batch_memory.nbytes == memory.nbytes
-        )  # reused, not grown
+        assert enc.pipeline.kept_batch_memory_bytes == kept  # reused, not grown
 
         backend.fail_at = backend.calls + 3
         with pytest.raises(RuntimeError, match="encoder failed"):
             enc.encode(texts, batch_size=3)
-        assert enc.pipeline._batch_memory is None  # its batches were not all given back: not reused
+        assert enc.pipeline.kept_batch_memory_bytes == 0  # its batches were not all given back: not reused
         np.testing.assert_allclose(enc.encode(texts, batch_size=3), expected, atol=1e-5)

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import in_forked_child
+from vectors import cosine_rows
 
 from bertnpu_runtime import BackendUnavailableError, SentenceEncoder
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
@@ -33,10 +34,6 @@ def npu_bundle(tiny_bundle, tmp_path_factory):
 def onnx_vectors(tiny_bundle):
     with SentenceEncoder(tiny_bundle, backend="onnx") as enc:
         return enc.encode(SENTENCES)
-
-
-def cosine_rows(a, b):
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.mark.parametrize("cores, batch_size", [(1, 32), (4, 32), (4, 2), (8, 1)])

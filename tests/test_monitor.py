@@ -1,5 +1,6 @@
-"""bertnpu info's NPU monitoring: the real mobilint-ml without a driver, the package missing, and
-the readings of a card through a stand-in with mbltml's function names and structures."""
+"""bertnpu info's NPU monitoring: the real mobilint-ml on this host (with or without a card), a
+driver that cannot start, the package missing, and the readings of a card through a stand-in with
+mbltml's function names and structures."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ from types import SimpleNamespace
 from bertnpu_runtime.monitor import npu_status
 
 
-def test_the_real_mbltml_without_a_driver_says_so():
+def test_the_real_mbltml_reports_what_qbruntime_sees_on_this_host():
+    import qbruntime
+
     status = npu_status()
+    if qbruntime.get_available_devices():  # a host with a card: its readings
+        assert status["available"] is True and status["devices"], status
+        assert all({"board", "dev_no", "utilization_percent"} <= set(device) for device in status["devices"])
+    else:  # no card, no driver: why not
+        assert status["available"] is False and status["reason"].startswith("mbltml cannot start: "), status
+
+
+def test_a_driver_that_cannot_start_is_reported_not_raised():
+    import mbltml
+
+    def refuse():
+        raise mbltml.MBLTMLUninitializedError(mbltml.MBLTML_UNINITIALIZED)
+
+    status = npu_status(SimpleNamespace(mbltmlInit=refuse))
     assert status["available"] is False and "MBLTMLUninitializedError" in status["reason"]
 
 
@@ -82,4 +99,5 @@ def test_bertnpu_info_reports_the_monitoring_state(tiny_bundle, capsys):
 
     assert main(["info", "--bundle", str(tiny_bundle)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["npu_monitor"]["available"] is False and info["npu_monitor"]["reason"]
+    assert info["npu_monitor"]["available"] == npu_status()["available"]
+    assert info["npu_monitor"].get("reason") or info["npu_monitor"].get("devices")

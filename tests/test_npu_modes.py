@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vectors import cosine_rows
 
 from bertnpu_runtime import BackendUnavailableError, BundleError, SentenceEncoder
 from bertnpu_runtime.backends.npu import NpuEncoder
 from bertnpu_runtime.bundle import NpuSpec
+from bertnpu_runtime.options import NpuOptions
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 
 ALL_MODES = ("single", "multi", "global4", "global8")
@@ -32,10 +34,6 @@ def model_bundle(tiny_bundle, tmp_path_factory):
     return bundle_with_placeholder_mxq(tiny_bundle, tmp_path_factory.mktemp("modes") / "bundle", npu=WHOLE_MODEL)
 
 
-def cosine_rows(a, b):
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 @pytest.mark.parametrize("pooler", [None, "first", "last"])
 def test_the_hidden_states_are_taken_by_shape_among_the_outputs(model_bundle, expected, pooler):
     fake = FakeNpu(model_bundle / "encoder.onnx", pooler_output=pooler)
@@ -49,7 +47,7 @@ def test_an_mxq_without_a_hidden_state_output_is_refused(tiny_bundle, tmp_path):
     mxq = tmp_path / "model.mxq"
     mxq.write_bytes(b"x")
     with pytest.raises(BundleError, match=r"none is the last hidden state \(1, -1, 32\)"):
-        NpuEncoder(mxq, NpuSpec("auto", "model"), 32, qbruntime_module=fake)
+        NpuEncoder(mxq, NpuSpec("auto", "model"), 32, NpuOptions(qbruntime_module=fake))
 
 
 @pytest.mark.parametrize("mxq_mask", [None, "keep"])
@@ -181,3 +179,45 @@ def test_a_trace_into_a_missing_folder_is_refused(model_bundle, tmp_path):
             model_bundle, backend="npu", npu_trace_path=tmp_path / "nowhere" / "t.json", qbruntime_module=fake
         )
     assert fake.busy_cores() == set() and fake.start_tracing_events(str(tmp_path / "ok.json"))
+
+
+@pytest.fixture(scope="module")
+def bundles_by_board(tiny_bundle, tmp_path_factory):
+    """A placeholder-.mxq bundle recorded as compiled for each board."""
+    root = tmp_path_factory.mktemp("boards")
+    return {
+        board: bundle_with_placeholder_mxq(tiny_bundle, root / board, {"target_device": board, "graph": "encoder"})
+        for board in ("aries-rb", "regulus-rb")
+    }
+
+
+@pytest.mark.parametrize(("board", "cores"), [("aries-rb", 8), ("regulus-rb", 1)])
+def test_the_runtime_opens_the_board_the_mxq_was_compiled_for(bundles_by_board, tiny_bundle, board, cores):
+    fake = FakeNpu(bundles_by_board[board] / "encoder.onnx", device_name=board, num_cores=cores)
+    opened = []
+    accelerator = fake.Accelerator
+    fake.Accelerator = lambda *args, **kwargs: opened.append(kwargs) or accelerator(*args, **kwargs)
+    with SentenceEncoder(bundles_by_board[board], backend="npu", qbruntime_module=fake) as encoder:
+        vectors = encoder.encode(["a dog runs in the park", "a cat sleeps"])
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        np.testing.assert_allclose(vectors, reference.encode(["a dog runs in the park", "a cat sleeps"]), atol=1e-5)
+    assert opened == [{"device_name": board, "dev_no": 0}]
+
+
+@pytest.mark.parametrize(("compiled_for", "present"), [("aries-rb", "regulus-rb"), ("regulus-rb", "aries-rb")])
+def test_a_card_of_the_other_kind_is_named_with_the_flag_to_use(bundles_by_board, compiled_for, present):
+    fake = FakeNpu(bundles_by_board[compiled_for] / "encoder.onnx", device_name=present)
+    with pytest.raises(BackendUnavailableError) as error:
+        SentenceEncoder(bundles_by_board[compiled_for], backend="npu", qbruntime_module=fake)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"compiled for {compiled_for}" in message and f"the NPU here is {present}" in message
+    assert f"--target-device {present}`" in message
+
+
+def test_a_named_device_overrides_the_bundles_board(bundles_by_board):
+    fake = FakeNpu(bundles_by_board["aries-rb"] / "encoder.onnx", device_name="aries-rb")
+    with SentenceEncoder(
+        bundles_by_board["aries-rb"], backend="npu", npu_device_name="aries", npu_cores=1, qbruntime_module=fake
+    ) as encoder:
+        assert encoder.encode("named by the caller").shape == (encoder.dim,)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bertnpu_runtime import SentenceEncoder
+from bertnpu_runtime import EncoderClosedError, SentenceEncoder
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 
 TEXTS = [f"sentence number {i} says {'more ' * (i % 7)}about the weather." for i in range(120)]
@@ -21,7 +21,7 @@ class SpySession:
         self._inner, self._overlap, self._gate, self._pause_s = inner, overlap, gate, pause_s
         self.runs = 0
 
-    def run(self, names, feeds):
+    def run(self, names, feeds, run_options=None):
         with self._overlap["lock"]:
             self.runs += 1
             self._overlap["now"] += 1
@@ -30,7 +30,7 @@ class SpySession:
             if self._gate is not None:
                 assert self._gate.wait(30), "the test never opened the gate"
             time.sleep(self._pause_s)  # long enough for a second lane to start meanwhile
-            return self._inner.run(names, feeds)
+            return self._inner.run(names, feeds, run_options)
         finally:
             with self._overlap["lock"]:
                 self._overlap["now"] -= 1
@@ -85,15 +85,41 @@ def test_an_only_batch_takes_a_lane_while_others_run_and_a_whole_run_runs_by_its
     reference.close()
 
 
-def test_close_runs_what_is_queued_then_refuses_work(tiny_bundle):
+def test_close_withdraws_what_is_queued_stops_what_runs_then_refuses_work(tiny_bundle):
     backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=2, lanes=2)
-    spied(backend, pause_s=0.01)
+    gate = threading.Event()
+    _, lane, _ = spied(backend, gate=gate)
     rng = np.random.default_rng(1)
     futures = [backend.submit(*batch(rng)) for _ in range(6)]
+    while lane.runs < 2:  # both lanes hold a batch at the gate; four wait behind them
+        time.sleep(0.001)
+    threading.Timer(0.2, gate.set).start()  # the running two reach ONNX Runtime after close() told it to stop
     backend.close()
-    assert all(future.done() and future.result().shape == (2, 5, 32) for future in futures)
-    with pytest.raises(RuntimeError, match="after close"):
+    assert all(future.done() for future in futures)
+    for future, when in zip(futures, ["while this batch ran"] * 2 + ["before this batch ran"] * 4):
+        with pytest.raises(EncoderClosedError, match=when):
+            future.result()
+    assert lane.runs == 2
+    with pytest.raises(EncoderClosedError, match="after close"):
         backend.submit(*batch(rng))
+
+
+def test_close_stops_a_run_in_progress(tiny_bundle):
+    """close() sets ONNX Runtime's terminate flag: a long run ends early with EncoderClosedError."""
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)
+    hidden, mask = batch(np.random.default_rng(3), rows=256, seq=64)
+    started = time.monotonic()
+    backend.run(hidden, mask)
+    one_run_s = time.monotonic() - started
+    futures = [backend.submit(hidden, mask) for _ in range(50)]  # about 50 runs' work
+    time.sleep(one_run_s / 2)
+    started = time.monotonic()
+    backend.close()
+    closing_s = time.monotonic() - started
+    assert closing_s < backend.CLOSE_TIMEOUT_S
+    errors = [future.exception() for future in futures]
+    assert all(isinstance(error, EncoderClosedError) for error in errors[1:])
+    assert errors[0] is None or isinstance(errors[0], EncoderClosedError)
 
 
 def test_a_failing_run_reaches_its_batch_and_the_lanes_go_on(tiny_bundle):

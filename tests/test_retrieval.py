@@ -12,6 +12,7 @@ import pytest
 from conftest import write_tiny_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import quantize_embeddings as st_quantize
+from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.quantization import quantize_embeddings
@@ -45,11 +46,6 @@ def models(tmp_path_factory):
     yield make
     for encoder, _ in made.values():
         encoder.close()
-
-
-def cosine_rows(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])

@@ -16,10 +16,10 @@ import numpy as np
 import openai
 import pytest
 from serving import ServerProcess, server_in_thread, wait_healthy
+from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.serve.app import ServeSettings, create_app
-from bertnpu_runtime.serve.batcher import WORKERS
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 
 TEXTS = [f"sentence {i}: a dog runs across the {'green ' * (i % 4)}park" for i in range(64)]
@@ -44,11 +44,6 @@ def server(tiny_bundle):
 
 def client(server, **kwargs):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=kwargs.pop("api_key", "unused"), max_retries=0, **kwargs)
-
-
-def cosine_rows(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def normalized(v):
@@ -211,13 +206,14 @@ def test_requests_queued_while_the_encoder_is_busy_share_a_batch(tiny_bundle, re
             deadline = time.monotonic() + 30
             while batcher.queued_requests + backend.waiting_sentences < 64 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert backend.waiting_sentences <= WORKERS * 32  # one batch in each worker's encode()
+            workers, batch_size = batcher.workers, app.state.service.encoder.default_batch_size
+            assert backend.waiting_sentences <= workers * batch_size  # one batch in each worker's encode()
             gate.set()
             answers = [f.result().json()["data"][0]["embedding"] for f in futures]
         batches = float(re.search(r"^bertnpu_encoder_batches_total (\S+)$", httpx.get(f"{url}/metrics").text, re.M)[1])
     assert cosine_rows(answers, reference.encode(TEXTS)).min() >= 0.99999
-    # one batch in each waiting encode(), then the rest in one encode() of two 32-sentence batches
-    assert batches <= WORKERS + 2
+    # one batch in each waiting encode(), then the rest in one encode() of two full batches
+    assert batches <= workers + 2
 
 
 def test_an_api_key_is_required_when_set(tiny_bundle, reference):

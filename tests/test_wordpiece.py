@@ -92,7 +92,7 @@ def test_the_gil_pause_comes_between_groups_only(tokenizer_file, monkeypatch, gr
     pauses between each two groups."""
     pauses = []
     monkeypatch.setattr(tokenization, "_release_gil", lambda: pauses.append(1))
-    texts = ["plain text number %d." % i for i in range(groups * tokenization._TEXTS_PER_GIL_YIELD)]
+    texts = [f"plain text number {i}." for i in range(groups * tokenization._TEXTS_PER_GIL_YIELD)]
     rows = Tokenizer(tokenizer_file, MAX_LENGTH).encode_unpadded(texts)
     assert len(rows) == len(texts) and len(pauses) == groups - 1
 

@@ -26,15 +26,16 @@ class BackendHints:
     call_cost_tokens: where any lengths share a batch, what one more call costs the backend, in
         padded tokens' worth of work: batches are cut where the padding saved is worth more.
         None: cut every batch_size sentences.
-    takes_alone: `submit` takes a keyword `alone`, True for a batch that is its encode() call's
-        only one (no other joins the backend before it is done), which it may run differently.
+    concurrent_calls: how many encode() calls at once keep this backend busiest: a caller with
+        many independent requests (the server) runs that many, so that one call's host stages
+        (tokenize, embed, pool) overlap the other's encoder work.
     """
 
     queued_tokens: int = 1
     preferred_batch_size: int = DEFAULT_BATCH_SIZE
     bucket: Callable[[int], int | None] | None = None
     call_cost_tokens: float | None = None
-    takes_alone: bool = False
+    concurrent_calls: int = 1
 
 
 class PendingOutput(Protocol):
@@ -43,6 +44,11 @@ class PendingOutput(Protocol):
     def done(self) -> bool: ...
 
     def result(self) -> np.ndarray: ...
+
+    def cancel(self) -> bool:
+        """Withdraw the work of this batch that has not started (an interrupted encode() calls it);
+        work already on the encoder finishes. True when none of it will run."""
+        ...
 
 
 @runtime_checkable
@@ -54,7 +60,10 @@ class EncoderBackend(Protocol):
     handed to `submit` may be read until its result is ready: do not change them before).
     hidden: float32 [batch, seq, hidden], C-contiguous; attention_mask: int64 [batch, seq], 1 = real token.
     Rows of padding (mask 0) may hold anything in the output; pooling ignores them.
-    Implementations must be safe to call from several threads at once.
+    Implementations must be safe to call from several threads at once. `close()` may come from
+    another thread while batches are queued: it fails the ones not started with
+    EncoderClosedError, gives the running ones a bounded time, releases what the backend holds and
+    returns; `submit` after it raises EncoderClosedError.
     """
 
     name: str
@@ -62,7 +71,10 @@ class EncoderBackend(Protocol):
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> PendingOutput: ...
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> PendingOutput:
+        """`alone`: the batch is its encode() call's only one (no other joins the backend before
+        it is done); a backend may run it differently (ONNX: on every thread at once)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -92,7 +104,7 @@ class _RunOnly:
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._backend.run(hidden, attention_mask)
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> Future:
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> Future:
         done: Future = Future()
         try:
             done.set_result(self.run(hidden, attention_mask))

@@ -25,21 +25,22 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
-from ..errors import BackendUnavailableError, BundleError, NpuTimeoutError
+from ..errors import BackendUnavailableError, BundleError, EncoderClosedError, NpuTimeoutError, first_line
+from ..options import NpuOptions
 from .base import BackendHints
 from .npu_device import (
     available_devices,
     device_core_count,
-    first_line,
+    other_board,
     read_layout,
     select_slots,
     slot_name,
@@ -53,6 +54,7 @@ class NpuEncoder:
 
     mxq_path: the bundle's model.mxq. npu_spec: bundle.json's "npu" section (mask input or not).
     hidden_size: the model's hidden size, checked against the .mxq's input shape.
+    options: an NpuOptions, whose settings mean:
     device_no: which card (/dev/aries<N>). device_name: open it by board name ("aries", "regulus",
         ...), as Mobilint's packages do, so a host with two kinds of card is not ambiguous.
     core_mode: "single" (default: one model per local core, each running sentences on its own),
@@ -93,20 +95,13 @@ class NpuEncoder:
         mxq_path: str | Path,
         npu_spec: NpuSpec,
         hidden_size: int,
-        *,
-        device_no: int = 0,
-        device_name: str | None = None,
-        core_mode: str = "single",
-        cores: int | Sequence[tuple[int, int]] | None = None,
-        group_sentences: bool | None = None,
-        trace_path: str | Path | None = None,
-        timeout_s: float = 30.0,
-        qbruntime_module: ModuleType | Any | None = None,
+        options: NpuOptions | None = None,
     ) -> None:
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
-            raise ValueError(f"npu timeout must be a positive number of seconds, found {timeout_s!r}")
-        self.timeout_s = float(timeout_s)
+        options = options or NpuOptions()
+        device_no, device_name, core_mode = options.device_no, options.device_name, options.core_mode
+        self.timeout_s = float(options.timeout_s)
         os.environ.setdefault("QBRUNTIME_NPU_TIMEOUT_MS", str(math.ceil(self.timeout_s * 1000)))
+        qbruntime_module = options.qbruntime_module
         if qbruntime_module is None:
             try:
                 qbruntime_module = importlib.import_module("qbruntime")
@@ -122,9 +117,11 @@ class NpuEncoder:
         self.device_no = device_no
         self.core_mode = core_mode
         _check_scheme(self.mxq_path, npu_spec, core_mode)
+        group_sentences = options.group_sentences
         self._group = core_mode == "multi" if group_sentences is None else bool(group_sentences)
         self._models: list[Any] = []
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (inputs, results queue, call index); None stops a worker
+        # (inputs, its PendingBatch, call index) per queued call; None stops a worker
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._widths: dict[int, int] = {}  # sentence length -> width it runs at
         self._outstanding = 0  # calls queued or running
         self._lock = threading.Lock()  # guards _outstanding, and _closed against queueing
@@ -135,18 +132,27 @@ class NpuEncoder:
         self._closed = False
         self._tracing = False
 
+        # The board the .mxq was compiled for, by name (as Mobilint's packages open it), unless the
+        # caller names one; bundles from before compile recorded it open whatever card is there.
+        device_name = device_name or npu_spec.target_device
         by_name = {} if device_name is None else {"device_name": device_name}
         try:
             self._accelerator = qb.Accelerator(**by_name, dev_no=device_no)
         except qb.QbRuntimeError as exc:
+            other = other_board(npu_spec.target_device, available_devices(qb))
+            if options.device_name is None and other is not None:
+                raise BackendUnavailableError(
+                    f"{self.mxq_path} was compiled for {npu_spec.target_device} (bundle.json npu.target_device), but "
+                    f"the NPU here is {other}: rebuild it with `python -m compile --mxq --target-device {other}`"
+                ) from exc
             raise BackendUnavailableError(
                 f"cannot open NPU device {device_no} ({'device_name=' + repr(device_name) + ', ' if device_name else ''}"
                 f"dev_no={device_no}; qbruntime sees {available_devices(qb)}): {first_line(exc)}"
             ) from exc
         try:
-            if trace_path is not None:
-                self._start_tracing(Path(trace_path))
-            self.cores = select_slots(core_mode, cores, device_core_count(self._accelerator))
+            if options.trace_path is not None:
+                self._start_tracing(Path(options.trace_path))
+            self.cores = select_slots(core_mode, options.cores, device_core_count(self._accelerator))
             for slot in self.cores:
                 self._models.append(self._launch(slot))
                 if len(self._models) == 1:
@@ -156,7 +162,10 @@ class NpuEncoder:
         except BaseException:
             self.close()
             raise
-        self.hints = BackendHints(self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for)
+        # Two calls at once: the host stages of one run while the cores work through the other's calls.
+        self.hints = BackendHints(
+            self.QUEUED_TOKENS, self.PREFERRED_BATCH_SIZE, bucket=self._width_for, concurrent_calls=2
+        )
         self._in_service = list(self.cores)
         for model, slot in zip(self._models, self.cores):
             worker = threading.Thread(
@@ -226,30 +235,31 @@ class NpuEncoder:
         -> float32 [batch, seq, hidden]; padding rows of the output are zeros."""
         return self.submit(hidden, attention_mask).result()
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray) -> PendingBatch:
+    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> PendingBatch:
         """Queue a batch's calls on the cores and return at once; `.result()` waits for the output.
+        (`alone` changes nothing here: a lone batch's calls already spread over the idle cores.)
 
         The inputs are built here, so a core's worker thread does nothing but infer: between two
         calls it needs the GIL only briefly, and the NPU stays busy. Unpadded rows go to the NPU as
         views of `hidden`, not copies: leave it unchanged until the result is ready.
         """
         if self._closed:
-            raise RuntimeError("NpuEncoder.submit() called after close()")
+            raise EncoderClosedError("the encoder is closed: NpuEncoder.submit() called after close()")
         lengths = _check_batch(hidden, attention_mask, self.hidden_size)  # [batch]
         calls = self._plan(lengths)
         inputs = [self._call_inputs(hidden, lengths, rows, width) for rows, width in calls]
-        results: queue.SimpleQueue = queue.SimpleQueue()
+        seq = hidden.shape[1]
+        whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
+        batch = PendingBatch(hidden.shape, calls, whole, self._call_output, self.timeout_s, self._stuck_cores)
         with self._lock:  # so that close() cannot slip in between: no call is queued behind the workers' stop
             if self._closed:
-                raise RuntimeError("NpuEncoder.submit() called after close()")
+                raise EncoderClosedError("the encoder is closed: NpuEncoder.submit() called after close()")
             if not self._in_service:
                 raise self._no_core_left()
             self._outstanding += len(calls)
             for index, call_inputs in enumerate(inputs):
-                self._calls.put((call_inputs, results, index))
-        seq = hidden.shape[1]
-        whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
-        return PendingBatch(hidden.shape, calls, results, whole, self._call_output, self.timeout_s, self._stuck_cores)
+                self._calls.put((call_inputs, batch, index))
+        return batch
 
     @property
     def cores_in_service(self) -> list[tuple[int, int]]:
@@ -342,21 +352,25 @@ class NpuEncoder:
     def _serve(self, model: Any, core: tuple[int, int]) -> None:
         """A core's worker: run queued calls on `model` until told to stop, or until its calls have
         failed FAILURES_BEFORE_OUT_OF_SERVICE times in a row."""
-        failures = 0
+        failures = 0  # in a row
         while (call := self._calls.get()) is not None:
-            inputs, results, index = call
-            self._running[core] = time.monotonic()
-            try:
-                output = self._infer(model, inputs)
-                failures = 0
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
-                output = exc
-                failures += 1
-            del self._running[core]
+            inputs, batch, index = call
+            batch.started = True  # before reading `cancelled`: see PendingBatch.cancel
+            if batch.cancelled:
+                output: np.ndarray | BaseException = CancelledError()
+            else:
+                self._running[core] = time.monotonic()
+                try:
+                    output = self._infer(model, inputs)
+                    failures = 0
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
+                    output = exc
+                    failures += 1
+                del self._running[core]
             with self._lock:
                 self._outstanding -= 1
-            results.put((index, output))
-            if failures >= self.FAILURES_BEFORE_OUT_OF_SERVICE:
+            batch.report(index, output)
+            if isinstance(output, BaseException) and failures >= self.FAILURES_BEFORE_OUT_OF_SERVICE:
                 self._take_out_of_service(core, output)
                 return
 
@@ -367,13 +381,9 @@ class NpuEncoder:
             self._in_service.remove(core)
             self._out_of_service[core] = first_line(failure)
             left = list(self._in_service)
-            orphans = []
-            if not left:  # no worker will take these: fail them now rather than at the timeout
-                while True:
-                    try:
-                        orphans.append(self._calls.get_nowait())
-                    except queue.Empty:
-                        break
+            orphans = (
+                [] if left else self._take_queued()
+            )  # no worker will take these: fail them now, not at the timeout
         logger.warning(
             "npu backend: core %s failed %d calls in a row (last: %s) and is out of service; cores still in service: %s",
             slot_name(core),
@@ -381,13 +391,20 @@ class NpuEncoder:
             first_line(failure),
             ", ".join(slot_name(s) for s in left) or "none",
         )
-        for call in orphans:
-            if call is None:
-                continue
-            with self._lock:
-                self._outstanding -= 1
-            _, results, index = call
-            results.put((index, self._no_core_left()))
+        _fail(orphans, self._no_core_left())
+
+    def _take_queued(self) -> list[tuple[list[np.ndarray], PendingBatch, int]]:
+        """Every call still queued, taken off the queue (holding self._lock); workers' stops are dropped."""
+        taken = []
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if call is not None:
+                taken.append(call)
+        self._outstanding -= len(taken)
+        return taken
 
     def _no_core_left(self) -> BackendUnavailableError:
         failed = "; ".join(f"{slot_name(slot)}: {why}" for slot, why in sorted(self._out_of_service.items()))
@@ -440,11 +457,16 @@ class NpuEncoder:
         return out.reshape(n, width, self.hidden_size)
 
     def close(self) -> None:
-        """Dispose every launched model and stop the worker threads. Safe to call twice."""
+        """Fail the calls still queued with EncoderClosedError, let each core finish the call it is
+        in (at most CLOSE_TIMEOUT_S), dispose every launched model and stop the worker threads.
+        Safe to call twice, and from another thread than the one encoding: the cores are free for
+        a new encoder when it returns (but for one still inside a call past the time limit)."""
         with self._lock:
             self._closed = True
+            queued = self._take_queued()
             for _ in self._workers:
-                self._calls.put(None)  # behind every call already queued: those still run
+                self._calls.put(None)
+        _fail(queued, EncoderClosedError("the encoder was closed before this NPU call ran"))
         deadline = time.monotonic() + self.CLOSE_TIMEOUT_S
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -483,7 +505,6 @@ class PendingBatch:
         self,
         shape: tuple[int, ...],
         calls: list[tuple[np.ndarray, int]],
-        results: queue.SimpleQueue,
         whole: bool,
         call_output: Callable[[np.ndarray, int, int], np.ndarray],
         timeout_s: float = math.inf,
@@ -494,7 +515,9 @@ class PendingBatch:
         self._shape = shape
         self._call_output = call_output  # (infer result, sentences, width) -> checked [n, width, hidden]
         self._calls = calls
-        self._results = results
+        self._results: queue.SimpleQueue = queue.SimpleQueue()  # (call index, output or error) per call
+        self.cancelled = False
+        self.started = False  # a worker has taken one of its calls
         self._whole = whole  # one call of every row, unpadded: its output is the batch's, no copy
         self._collected = False
         self._output: np.ndarray | None = None
@@ -504,6 +527,17 @@ class PendingBatch:
         """Whether every call has finished, so that result() will not wait."""
         return self._collected or self._results.qsize() == len(self._calls)
 
+    def report(self, index: int, output: np.ndarray | BaseException) -> None:
+        """A worker's answer for call `index`: its output, or what it raised."""
+        self._results.put((index, output))
+
+    def cancel(self) -> bool:
+        """Withdraw the calls no core has taken yet (they report CancelledError); True when none
+        had been taken. A worker sets `started` before it reads `cancelled`, so a False `started`
+        read after `cancelled` is set means no call will run."""
+        self.cancelled = True
+        return not self.started
+
     def result(self) -> np.ndarray:
         """float32 [batch, seq, hidden], as NpuEncoder.run returns it. Raises what a call raised."""
         if not self._collected:
@@ -511,6 +545,7 @@ class PendingBatch:
             self._collected = True
         if self._error is not None:
             raise self._error
+        assert self._output is not None  # _collect gives an output or an error
         return self._output
 
     def _collect(self) -> tuple[np.ndarray | None, BaseException | None]:
@@ -535,6 +570,12 @@ class PendingBatch:
             else:
                 output[rows, : min(width, seq)] = out[:, :seq]
         return output, error
+
+
+def _fail(calls: list[tuple[list[np.ndarray], PendingBatch, int]], error: BaseException) -> None:
+    """Report `error` for each of these calls taken off the queue."""
+    for _, batch, index in calls:
+        batch.report(index, error)
 
 
 def _check_scheme(mxq_path: Path, npu_spec: NpuSpec, core_mode: str) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import NpuSpec
+from ..bundle import NPU_TARGET_DEVICES, NpuSpec
 from ..errors import BundleError
+from ..options import CORE_MODES
 
 logger = logging.getLogger("bertnpu")
 
@@ -39,7 +40,7 @@ def list_npu_devices(qbruntime_module: ModuleType | Any | None = None) -> list[s
     try:
         qb.set_log_level(qb.LogLevel.Off)
         return [str(name) for name in qb.get_available_devices()]
-    except Exception as exc:  # a broken driver install must not break backend="auto"
+    except Exception as exc:  # noqa: BLE001 - a broken driver install must not break backend="auto"
         return f"qbruntime.get_available_devices() failed: {exc}"
 
 
@@ -128,7 +129,6 @@ def read_layout(model: Any, mxq_path: Path, npu_spec: NpuSpec, hidden_size: int)
     return MxqLayout(variants, mask_input, output_indices.pop())
 
 
-CORE_MODES = ("single", "multi", "global4", "global8")
 ALL_CORES = -1  # a slot's core for a model over a whole cluster (multi, global4); both are -1 for global8
 
 
@@ -184,7 +184,7 @@ def select_cores(cores: int | Sequence[tuple[int, int]] | None, device_cores: in
             )
     if not pairs or len(set(pairs)) != len(pairs):
         raise ValueError(f"cores must list distinct (cluster, core) pairs, found {pairs}")
-    return pairs
+    return [(int(cluster), int(core)) for cluster, core in pairs]
 
 
 def device_core_count(accelerator: Any) -> int:
@@ -201,14 +201,20 @@ def device_core_count(accelerator: Any) -> int:
     return 1
 
 
+def other_board(target_device: str | None, devices: list[str] | str) -> str | None:
+    """The compile target (aries-rb, regulus-rb) of the card qbruntime lists, when the bundle was
+    compiled for the other kind; None when it matches, nothing is listed or nothing was recorded."""
+    if target_device is None or not isinstance(devices, list):
+        return None
+    present = {
+        board for board in NPU_TARGET_DEVICES for name in devices if str(name).lower().startswith(board.split("-")[0])
+    }
+    return next(iter(sorted(present - {target_device})), None) if target_device not in present else None
+
+
 def available_devices(qb: Any) -> list[str] | str:
     """What qbruntime lists, for an error message; never raises."""
     try:
         return qb.get_available_devices()
-    except Exception as exc:  # only decorating an error message
+    except Exception as exc:  # noqa: BLE001 - only decorating an error message
         return f"<get_available_devices failed: {exc}>"
-
-
-def first_line(exc: BaseException) -> str:
-    """qbruntime's messages are "<Code> occurred.\\nPlease visit <docs>": the code is the news."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -12,18 +13,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
-from ..errors import BackendUnavailableError, BundleError
+from ..errors import BackendUnavailableError, BundleError, EncoderClosedError
+from ..options import check_num_threads
 from .base import BackendHints
+
+logger = logging.getLogger("bertnpu")
+
 
 # Padded tokens queued per lane beyond the batch the pipeline waits for: a batch or two of
 # STS-B-length sentences, so that a lane that finishes finds the next batch ready.
 LANE_QUEUED_TOKENS = 2048
-
-
-def check_num_threads(num_threads: object, name: str = "num_threads") -> None:
-    """None, or a positive int (not a bool, a float or a string)."""
-    if num_threads is not None and (type(num_threads) is not int or num_threads < 1):
-        raise ValueError(f"{name} must be a positive int or None, found {num_threads!r:.40}")
 
 
 class OnnxEncoder:
@@ -37,6 +36,8 @@ class OnnxEncoder:
     """
 
     name = "onnx"
+    # close() waits this long for running batches after telling ONNX Runtime to stop them.
+    CLOSE_TIMEOUT_S = 5.0
 
     def __init__(
         self,
@@ -65,7 +66,8 @@ class OnnxEncoder:
         self._lane_session = _open_session(model_path, 1) if self.lanes > 1 else None
         # Enough queued for every lane; any lengths share a batch, cut where padding costs more than a call.
         queued = LANE_QUEUED_TOKENS * self.lanes if self.lanes > 1 else 1
-        self.hints = BackendHints(queued_tokens=queued, call_cost_tokens=call_cost_tokens(width), takes_alone=True)
+        # Two calls at once: one call's batches fill the lanes while the other's host stages run.
+        self.hints = BackendHints(queued_tokens=queued, call_cost_tokens=call_cost_tokens(width), concurrent_calls=2)
         # Whole-machine runs keep a thread of their own: ORT runs one called from changing threads
         # 15-35% slower (one-sentence encode() on two cores).
         self._whole_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertnpu-onnx")
@@ -74,19 +76,28 @@ class OnnxEncoder:
         self._waiting: deque[_Waiting] = deque()
         self._running_whole = False
         self._running_in_lanes = 0
+        self._closed = False
+        self._run_options = _new_run_options()  # shared by every run: close() sets its terminate flag
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """hidden float32 [batch, seq, hidden], attention_mask int64 [batch, seq] -> float32 [batch, seq, hidden]."""
-        return _run(self._session, hidden, attention_mask)
+        session = self._session
+        if session is None:
+            raise EncoderClosedError("the encoder is closed: OnnxEncoder.run() called after close()")
+        try:
+            return _run(session, hidden, attention_mask, self._run_options)
+        except Exception as exc:
+            raise self._closed_error(exc) from exc
 
     def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> Future:
-        """Queue the batch for this encoder's threads; the Future's `result()` is run()'s output.
+        """Queue the batch for this encoder's threads; the Future's `result()` is run()'s output,
+        and its `cancel()` withdraws the batch until a thread takes it.
         alone: the batch is its call's only one: it gets every thread if nothing else is queued or
         running (else it takes a lane, as concurrent encode() calls' batches do)."""
         future: Future = Future()
         with self._state:
-            if self._session is None:
-                raise RuntimeError("OnnxEncoder.submit() called after close()")
+            if self._closed:
+                raise EncoderClosedError("the encoder is closed: OnnxEncoder.submit() called after close()")
             whole = self._lane_session is None or (alone and self._idle())
             self._waiting.append(_Waiting(hidden, attention_mask, whole, future))
             self._start_waiting()
@@ -98,29 +109,38 @@ class OnnxEncoder:
 
     def _start_waiting(self) -> None:
         """Start waiting batches in order, while they may (holding self._state): a whole-machine
-        run only with nothing else running, lane runs up to `lanes` at once."""
+        run only with nothing else running, lane runs up to `lanes` at once. Cancelled ones are dropped."""
         while self._waiting and not self._running_whole:
+            if self._waiting[0].future.cancelled():
+                self._waiting.popleft()
+                continue
             whole = self._waiting[0].whole
             if (whole and self._running_in_lanes) or self._running_in_lanes == self.lanes:
                 return
             batch = self._waiting.popleft()
-            if whole:
-                self._running_whole = True
-                self._whole_worker.submit(self._run_waiting, self._session, batch)
-            else:
-                self._running_in_lanes += 1
-                self._lane_workers.submit(self._run_waiting, self._lane_session, batch)
+            if not batch.future.set_running_or_notify_cancel():
+                continue
+            self._count_running(batch.whole, +1)
+            pool, session = (self._whole_worker, self._session) if whole else (self._lane_workers, self._lane_session)
+            try:
+                pool.submit(self._run_waiting, session, batch)
+            except RuntimeError:  # the pools take no more work once the interpreter is exiting
+                self._count_running(batch.whole, -1)
+                batch.future.set_exception(EncoderClosedError("the interpreter is exiting: the batch was not run"))
+
+    def _count_running(self, whole: bool, change: int) -> None:
+        if whole:
+            self._running_whole = change > 0
+        else:
+            self._running_in_lanes += change
 
     def _run_waiting(self, session: object, batch: _Waiting) -> None:
         try:
-            output, error = _run(session, batch.hidden, batch.mask), None
+            output, error = _run(session, batch.hidden, batch.mask, self._run_options), None
         except BaseException as exc:  # noqa: BLE001 - the batch's owner gets it from result()
-            output, error = None, exc
+            output, error = None, self._closed_error(exc)
         with self._state:
-            if batch.whole:
-                self._running_whole = False
-            else:
-                self._running_in_lanes -= 1
+            self._count_running(batch.whole, -1)
             self._start_waiting()
             self._state.notify_all()
         if error is not None:
@@ -128,13 +148,32 @@ class OnnxEncoder:
         else:
             batch.future.set_result(output)
 
+    def _closed_error(self, error: BaseException) -> BaseException:
+        """A run that close() stopped fails with EncoderClosedError; any other failure as it is."""
+        if self._closed and isinstance(error, Exception):
+            return EncoderClosedError("the encoder was closed while this batch ran")
+        return error
+
     def close(self) -> None:
-        """Run what is queued, then stop the threads and drop the sessions."""
+        """Fail the batches not started with EncoderClosedError, stop the running ones (ONNX
+        Runtime's terminate flag; at most CLOSE_TIMEOUT_S), then drop the threads and sessions.
+        Safe to call twice, and from another thread than the one encoding."""
         with self._state:
-            self._state.wait_for(self._idle)
+            self._closed = True
+            withdrawn, self._waiting = self._waiting, deque()
+            self._run_options.terminate = True
+            stopped = self._state.wait_for(self._idle, timeout=self.CLOSE_TIMEOUT_S)
             self._session = self._lane_session = None
-        self._whole_worker.shutdown(wait=True)
-        self._lane_workers.shutdown(wait=True)
+        for batch in withdrawn:
+            if batch.future.set_running_or_notify_cancel():
+                batch.future.set_exception(EncoderClosedError("the encoder was closed before this batch ran"))
+        if not stopped:
+            logger.warning(
+                "onnx backend: a run did not stop within %.0f s of close(); its thread is left to end",
+                self.CLOSE_TIMEOUT_S,
+            )
+        self._whole_worker.shutdown(wait=stopped)
+        self._lane_workers.shutdown(wait=stopped)
 
 
 class _Waiting(NamedTuple):
@@ -160,9 +199,16 @@ def _open_session(model_path: str | Path, num_threads: int | None) -> Any:
         raise BundleError(model_path, f"ONNX Runtime cannot load it ({exc})") from exc
 
 
-def _run(session: object, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    (output,) = session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: attention_mask})
+def _run(session: Any, hidden: np.ndarray, attention_mask: np.ndarray, run_options: Any) -> np.ndarray:
+    feed = {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: attention_mask}
+    (output,) = session.run([ONNX_OUTPUT], feed, run_options)
     return output
+
+
+def _new_run_options() -> Any:
+    import onnxruntime as ort
+
+    return ort.RunOptions()
 
 
 def _usable_cores() -> int:
@@ -181,13 +227,13 @@ def call_cost_tokens(hidden_size: int | None) -> float:
     return 20.0 * (384 / (hidden_size or 384)) ** 2
 
 
-def _graph_width(session: object) -> int | None:
+def _graph_width(session: Any) -> int | None:
     """The hidden-state input's width, where the graph fixes it."""
     shape = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT).shape or [None]
     return shape[-1] if isinstance(shape[-1], int) else None
 
 
-def _check_width(model_path: str | Path, session: object, hidden_size: int) -> None:
+def _check_width(model_path: str | Path, session: Any, hidden_size: int) -> None:
     """The graph's hidden-state input and output end in hidden_size where their shapes say so."""
     hidden_input = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
     outputs = {o.name: o for o in session.get_outputs()}

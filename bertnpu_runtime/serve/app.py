@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..encoder import SentenceEncoder
+from ..options import BackendOptions
+from ..pipeline import HostBatch
+from ..pooling import truncate_and_normalize
+from ..tokenize import TokenRows
 from .batcher import Batcher, QueueFull
-from .metrics import CountingBackend, Metrics
+from .metrics import Metrics
 from .requests import RequestError, parse_embed_request, parse_embeddings_request
 
 logger = logging.getLogger("bertnpu.serve")
 
 RETRY_AFTER_S = "1"
+# A request with more characters than this is tokenized on a thread, so the event loop goes on
+# answering other clients (a short request is tokenized in place: a thread hop costs more).
+TOKENIZE_IN_LOOP_CHARS = 20_000
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """What `bertnpu serve` is given. `encoder_options` go to SentenceEncoder as keywords."""
+    """What `bertnpu serve` is given. `backend`: the encoder backend to open, and its settings."""
 
     bundle: Path
     model_name: str | None = None
@@ -48,7 +55,7 @@ class ServeSettings:
     max_request_texts: int = 2048
     max_body_bytes: int = 16 << 20
     on_overflow: str = "truncate"
-    encoder_options: dict[str, Any] = field(default_factory=dict)
+    backend: BackendOptions = field(default_factory=BackendOptions)
 
 
 class EmbeddingService:
@@ -69,18 +76,18 @@ class EmbeddingService:
     def open(self, on_ready: Callable[[EmbeddingService], None], on_failure: Callable[[str], None]) -> None:
         try:
             encoder = self._open_encoder()
-        except Exception as exc:  # a bad bundle, no device: the server says so and stops
+        except Exception as exc:  # noqa: BLE001 - a bad bundle, no device: the server says so and stops
             self.state, self.failure = "failed", f"{type(exc).__name__}: {exc}"
             on_failure(self.failure)
             return
-        encoder.pipeline.backend = CountingBackend(encoder.pipeline.backend, self.metrics.encoder_batches)
         self.encoder = encoder
         self.model_name = self.model_name or served_model_name(encoder)
         self.batcher = Batcher(
-            encoder.encode,
+            self._encode_rows,
             max_batch_tokens=self.settings.max_batch_tokens,
             max_wait_s=self.settings.max_wait_ms / 1000,
             max_queue_requests=self.settings.max_queue_requests,
+            workers=encoder.pipeline.backend.hints.concurrent_calls,
         )
         self.state = "ok"
         self.ready.set()
@@ -94,16 +101,45 @@ class EmbeddingService:
         if self.encoder is not None:
             self.encoder.close()
 
+    def opened(self) -> SentenceEncoder:
+        """The encoder, once open; before, a 503 for the request that asks."""
+        if self.encoder is None:
+            raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
+        return self.encoder
+
+    def _encode_rows(self, rows: TokenRows) -> np.ndarray:
+        """A batcher worker's call: the vectors of every queued request's token rows, as the model
+        makes them (shortened and normalized per request afterwards)."""
+        encoder = self.opened()
+        return encoder.pipeline.encode(rows, encoder.default_batch_size, progress=self._count_batches).vectors
+
+    def _count_batches(self, batches: Iterator[HostBatch], texts: int) -> Iterator[HostBatch]:
+        for batch in batches:
+            self.metrics.encoder_batches.inc()
+            yield batch
+
     async def embed(
-        self, texts: list[str], *, fail_on_overflow: str | None, overflow_status: int = 400
+        self,
+        texts: list[str],
+        *,
+        dimensions: int | None,
+        normalize: bool,
+        fail_on_overflow: str | None,
+        overflow_status: int = 400,
     ) -> tuple[np.ndarray, int]:
-        """Vectors of `texts` and their token count. `fail_on_overflow` names the field for the
-        error (of `overflow_status`) when a text is longer than the model's length (None: truncate,
-        as encode() does)."""
+        """Vectors of `texts` (cut to `dimensions` and normalized when asked) and their token
+        count. The texts are tokenized once, here (off the event loop when they are long), and
+        their token rows queued. `fail_on_overflow` names the field for the error (of
+        `overflow_status`) when a text is longer than the model's length (None: truncate, as
+        encode() does)."""
         encoder, batcher = self.encoder, self.batcher
         if encoder is None or batcher is None or self.state != "ok":
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
-        rows = encoder.pipeline.tokenizer.encode_unpadded(texts)
+        tokenizer = encoder.pipeline.tokenizer
+        if sum(map(len, texts)) > TOKENIZE_IN_LOOP_CHARS:
+            rows = await asyncio.to_thread(tokenizer.encode_unpadded, texts)
+        else:
+            rows = tokenizer.encode_unpadded(texts)
         if fail_on_overflow is not None and rows.truncated.any():
             index = int(np.flatnonzero(rows.truncated)[0])
             raise RequestError(
@@ -114,14 +150,14 @@ class EmbeddingService:
             )
         tokens = int(rows.lengths.sum())
         try:
-            future = batcher.submit(texts, tokens)
+            future = batcher.submit(rows)
         except QueueFull as exc:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
         vectors = await future
         self.metrics.sentences.inc(len(texts))
         self.metrics.tokens.inc(tokens)
-        return vectors, tokens
+        return truncate_and_normalize(vectors, dimensions, normalize), tokens
 
 
 def served_model_name(encoder: SentenceEncoder) -> str:
@@ -144,7 +180,7 @@ def create_app(
 ) -> Starlette:
     """The Starlette app. The encoder opens in the background once the server starts."""
     metrics = Metrics()
-    opener = open_encoder or (lambda: SentenceEncoder(settings.bundle, **settings.encoder_options))
+    opener = open_encoder or (lambda: SentenceEncoder.from_options(settings.bundle, settings.backend))
     service = EmbeddingService(settings, metrics, opener)
 
     @contextlib.asynccontextmanager
@@ -155,7 +191,7 @@ def create_app(
 
     async def openai_embeddings(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
-        parsed = parse_embeddings_request(body, service.encoder.dim, settings.max_request_texts)
+        parsed = parse_embeddings_request(body, service.opened().dim, settings.max_request_texts)
         if parsed.model is not None and parsed.model != service.model_name:
             raise RequestError(
                 404,
@@ -164,8 +200,9 @@ def create_app(
                 "model_not_found",
             )
         overflow = "input" if settings.on_overflow == "error" else None
-        vectors, tokens = await service.embed(parsed.texts, fail_on_overflow=overflow)
-        vectors = _shortened(vectors, parsed.dimensions, normalize=True)
+        vectors, tokens = await service.embed(
+            parsed.texts, dimensions=parsed.dimensions, normalize=True, fail_on_overflow=overflow
+        )
         if parsed.encoding_format == "base64":
             rows: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -176,10 +213,16 @@ def create_app(
 
     async def tei_embed(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
-        parsed = parse_embed_request(body, service.encoder.dim, settings.max_request_texts)
+        parsed = parse_embed_request(body, service.opened().dim, settings.max_request_texts)
         overflow = None if parsed.truncate else "inputs"
-        vectors, _ = await service.embed(parsed.texts, fail_on_overflow=overflow, overflow_status=413)
-        return _json(_shortened(vectors, parsed.dimensions, normalize=parsed.normalize))
+        vectors, _ = await service.embed(
+            parsed.texts,
+            dimensions=parsed.dimensions,
+            normalize=parsed.normalize,
+            fail_on_overflow=overflow,
+            overflow_status=413,
+        )
+        return _json(vectors)
 
     async def models(request: Request) -> Response:
         model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "bertnpu"}
@@ -215,7 +258,7 @@ def create_app(
         return route
 
     async def health(request: Request) -> Response:
-        status = {"status": service.state, "model": service.model_name}
+        status: dict[str, Any] = {"status": service.state, "model": service.model_name}
         if service.encoder is not None and service.state == "ok":
             encoder = service.encoder
             status.update(backend=encoder.backend, npu_cores_in_service=encoder.npu_cores_in_service)
@@ -238,16 +281,6 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     return app
-
-
-def _shortened(vectors: np.ndarray, dimensions: int | None, *, normalize: bool) -> np.ndarray:
-    """Matryoshka: the first `dimensions` values, then L2-normalized (when normalize)."""
-    if dimensions is not None:
-        vectors = vectors[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

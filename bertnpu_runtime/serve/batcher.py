@@ -3,9 +3,8 @@
 Requests from the event loop join the queue; a worker thread takes everything queued, up to
 `max_batch_tokens` tokens (at least one request), waiting at most `max_wait_s` after the oldest
 request arrived for more to come, and runs them as one `encode()` while the next batch gathers.
-Two workers take turns, so that the encoder backend always has a call's batches to run while
-the other call gathers, tokenizes and pools (the ONNX backend runs the two calls' batches in its
-single-threaded lanes at once).
+`workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
+always has one call's batches to run while another call embeds and pools.
 Each request's vectors go back to its asyncio future. The queue holds at most
 `max_queue_requests` requests: one more is refused at once (QueueFull), so overload never grows
 memory. A vector does not depend on which other requests shared its batch beyond float rounding.
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WORKERS = 2  # encode() calls in flight at once
+from ..tokenize import TokenRows
 
 
 class QueueFull(Exception):
@@ -31,7 +30,7 @@ class QueueFull(Exception):
 
 @dataclass
 class _Job:
-    texts: list[str]
+    rows: TokenRows  # the request's texts, tokenized
     tokens: int
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -39,17 +38,18 @@ class _Job:
 
 
 class Batcher:
-    """Batches requests across clients for `encode` (texts -> float32 [n, dim]). Thread-safe."""
+    """Batches requests across clients for `encode` (token rows -> float32 [n, dim]). Thread-safe."""
 
     def __init__(
         self,
-        encode: Callable[[list[str]], np.ndarray],
+        encode: Callable[[TokenRows], np.ndarray],
         *,
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_requests: int,
-        workers: int = WORKERS,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
@@ -68,18 +68,18 @@ class Batcher:
     def queued_requests(self) -> int:
         return len(self._jobs)
 
-    def submit(self, texts: list[str], tokens: int) -> asyncio.Future:
-        """Queue one request's texts (`tokens` of them in all); await the future for their vectors.
-        Call from the running event loop. Raises QueueFull when the queue is full."""
+    def submit(self, rows: TokenRows) -> asyncio.Future:
+        """Queue one request's token rows; await the future for their vectors. Call from the
+        running event loop. Raises QueueFull when the queue is full."""
         loop = asyncio.get_running_loop()
-        job = _Job(texts, tokens, loop.create_future(), loop)
+        job = _Job(rows, int(rows.lengths.sum()), loop.create_future(), loop)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is closed")
             if len(self._jobs) >= self.max_queue_requests:
                 raise QueueFull(f"{len(self._jobs)} requests are queued, this server's limit")
             self._jobs.append(job)
-            self._queued_tokens += tokens
+            self._queued_tokens += job.tokens
             self._cond.notify()
         return job.future
 
@@ -94,16 +94,15 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            texts = [text for job in batch for text in job.texts]
             try:
-                vectors = self._encode(texts)
+                vectors = self._encode(TokenRows.concatenate([job.rows for job in batch]))
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
                 for job in batch:
                     job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
                 continue
             start = 0
             for job in batch:
-                end = start + len(job.texts)
+                end = start + len(job.rows)
                 job.loop.call_soon_threadsafe(_settle, job.future, vectors[start:end], None)
                 start = end
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,27 +37,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class CountingBackend:
-    """An encoder backend that counts its batches into `counter`; everything else is the backend's."""
-
-    def __init__(self, backend: Any, counter: Counter) -> None:
-        self._backend = backend
-        self._counter = counter
-        self.name = backend.name
-        self.hints = backend.hints
-
-    def run(self, hidden: Any, attention_mask: Any) -> Any:
-        self._counter.inc()
-        return self._backend.run(hidden, attention_mask)
-
-    def submit(self, hidden: Any, attention_mask: Any, **hints: Any) -> Any:
-        self._counter.inc()
-        return self._backend.submit(hidden, attention_mask, **hints)
-
-    def close(self) -> None:
-        self._backend.close()
-
-    def __getattr__(self, name: str) -> Any:  # cores_in_service and the like
-        return getattr(self._backend, name)

@@ -41,7 +41,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
     def on_ready(service: EmbeddingService) -> None:
         while not server.started and not server.should_exit:  # the socket is bound once started
             time.sleep(0.01)
-        encoder = service.encoder
+        encoder = service.opened()
         logger.info(
             "bertnpu serve: ready on http://%s:%d (model %s, backend %s: %s)",
             host,

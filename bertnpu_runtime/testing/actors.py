@@ -45,7 +45,7 @@ def _dying(fake: FakeNpu, should_die: Callable[[], bool]) -> FakeNpu:
             os._exit(1)
         inject(core)
 
-    fake._inject_fault = inject_or_die
+    fake._inject_fault = inject_or_die  # type: ignore[method-assign]  # the fault hook, replaced in this actor's double
     return fake
 
 

@@ -248,13 +248,10 @@ def _is_valid_shape(input_shape: tuple[int, ...], shape: tuple[int, ...]) -> boo
     if len(input_shape) < len(shape) or len(input_shape) > len(shape) + 1:
         return False
     offset = 1 if len(input_shape) > len(shape) else 0
-    for s1, s2 in zip(input_shape[offset:], shape):
-        if s1 % s2 != 0 or (s2 > 0 and s1 != s2):
-            return False
-    return True
+    return all(s1 % s2 == 0 and (s2 < 0 or s1 == s2) for s1, s2 in zip(input_shape[offset:], shape))
 
 
-def _find_memory_format(inputs: list[np.ndarray], shapes: list[tuple[int, ...]]) -> tuple[bool, bool] | None:
+def _find_memory_format(inputs: list[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> tuple[bool, bool] | None:
     """(is_hwc, is_chw) when every input fits its shape in that layout; None when neither fits."""
     if len(inputs) != len(shapes):
         return None
@@ -422,11 +419,11 @@ class FakeNpu:
     ) -> None:
         """Make infer on `core` raise QbRuntimeError(code) on that core's calls numbered `calls`
         (1 = its first call since the fake was made), or on every call when `calls` is None."""
-        self._faults[tuple(core)] = (code, None if calls is None else set(calls))
+        self._faults[(core[0], core[1])] = (code, None if calls is None else set(calls))
 
     def hang_core(self, core: tuple[int, int]) -> None:
         """Make every infer on `core` block until `unhang` is set (a card that never answers)."""
-        self._faults[tuple(core)] = ("hang", None)
+        self._faults[(core[0], core[1])] = ("hang", None)
 
     def _inject_fault(self, core: tuple[int, int]) -> None:
         with self._lock:
@@ -458,10 +455,10 @@ class FakeNpu:
 
     def _acquire(self, dev_no: int, cores: list[tuple[int, int]], model_id: int) -> None:
         with self._lock:
-            if any((dev_no, *c) in self._busy for c in cores):
+            if any((dev_no, c[0], c[1]) in self._busy for c in cores):
                 raise _error("Acc_CoreAlreadyInUse")
             for c in cores:
-                self._busy[(dev_no, *c)] = model_id
+                self._busy[(dev_no, c[0], c[1])] = model_id
 
     def _release(self, model_id: int) -> None:
         with self._lock:
@@ -640,7 +637,7 @@ class _FakeModel:
 
     def _match_variant(self, inputs: list[np.ndarray]) -> bool:
         """The first variant every input fits, as qbruntime picks it; returns is_hwc."""
-        for idx, width in enumerate(self._npu.variants):
+        for width in self._npu.variants:
             found = _find_memory_format(inputs, self._npu.variant_input_shapes(width))
             if found is None:
                 continue

@@ -58,6 +58,12 @@ class TokenRows:
         input_ids = np.where(keep, self.ids[positions], 0)
         return TokenizedBatch(input_ids, keep.astype(np.int64), lengths, truncated)
 
+    def slice(self, first: int, last: int) -> TokenRows:
+        """The texts first..last-1, their ids a view (no copy)."""
+        begin = int(self.starts[first]) if first < len(self) else len(self.ids)
+        end = begin + int(self.lengths[first:last].sum())
+        return TokenRows(self.ids[begin:end], self.lengths[first:last], self.truncated[first:last])
+
     def take(self, rows: np.ndarray) -> TokenRows:
         """The texts `rows`, in that order, still unpadded."""
         lengths = self.lengths[rows]

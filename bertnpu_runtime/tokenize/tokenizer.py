@@ -76,20 +76,21 @@ class Tokenizer:
         Plain texts (see wordpiece.py) take the fast path many at a time; the others, one by one
         or through `tokenizers`.
         """
-        if self._fast is None:
+        fast = self._fast
+        if fast is None:
             return _token_rows(self._library_ids(texts))
         long = [i for i, text in enumerate(texts) if len(text) > self._char_bound]  # cut to a prefix first
-        odd = sorted(set(self._fast.not_plain(texts) + long))  # the texts the joined path cannot take
+        odd = sorted(set(fast.not_plain(texts) + long))  # the texts the joined path cannot take
         if not odd:
-            return self._encode_plain(texts)
+            return self._encode_plain(fast, texts)
         is_plain = np.ones(len(texts), dtype=bool)
         is_plain[odd] = False
         plain = np.flatnonzero(is_plain)
-        plain_tokens = self._encode_plain([texts[i] for i in plain])
-        odd_tokens = _token_rows(self._odd_rows([texts[i] for i in odd]))
+        plain_tokens = self._encode_plain(fast, [texts[i] for i in plain])
+        odd_tokens = _token_rows(self._odd_rows(fast, [texts[i] for i in odd]))
         return TokenRows.interleave(len(texts), [(plain, plain_tokens), (np.array(odd, dtype=np.intp), odd_tokens)])
 
-    def _encode_plain(self, texts: list[str]) -> TokenRows:
+    def _encode_plain(self, fast: FastWordPiece, texts: list[str]) -> TokenRows:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
         to let other threads run: without one, this holds the GIL for the whole switch interval
         (5 ms) while NPU worker threads, their calls done, wait for it to start the next ones.
@@ -99,22 +100,21 @@ class Tokenizer:
         for start in range(0, len(texts), _TEXTS_PER_GIL_YIELD):
             if start:
                 _release_gil()
-            groups.append(self._fast.encode_plain(texts[start : start + _TEXTS_PER_GIL_YIELD], self.max_seq_length))
+            groups.append(fast.encode_plain(texts[start : start + _TEXTS_PER_GIL_YIELD], self.max_seq_length))
         return TokenRows.concatenate(groups) if groups else TokenRows.empty()
 
-    def _odd_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+    def _odd_rows(self, fast: FastWordPiece, texts: list[str]) -> list[tuple[list[int], bool]]:
         """Texts that are not plain: ASCII ones on the fast path one by one, the rest through `tokenizers`."""
-        rows = [self._fast_ids(text) for text in texts]
-        slow = [i for i, row in enumerate(rows) if row is None]
-        for i, row in zip(slow, self._library_ids([texts[i] for i in slow])):
-            rows[i] = row
-        return rows
+        found = [self._fast_ids(fast, text) for text in texts]
+        slow = [i for i, row in enumerate(found) if row is None]
+        from_library = dict(zip(slow, self._library_ids([texts[i] for i in slow])))
+        return [row if row is not None else from_library[i] for i, row in enumerate(found)]
 
-    def _fast_ids(self, text: str) -> tuple[list[int], bool] | None:
+    def _fast_ids(self, fast: FastWordPiece, text: str) -> tuple[list[int], bool] | None:
         bounded = self._bounded(text)
-        row = self._fast.encode(bounded, self.max_seq_length)
+        row = fast.encode(bounded, self.max_seq_length)
         if row is not None and bounded is not text and not row[1]:
-            row = self._fast.encode(text, self.max_seq_length)
+            row = fast.encode(text, self.max_seq_length)
         return row
 
     def _library_ids(self, texts: list[str]) -> list[tuple[list[int], bool]]:

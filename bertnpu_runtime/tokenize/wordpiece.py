@@ -60,7 +60,7 @@ class FastWordPiece:
         special = [s.lower() for s in special] if lowercase else special
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
         # A text can hold a special token only if it holds the tokens' common prefix ("[" for BERT).
-        self._special_prefix = os.path.commonprefix(special)
+        self._special_prefix = os.path.commonprefix(special)  # noqa: RUF071 - a prefix of characters is what is wanted
         self._ascii_chunks = ChunkTable(self._ids_of_ascii_chunk)  # keys lower-cased where the model is
         self._chunks = ChunkTable(self._ids_of_chunk)  # keys as written
         for table in (self._ascii_chunks, self._chunks):
