@@ -43,6 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="what --mxq/--mblt compile: the whole BertModel, Mobilint's recipe (default), or the encoder alone",
     )
     parser.add_argument(
+        "--target-device",
+        choices=qb.TARGET_DEVICES,
+        default="aries-rb",
+        help="the board the .mxq is for (default aries-rb); regulus-rb compiles with inference scheme single",
+    )
+    parser.add_argument(
         "--inference-scheme",
         choices=qb.INFERENCE_SCHEMES,
         help="NPU core modes the .mxq supports (qbcompiler's inference_scheme; left to the compiler when not given)",
@@ -91,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mxq=args.mxq,
             mblt=args.mblt,
             npu_graph=args.npu_graph,
+            target_device=args.target_device,
             inference_scheme=args.inference_scheme,
             compile_device=args.compile_device,
             pooling=args.pooling,

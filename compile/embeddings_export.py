@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from transformers import BertModel
+
 from bertnpu_runtime.bundle import LN_BIAS_KEY, LN_EPS_KEY, LN_WEIGHT_KEY, POSITION_KEY, TOKEN_TYPE_KEY, WORD_KEY
 
 
-def export_embeddings(bert: torch.nn.Module, out_path: Path) -> None:
+def export_embeddings(bert: BertModel, out_path: Path) -> None:
     """Save `bert.embeddings` under the bundle's key names; eps is the model's own layer_norm_eps."""
     embeddings = bert.embeddings
 

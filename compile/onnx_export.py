@@ -6,9 +6,13 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
 
@@ -24,7 +28,7 @@ _CHECK_SHAPE = (3, 11)
 _CHECK_ATOL = 1e-4
 
 
-def export_encoder(bert: torch.nn.Module, out_path: Path) -> float:
+def export_encoder(bert: BertModel, out_path: Path) -> float:
     """Write `bert.encoder` as ONNX to `out_path`; return the largest |ONNX - torch| seen in the check.
 
     Uses the TorchScript exporter, which handles BERT well and takes about a second; the dynamo
@@ -36,7 +40,7 @@ def export_encoder(bert: torch.nn.Module, out_path: Path) -> float:
     example = (torch.randn(batch, seq, hidden_size), torch.ones(batch, seq, dtype=torch.int64))
     dims = {0: "batch", 1: "seq"}
     batch_dim, seq_dim = torch.export.Dim("batch"), torch.export.Dim("seq")
-    exporters = {
+    exporters: dict[str, dict[str, Any]] = {
         "torchscript": {
             "dynamo": False,
             "dynamic_axes": {ONNX_HIDDEN_INPUT: dims, ONNX_MASK_INPUT: dims, ONNX_OUTPUT: dims},
@@ -60,7 +64,7 @@ def export_encoder(bert: torch.nn.Module, out_path: Path) -> float:
                     **options,
                 )
             return check_encoder(wrapper, out_path, hidden_size)
-        except Exception as exc:  # exporters raise many unrelated types; all mean "try the next one"
+        except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; all mean "try the next one"
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             log.warning("the %s ONNX exporter failed (%s)", name, failures[-1])
     raise CompileError(f"{out_path}: exporting the encoder to ONNX failed ({'; '.join(failures)})")

@@ -50,6 +50,7 @@ def build_bundle(
     mxq: bool = False,
     mblt: bool = False,
     npu_graph: str = "model",
+    target_device: str = "aries-rb",
     inference_scheme: str | None = None,
     compile_device: str = "auto",
     pooling: str | None = None,
@@ -61,7 +62,7 @@ def build_bundle(
 
     Always writes embeddings.npz, tokenizer.json, encoder.onnx, calib/ and bundle.json. `int8` adds
     encoder.int8.onnx, `mxq` model.mxq and `mblt` model.mblt (both need Mobilint's qbcompiler; see
-    qb.py for `npu_graph`, `inference_scheme` and `compile_device`).
+    qb.py for `npu_graph`, `target_device`, `inference_scheme` and `compile_device`).
     `calib_samples` sentences (default 256) are drawn from `calib_data` (default: the shipped STS-B
     train split); see calibration.sample_sentences for a file with fewer. An existing non-empty
     `out_dir` is replaced only with `force`. Raises CompileError on bad input, and before any work
@@ -72,11 +73,11 @@ def build_bundle(
     _check_out_dir(out, force)
     calib_path = Path(calib_data).expanduser() if calib_data is not None else default_calib_data()
     sentences = sample_sentences(calib_path, calib_samples, seed)  # bad data fails before the slow steps
-    qb.check_options(npu_graph, inference_scheme, compile_device)  # so does an unknown option
+    npu = qb.NpuCompileOptions(npu_graph, target_device, inference_scheme, compile_device)  # so does a bad option
     if pooling is not None and pooling not in POOLING_MODES:
         raise CompileError(f"--pooling {pooling!r}: expected one of {list(POOLING_MODES)}")
     if mxq or mblt:  # and a missing compiler, or one that lacks what the options need
-        qb.check_compiler_api(qb.import_qbcompiler(), inference_scheme, compile_device)
+        qb.check_compiler_api(qb.import_qbcompiler(), npu)
     source = load_source_model(model, max_seq_length)
     if pooling is not None or prompts:
         settings = source.settings
@@ -89,8 +90,7 @@ def build_bundle(
 
     staging = _make_staging_dir(out)
     try:
-        npu_options = {"graph": npu_graph, "inference_scheme": inference_scheme, "compile_device": compile_device}
-        int8_info, qb_error = _write_files(source, staging, sentences, int8=int8, mxq=mxq, mblt=mblt, npu=npu_options)
+        int8_info, qb_error = _write_files(source, staging, sentences, int8=int8, mxq=mxq, mblt=mblt, npu=npu)
         config = source.config
         write_manifest(
             staging,
@@ -103,7 +103,7 @@ def build_bundle(
             normalize=source.settings.normalize,
             layer_norm_eps=config.layer_norm_eps,
             int8=int8_info,
-            npu=qb.npu_manifest(**npu_options) if mxq and qb_error is None else None,
+            npu=npu.manifest() if mxq and qb_error is None else None,
             retrieval={
                 "prompts": source.settings.prompts,
                 "default_prompt_name": source.settings.default_prompt_name,
@@ -134,7 +134,7 @@ def _write_files(
     int8: bool,
     mxq: bool,
     mblt: bool,
-    npu: dict[str, Any],
+    npu: qb.NpuCompileOptions,
 ) -> tuple[dict[str, Any] | None, CompileError | None]:
     """Every bundle file but the manifest. Returns the int8 step's info and a qbcompiler failure, if any."""
     export_tokenizer(source.folder, staging / TOKENIZER_FILE, source.config.vocab_size)
@@ -161,15 +161,12 @@ def _write_files(
         _log_wrote(staging, INT8_ENCODER_FILE)
 
     example_ids = tokenizer.encode([EXAMPLE_SENTENCE]).input_ids[0].tolist()
-    steps = [
-        (mblt, qb.MBLT_FILE, qb.compile_mblt, {"graph": npu["graph"]}),
-        (mxq, MXQ_FILE, qb.compile_mxq, npu),
-    ]
-    for wanted, name, step, kwargs in steps:
+    steps = [(mblt, qb.MBLT_FILE, qb.compile_mblt), (mxq, MXQ_FILE, qb.compile_mxq)]
+    for wanted, name, step in steps:
         if not wanted:
             continue
         try:
-            step(source.model, staging / CALIB_DIR, staging / name, example_ids=example_ids, **kwargs)
+            step(source.model, staging / CALIB_DIR, staging / name, example_ids=example_ids, options=npu)
         except CompileError as exc:
             (staging / name).unlink(missing_ok=True)  # never hash a half-written compiler output
             return int8_info, exc

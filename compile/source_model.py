@@ -97,7 +97,6 @@ def _download(repo_id: str) -> Path:
 
 def load_source_model(model: str, max_seq_length: int | None = None) -> SourceModel:
     """Resolve and load `model`, rejecting anything that is not a BERT with absolute positions."""
-    import torch
     from transformers import BertModel
 
     folder = resolve_model_folder(model)
@@ -106,7 +105,7 @@ def load_source_model(model: str, max_seq_length: int | None = None) -> SourceMo
         bert = BertModel.from_pretrained(str(folder), attn_implementation="eager")
     except Exception as exc:  # missing/corrupt weights surface as OSError, ValueError, safetensors errors...
         raise CompileError(f"{folder}: cannot load the BERT weights ({type(exc).__name__}: {exc})") from exc
-    bert = bert.to(torch.float32).eval()
+    bert = bert.float().eval()
     settings = read_sentence_settings(folder, config, max_seq_length)
     log.info(
         "loaded %s from %s: hidden %d, %d layers, vocab %d; pooling %s, normalize %s, max_seq_length %d",

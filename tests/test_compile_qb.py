@@ -15,7 +15,7 @@ import torch
 
 from bertnpu_runtime.bundle import CALIB_DIR, MANIFEST_FILE, MXQ_FILE, ONNX_HIDDEN_INPUT, Bundle, sha256_of
 from compile import CompileError, build_bundle
-from compile.qb import MBLT_FILE, MODEL_INPUTS, QUANTIZATION_SETTINGS
+from compile.qb import MBLT_FILE, MODEL_INPUTS
 
 STANDINS = Path(__file__).parent / "standins"
 SEED_SETTINGS = {
@@ -36,6 +36,30 @@ PUBLISHED_MXQ_KEYWORDS = {
     "device",
 }
 SEED_MBLT_KEYWORDS = {"model", "mblt_save_path", "backend", "feed_dict", "cpu_offload"}
+# compile_mxq_regulus.py: the whole model for REGULUS.
+REGULUS_MXQ_KEYWORDS = {
+    "model",
+    "target_device",
+    "save_path",
+    "calib_data_path",
+    "backend",
+    "inference_scheme",
+    "feed_dict",
+    "calibration_config",
+}
+# compile_model.py / mxq_compile.py / mblt_compile.py: the encoder alone, for either board.
+ENCODER_MXQ_KEYWORDS = {
+    "model",
+    "target_device",
+    "save_path",
+    "calib_data_path",
+    "backend",
+    "feed_dict",
+    "dynamic_axes",
+    "inference_scheme",
+    "calibration_config",
+}
+ENCODER_MBLT_KEYWORDS = {"model", "mblt_save_path", "target_device", "backend", "feed_dict", "dynamic_axes"}
 
 
 @pytest.fixture
@@ -62,10 +86,6 @@ def build(model_dir: Path, out: Path, **options):
     return build_bundle(str(model_dir), out, calib_samples=4, **options)
 
 
-def test_quantization_settings_are_the_seeds():
-    assert QUANTIZATION_SETTINGS == SEED_SETTINGS
-
-
 def test_the_whole_model_is_compiled_as_mobilint_does(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
     out = build(tiny_model_dir, tmp_path / "b", mxq=True)
@@ -87,9 +107,11 @@ def test_the_whole_model_is_compiled_as_mobilint_does(stand_in, tiny_model_dir: 
         "compiled_inputs": list(MODEL_INPUTS),
         "mask_input": "auto",
         "inference_scheme": None,
+        "target_device": "aries-rb",
         "compile_device": kwargs["device"],
     }
     assert bundle.manifest.npu.mask_input == "auto" and bundle.manifest.npu.graph == "model"
+    assert bundle.manifest.npu.target_device == "aries-rb"
 
 
 def test_the_example_input_is_the_tutorials_sentence(stand_in, tiny_model_dir: Path, tmp_path: Path):
@@ -109,14 +131,79 @@ def test_an_inference_scheme_is_passed_when_given(stand_in, tiny_model_dir: Path
     assert Bundle(out).manifest.npu.inference_scheme == "multi"
 
 
-def test_the_encoder_graph_is_an_option(stand_in, tiny_model_dir: Path, tmp_path: Path):
+def test_the_whole_model_for_regulus_is_mobilints_regulus_call(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
-    out = build(tiny_model_dir, tmp_path / "b", mxq=True, npu_graph="encoder")
-    kwargs = calls[0][1]
-    assert type(kwargs["model"]).__name__ == "EncoderOnly" and list(kwargs["feed_dict"]) == [ONNX_HIDDEN_INPUT]
-    wrapped = kwargs["feed_dict"][ONNX_HIDDEN_INPUT]
-    assert [d.dynamic for d in wrapped.src_shape] == [False, True, False] and wrapped.tensor.dtype == torch.float32
-    assert Bundle(out).manifest.npu.graph == "encoder" and Bundle(out).manifest.npu.mask_input is None
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True, target_device="regulus-rb")
+    [(name, kwargs)] = calls
+    assert name == "mxq_compile" and set(kwargs) == REGULUS_MXQ_KEYWORDS
+    assert kwargs["target_device"] == "regulus2" and kwargs["inference_scheme"] == "single"
+    assert type(kwargs["model"]).__name__ == "BertModel" and list(kwargs["feed_dict"]) == list(MODEL_INPUTS)
+    assert kwargs["feed_dict"]["attention_mask"].attention_mask == "padding_mask"
+    assert kwargs["calibration_config"].settings() == SEED_SETTINGS
+    npu = Bundle(out).manifest.npu
+    assert npu.target_device == "regulus-rb" and npu.inference_scheme == "single" and npu.graph == "model"
+
+
+@pytest.mark.parametrize(("board", "scheme"), [("aries-rb", "all"), ("regulus-rb", "single")])
+def test_the_encoder_graph_is_mobilints_newer_recipe(stand_in, board, scheme, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    out = build(tiny_model_dir, tmp_path / "b", mxq=True, mblt=True, npu_graph="encoder", target_device=board)
+    assert [name for name, _ in calls] == ["mblt_compile", "mxq_compile"]
+    [(_, mblt), (_, mxq)] = calls
+    assert set(mblt) == ENCODER_MBLT_KEYWORDS and set(mxq) == ENCODER_MXQ_KEYWORDS
+    for kwargs in (mblt, mxq):
+        assert kwargs["target_device"] == board and kwargs["backend"] == "torch"
+        assert kwargs["dynamic_axes"] == {ONNX_HIDDEN_INPUT: [1]}
+        assert type(kwargs["model"]).__name__ == "BertBody"
+        [(name, example)] = kwargs["feed_dict"].items()
+        assert name == ONNX_HIDDEN_INPUT and isinstance(example, torch.Tensor) and example.dtype == torch.float32
+    assert mxq["inference_scheme"] == scheme and mxq["calibration_config"].settings() == SEED_SETTINGS
+
+    # The example input is the model's own embedding layer's output for the tutorial's sentence.
+    from transformers import BertModel
+
+    from bertnpu_runtime.tokenize import Tokenizer
+
+    ids = Tokenizer(out / "tokenizer.json", 128).encode(["Hello, my dog is cute"]).input_ids
+    bert = BertModel.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        expected = bert.embeddings(
+            input_ids=torch.from_numpy(ids), token_type_ids=torch.zeros_like(torch.from_numpy(ids))
+        )
+    torch.testing.assert_close(mxq["feed_dict"][ONNX_HIDDEN_INPUT], expected)
+    # BertBody is the encoder: on the example it gives the model's last hidden state.
+    with torch.no_grad():
+        whole = bert(input_ids=torch.from_numpy(ids)).last_hidden_state
+        torch.testing.assert_close(mxq["model"](expected), whole, atol=1e-5, rtol=1e-5)
+    npu = Bundle(out).manifest.npu
+    assert (npu.graph, npu.mask_input, npu.target_device, npu.inference_scheme) == ("encoder", None, board, scheme)
+
+
+def test_an_inference_scheme_for_the_encoder_on_aries_replaces_all(stand_in, tiny_model_dir: Path, tmp_path: Path):
+    calls = stand_in()
+    build(
+        tiny_model_dir, tmp_path / "b", mxq=True, npu_graph="encoder", inference_scheme="single", compile_device="cpu"
+    )
+    assert calls[0][1]["inference_scheme"] == "single" and calls[0][1]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("graph", ["model", "encoder"])
+def test_regulus_with_a_multi_core_scheme_is_refused_before_any_work(
+    stand_in, graph, monkeypatch, tiny_model_dir: Path, tmp_path: Path
+):
+    calls = stand_in()
+    loads = []
+    monkeypatch.setattr("compile.pipeline.load_source_model", lambda *args: loads.append(args))
+    with pytest.raises(CompileError, match="REGULUS has one core"):
+        build(
+            tiny_model_dir,
+            tmp_path / "b",
+            mxq=True,
+            npu_graph=graph,
+            target_device="regulus-rb",
+            inference_scheme="multi",
+        )
+    assert calls == [] and loads == [] and not (tmp_path / "b").exists()
 
 
 def test_the_legacy_api_gets_the_seeds_call(stand_in, tiny_model_dir: Path, tmp_path: Path):
@@ -129,8 +216,9 @@ def test_the_legacy_api_gets_the_seeds_call(stand_in, tiny_model_dir: Path, tmp_
 
 def test_the_legacy_api_refuses_options_it_has_no_keyword_for(stand_in, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in("legacy")
-    with pytest.raises(CompileError, match="take neither inference_scheme nor device"):
-        build(tiny_model_dir, tmp_path / "b", mxq=True, inference_scheme="all")
+    for options in ({"inference_scheme": "all"}, {"target_device": "regulus-rb"}, {"npu_graph": "encoder"}):
+        with pytest.raises(CompileError, match="before CalibrationConfig"):
+            build(tiny_model_dir, tmp_path / "b", mxq=True, **options)
     assert calls == [] and not (tmp_path / "b").exists()
 
 
@@ -138,14 +226,26 @@ def test_the_stand_in_refuses_keywords_mobilint_never_passes(stand_in):
     stand_in()
     import qbcompiler
 
-    with pytest.raises(TypeError, match="dynamic_axes"):
-        qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", dynamic_axes={})
-    with pytest.raises(TypeError, match="target_device"):
+    with pytest.raises(TypeError, match="dynamic_shapes"):
+        qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", dynamic_shapes={})
+    with pytest.raises(TypeError, match="num_cores"):
+        qbcompiler.mblt_compile(model=None, mblt_save_path="x", backend="torch", num_cores=4)
+    with pytest.raises(ValueError, match="unknown target_device 'aries'"):
         qbcompiler.mxq_compile(model=None, save_path="x", calib_data_path="y", target_device="aries")
+    with pytest.raises(ValueError, match="REGULUS supports inference_scheme 'single' only"):
+        qbcompiler.mxq_compile(
+            model=None, save_path="x", calib_data_path="y", target_device="regulus2", inference_scheme="all"
+        )
 
 
 @pytest.mark.parametrize(
-    "option", [{"npu_graph": "decoder"}, {"inference_scheme": "global16"}, {"compile_device": "tpu"}]
+    "option",
+    [
+        {"npu_graph": "decoder"},
+        {"inference_scheme": "global16"},
+        {"compile_device": "tpu"},
+        {"target_device": "regulus-ra"},
+    ],
 )
 def test_unknown_options_are_named_before_any_work(stand_in, option, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
@@ -154,10 +254,10 @@ def test_unknown_options_are_named_before_any_work(stand_in, option, tiny_model_
     assert calls == [] and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("graph", ["model", "encoder"])
-def test_mblt_analysis_step_is_the_seeds_call(stand_in, graph, tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("board", ["aries-rb", "regulus-rb"])
+def test_mblt_analysis_step_of_the_whole_model_is_the_seeds_call(stand_in, board, tiny_model_dir: Path, tmp_path: Path):
     calls = stand_in()
-    out = build(tiny_model_dir, tmp_path / "b", mblt=True, npu_graph=graph)
+    out = build(tiny_model_dir, tmp_path / "b", mblt=True, target_device=board)
     [(name, kwargs)] = calls
     assert name == "mblt_compile" and set(kwargs) == SEED_MBLT_KEYWORDS and kwargs["cpu_offload"] is True
     assert Path(kwargs["mblt_save_path"]).name == MBLT_FILE
@@ -191,7 +291,22 @@ def test_a_failing_compiler_leaves_no_mxq(stand_in, monkeypatch, tiny_model_dir:
     assert Bundle(tmp_path / "b").manifest.npu.graph is None  # no .mxq, no description of one
 
 
-def test_the_cli_compiles_an_mxq_end_to_end(tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("flags", "keywords", "summary"),
+    [
+        (
+            ["--inference-scheme", "all"],
+            PUBLISHED_MXQ_KEYWORDS | {"inference_scheme"},
+            {"model": "BertModel", "inference_scheme": "all"},
+        ),
+        (  # the issue's command: Mobilint's compile_model.py for REGULUS
+            ["--npu-graph", "encoder", "--target-device", "regulus-rb"],
+            ENCODER_MXQ_KEYWORDS,
+            {"model": "BertBody", "inference_scheme": "single", "target_device": "regulus-rb"},
+        ),
+    ],
+)
+def test_the_cli_compiles_an_mxq_end_to_end(flags, keywords, summary, tiny_model_dir: Path, tmp_path: Path):
     """python -m compile --mxq in a fresh interpreter, with the stand-in as the installed qbcompiler."""
     log = tmp_path / "calls.jsonl"
     env = dict(
@@ -200,32 +315,19 @@ def test_the_cli_compiles_an_mxq_end_to_end(tiny_model_dir: Path, tmp_path: Path
         QBCOMPILER_STANDIN_LOG=str(log),
     )
     out = tmp_path / "bundle"
+    command = [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(out)]
+    command += ["--calib-samples", "4", "--mxq", *flags]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compile",
-            "--model",
-            str(tiny_model_dir),
-            "--out",
-            str(out),
-            "--calib-samples",
-            "4",
-            "--mxq",
-            "--inference-scheme",
-            "all",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=Path(__file__).parent.parent,
+        command, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent.parent
     )
     assert result.returncode == 0, result.stderr
     [call] = [json.loads(line) for line in log.read_text().splitlines()]
-    assert call["function"] == "mxq_compile" and set(call["keywords"]) == PUBLISHED_MXQ_KEYWORDS | {"inference_scheme"}
-    assert call["summary"]["model"] == "BertModel" and call["summary"]["inference_scheme"] == "all"
-    assert call["summary"]["feed_dict"]["attention_mask"] == {"dynamic": [False, True], "mask": "padding_mask"}
+    assert call["function"] == "mxq_compile" and set(call["keywords"]) == keywords
+    assert summary.items() <= call["summary"].items()
+    if call["summary"]["model"] == "BertModel":
+        assert call["summary"]["feed_dict"]["attention_mask"] == {"dynamic": [False, True], "mask": "padding_mask"}
+    else:
+        assert call["summary"]["dynamic_axes"] == {ONNX_HIDDEN_INPUT: [1]}
     assert Bundle(out).path(MXQ_FILE).read_bytes() == b"stand-in mxq\n"
 
 

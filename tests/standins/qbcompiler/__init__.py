@@ -1,5 +1,6 @@
 """A stand-in for Mobilint's `qbcompiler` (not on PyPI), built from the calls Mobilint publishes
-(github mobilint/mblt-sdk-tutorial: compilation/bert/*.py, compilation/stt/compile_encoder.py,
+(github mobilint/mblt-sdk-tutorial: compilation/bert/*.py including the newer compile_model.py,
+mxq_compile.py, mblt_compile.py and compile_mxq_regulus.py, compilation/stt/compile_encoder.py,
 compilation/_guides/00_about_compilation_pipeline.md, and the seed BERT tutorial).
 
 Each function takes exactly the keywords those calls show, so a keyword they never pass is a
@@ -26,6 +27,9 @@ import torch
 __version__ = "1.0.0-standin"
 
 INFERENCE_SCHEMES = ("single", "multi", "global4", "global8", "all")
+# The target_device values Mobilint's files pass: the newer BERT recipe's two boards, and the
+# whole-model REGULUS file's "regulus2".
+TARGET_DEVICES = ("aries-rb", "regulus-rb", "regulus2")
 calls: list[tuple[str, dict[str, Any]]] = []
 
 
@@ -58,8 +62,10 @@ def mxq_compile(
     model: Any,
     calib_data_path: str,
     save_path: str,
+    target_device: str | None = None,
     backend: str | None = None,
     feed_dict: dict[str, Any] | None = None,
+    dynamic_axes: dict[str, list[int]] | None = None,
     calibration_config: CalibrationConfig | None = None,
     device: str | None = None,
     inference_scheme: str | None = None,
@@ -75,9 +81,10 @@ def mxq_compile(
         raise ValueError(f"device must be 'gpu' or 'cpu', found {device!r}")
     if inference_scheme not in (None, *INFERENCE_SCHEMES):
         raise ValueError(f"unknown inference_scheme {inference_scheme!r}")
+    _check_target_device(target_device, inference_scheme)
     if calibration_config is not None and not isinstance(calibration_config, CalibrationConfig):
         raise TypeError(f"calibration_config must be a CalibrationConfig, found {type(calibration_config).__name__}")
-    _check_torch_model(model, backend, feed_dict)
+    _check_torch_model(model, backend, feed_dict, dynamic_axes)
     _check_calibration(calib_data_path)
     Path(save_path).write_bytes(b"stand-in mxq\n")
 
@@ -87,14 +94,17 @@ def mblt_compile(
     model: Any,
     mblt_save_path: str,
     backend: str,
+    target_device: str | None = None,
     feed_dict: dict[str, Any] | None = None,
+    dynamic_axes: dict[str, list[int]] | None = None,
     cpu_offload: bool | None = None,
     target: str | None = None,
     device: str | None = None,
 ) -> None:
-    """The keywords of the seed's and the STT script's mblt_compile calls."""
+    """The keywords of the seed's, the STT script's and the newer BERT recipe's mblt_compile calls."""
     _record("mblt_compile", locals())
-    _check_torch_model(model, backend, feed_dict)
+    _check_target_device(target_device, None)
+    _check_torch_model(model, backend, feed_dict, dynamic_axes)
     Path(mblt_save_path).write_bytes(b"stand-in mblt\n")
 
 
@@ -141,7 +151,7 @@ def _legacy_mxq_compile(
     _record("mxq_compile", locals())
     if not isinstance(quantization_config, _LegacyQuantizationConfig):
         raise TypeError("quantization_config must come from QuantizationConfig.from_kwargs")
-    _check_torch_model(model, backend, feed_dict)
+    _check_torch_model(model, backend, feed_dict, None)
     _check_calibration(calib_data_path)
     Path(save_path).write_bytes(b"stand-in mxq (legacy API)\n")
 
@@ -164,8 +174,12 @@ def _summary(kwargs: dict[str, Any]) -> dict[str, Any]:
     if "feed_dict" in kwargs:
         out["feed_dict"] = {
             name: {"dynamic": [d.dynamic for d in w.src_shape], "mask": w.attention_mask}
+            if hasattr(w, "src_shape")
+            else {"tensor": list(w.shape)}
             for name, w in kwargs["feed_dict"].items()
         }
+    if "dynamic_axes" in kwargs:
+        out["dynamic_axes"] = kwargs["dynamic_axes"]
     out["model"] = type(kwargs["model"]).__name__
     config = kwargs.get("calibration_config") or kwargs.get("quantization_config")
     if config is not None:
@@ -173,23 +187,43 @@ def _summary(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_torch_model(model: Any, backend: str | None, feed_dict: dict[str, Any] | None) -> None:
-    """A torch module in eval mode that runs on the wrapped example inputs at two lengths."""
+def _check_target_device(target_device: str | None, inference_scheme: str | None) -> None:
+    if target_device not in (None, *TARGET_DEVICES):
+        raise ValueError(f"unknown target_device {target_device!r}; Mobilint's calls pass one of {TARGET_DEVICES}")
+    if target_device in ("regulus-rb", "regulus2") and inference_scheme not in (None, "single"):
+        raise ValueError(f"REGULUS supports inference_scheme 'single' only, found {inference_scheme!r}")
+
+
+def _check_torch_model(
+    model: Any, backend: str | None, feed_dict: dict[str, Any] | None, dynamic_axes: dict[str, list[int]] | None
+) -> None:
+    """A torch module in eval mode that runs on the example inputs at two lengths. The inputs are
+    wrap_tensor'ed with the sequence axis marked dynamic (the seed's form), or plain tensors with
+    that axis named in dynamic_axes (the newer recipe's form); not a mix."""
     from .model_dict.parser.backend.torch.util import WrappedTensor
 
     if backend != "torch":
         raise ValueError(f"this stand-in compiles torch models only, found backend={backend!r}")
     if not isinstance(model, torch.nn.Module) or model.training:
         raise TypeError("model must be a torch.nn.Module in eval mode")
-    if not feed_dict or not all(isinstance(w, WrappedTensor) for w in feed_dict.values()):
-        raise TypeError("feed_dict must map input names to wrap_tensor(name, tensor) objects")
-    for name, wrapped in feed_dict.items():
-        if wrapped.name != name or not wrapped.src_shape[1].dynamic:
-            raise ValueError(f"feed_dict[{name!r}] must be wrap_tensor({name!r}, ...) with src_shape[1] dynamic")
+    if not feed_dict:
+        raise TypeError("feed_dict must map input names to example inputs")
+    if dynamic_axes is None:
+        if not all(isinstance(w, WrappedTensor) for w in feed_dict.values()):
+            raise TypeError("without dynamic_axes, feed_dict must map input names to wrap_tensor(name, tensor) objects")
+        for name, wrapped in feed_dict.items():
+            if wrapped.name != name or not wrapped.src_shape[1].dynamic:
+                raise ValueError(f"feed_dict[{name!r}] must be wrap_tensor({name!r}, ...) with src_shape[1] dynamic")
+        tensors = {name: w.tensor for name, w in feed_dict.items()}
+    else:
+        if not all(isinstance(t, torch.Tensor) for t in feed_dict.values()):
+            raise TypeError("with dynamic_axes, feed_dict must map input names to plain torch tensors")
+        if set(dynamic_axes) != set(feed_dict) or any(axes != [1] for axes in dynamic_axes.values()):
+            raise ValueError(f"dynamic_axes must mark the sequence axis [1] of every input, found {dynamic_axes}")
+        tensors = dict(feed_dict)
     with torch.no_grad():
         for extra in (0, 3):  # the sequence axis is dynamic: the graph must take another length too
-            tensors = {name: _lengthen(w.tensor, extra) for name, w in feed_dict.items()}
-            model(**tensors)
+            model(**{name: _lengthen(tensor, extra) for name, tensor in tensors.items()})
 
 
 def _lengthen(tensor: torch.Tensor, extra: int) -> torch.Tensor:
