@@ -27,6 +27,8 @@ import numpy as np
 
 from .embedding import EmbeddingTables
 from .errors import BundleError
+from .families import FAMILIES, TASKS
+from .heads import HEAD_KEYS, ClassifierHead, check_head
 from .pooling import POOLING_MODES
 from .similarity import SIMILARITY_FUNCTIONS
 
@@ -39,6 +41,7 @@ TOKENIZER_FILE = "tokenizer.json"
 ONNX_ENCODER_FILE = "encoder.onnx"
 INT8_ENCODER_FILE = "encoder.int8.onnx"
 MXQ_FILE = "model.mxq"
+HEAD_FILE = "head.npz"  # a rerank bundle's classification head (heads.py)
 CALIB_DIR = "calib"
 
 # Keys inside embeddings.npz.
@@ -92,6 +95,7 @@ class NpuSpec:
     graph: str | None = None
     inference_scheme: str | None = None
     target_device: str | None = None
+    run_on_a_card: bool | None = None  # whether this family's graph has run on a card (families.RUN_ON_A_CARD)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,10 @@ class Manifest:
     default_prompt_name: str | None = None
     include_prompt: bool = True
     similarity_fn_name: str = "cosine"
+    family: str = "bert"  # see families.py
+    position_offset: int = 0  # the position id of a sentence's first token
+    task: str = "embed"  # "embed" (pooling) or "rerank" (a classification head; see heads.py)
+    head: dict[str, Any] | None = None  # a rerank bundle's head: num_labels, activation
     extra: dict[str, Any] = field(default_factory=dict)
 
     def has(self, relative_path: str) -> bool:
@@ -175,6 +183,30 @@ class Bundle:
 
     def load_embeddings(self) -> EmbeddingTables:
         return load_embedding_tables(self.path(EMBEDDINGS_FILE), self.manifest)
+
+    def load_head(self) -> ClassifierHead:
+        """A rerank bundle's head.npz, checked against bundle.json's hidden size and head."""
+        path = self.path(HEAD_FILE)
+        hidden, labels = self.manifest.hidden_size, (self.manifest.head or {}).get("num_labels")
+        expected = {
+            "dense_weight": (hidden, hidden),
+            "dense_bias": (hidden,),
+            "out_weight": (labels, hidden),
+            "out_bias": (labels,),
+        }
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in HEAD_KEYS if key in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise BundleError(path, f"cannot be read as a NumPy .npz archive ({exc})") from exc
+        for key, shape in expected.items():
+            array = arrays.get(key)
+            if array is None or array.shape != shape or array.dtype != np.float32:
+                found = "nothing" if array is None else f"{array.dtype} {array.shape}"
+                raise BundleError(path, f"{key} must be float32 {shape}, found {found}")
+            if not np.isfinite(array).all():
+                raise BundleError(path, f"{key} holds NaN or infinite values")
+        return ClassifierHead(**arrays)
 
 
 def load_embedding_tables(path: Path, manifest: Manifest | None = None) -> EmbeddingTables:
@@ -276,10 +308,10 @@ def _check_table_headers(
             raise BundleError(
                 path, f"vocabulary of {word[0]} rows disagrees with {manifest.vocab_size} in {MANIFEST_FILE}"
             )
-        if shapes[POSITION_KEY][0] < manifest.max_seq_length:
+        if shapes[POSITION_KEY][0] < manifest.position_offset + manifest.max_seq_length:
             raise BundleError(
                 path,
-                f"{shapes[POSITION_KEY][0]} position rows, fewer than max_seq_length "
+                f"{shapes[POSITION_KEY][0]} position rows, fewer than position_offset + max_seq_length "
                 f"{manifest.max_seq_length} in {MANIFEST_FILE}",
             )
 
@@ -345,6 +377,10 @@ _OPTIONAL_FIELDS: dict[str, tuple[Any, Callable[[Any], str | None]]] = {
         lambda v: None if v is None or type(v) is str else f"must be a string or null, found {v!r:.60}",
     ),
     "include_prompt": (True, _of_type(bool)),
+    "family": ("bert", lambda v: None if v in FAMILIES else f"must be one of {list(FAMILIES)}, found {v!r:.60}"),
+    "position_offset": (0, _integer_between(0, MAX_SEQ_LENGTH_LIMIT)),
+    "task": ("embed", lambda v: None if v in TASKS else f"must be one of {list(TASKS)}, found {v!r:.60}"),
+    "head": (None, _check_optional_object),
     "similarity_fn_name": (
         "cosine",
         lambda v: (
@@ -386,6 +422,10 @@ def _read_manifest(path: Path) -> Manifest:
         problem = check(optional[name])
         if problem is not None:
             raise BundleError(path, f'field "{name}" {problem}')
+    if (optional["task"] == "rerank") != (optional["head"] is not None):
+        raise BundleError(path, 'field "head" is needed exactly when "task" is "rerank"')
+    if optional["head"] is not None and (problem := check_head(optional["head"])) is not None:
+        raise BundleError(path, f'field "head" {problem}')
     if optional["default_prompt_name"] is not None and optional["default_prompt_name"] not in optional["prompts"]:
         raise BundleError(
             path, f'field "default_prompt_name" {optional["default_prompt_name"]!r} is not among the prompts'
@@ -430,4 +470,5 @@ def _read_npu_section(path: Path, npu: dict[str, Any]) -> NpuSpec:
         graph=npu.get("graph"),
         inference_scheme=npu.get("inference_scheme"),
         target_device=npu.get("target_device"),
+        run_on_a_card=npu.get("run_on_a_card") if isinstance(npu.get("run_on_a_card"), bool) else None,
     )

@@ -31,6 +31,7 @@ from .bundle import MXQ_FILE
 from .encoder import SentenceEncoder
 from .errors import BackendUnavailableError, BertNpuError
 from .monitor import npu_status
+from .opening import open_model
 from .options import CORE_MODES, BackendOptions, NpuOptions, OnnxOptions
 from .pooling import l2_normalize
 
@@ -269,7 +270,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    with _open(args) as encoder:
+    with open_model(args.bundle, _backend_options(args)) as encoder:
         manifest = encoder.manifest
         print(
             json.dumps(
@@ -278,8 +279,11 @@ def _info(args: argparse.Namespace) -> int:
                     "source_model": manifest.source_model,
                     "backend": encoder.backend,
                     "backend_reason": encoder.backend_reason,
-                    "encoder_precision": encoder.encoder_precision,
-                    "dim": encoder.dim,
+                    "family": manifest.family,
+                    "task": manifest.task,
+                    "encoder_precision": encoder.options.onnx.precision,
+                    "dim": manifest.hidden_size,
+                    **({"head": manifest.head} if manifest.head else {}),
                     "max_seq_length": encoder.max_seq_length,
                     "num_layers": manifest.num_layers,
                     "pooling": manifest.pooling,

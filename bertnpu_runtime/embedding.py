@@ -11,6 +11,14 @@ the mean and variance need can be prepared once, when the tables are loaded:
 - the LayerNorm weight is folded into the centered rows.
 What is left per batch is two gathers, one add, one scale and one shift (adding whole rows of the
 LayerNorm bias, since NumPy broadcasts a [hidden] vector over many short rows at half speed).
+
+The 1 / std table has vocab x positions entries. For a 250k vocabulary (XLM-R) it would outweigh
+the word table itself, and a pair's second text (token type 1) is not in it; there the variance is
+computed per batch instead, one more pass over the batch, and the layer holds the centered word
+rows only.
+
+Positions start at `position_offset`: 0 for BERT, padding_idx + 1 for the RoBERTa family and MPNet
+(see families.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _WORDS_PER_BLOCK = 4096  # rows of the word table per step of the 1 / std table (8 MB of float64)
+# The 1 / std table is kept up to this size (all-MiniLM-L6-v2: 31 MB); past it, variance per batch.
+INVERSE_STD_TABLE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -43,45 +53,96 @@ class EmbeddingTables:
 
 
 class EmbeddingLayer:
-    """BertEmbeddings for single-sentence input (token type 0, positions 0..seq-1), from prepared tables.
+    """BertEmbeddings (and RoBERTa's, MPNet's) from prepared tables: word + position + token type,
+    then LayerNorm; positions from `position_offset` up, token type 0 unless ids are given.
 
     tables: the model's weights; they are not kept, so the caller may drop them.
     max_length: the longest sequence to embed (the bundle's max_seq_length; at most the position
-        rows). The prepared tables take vocab x (hidden + max_length) float32: the gamma-scaled
-        centered word rows, the size of the word table itself, plus 1 / std for every pair.
+        rows after the offset).
+    position_offset: the position id of a sentence's first token.
+    token_types: batches may carry token type ids (a cross-encoder's pairs).
+    reuse_tables: the tables' arrays may be overwritten, which saves a copy of the word table while
+        loading (SentenceEncoder's tables are its own).
+    Memory: the centered word rows (the size of the word table), plus the vocab x max_length 1 / std
+    table while it is at most INVERSE_STD_TABLE_BYTES and no token types are used.
     """
 
-    def __init__(self, tables: EmbeddingTables, max_length: int | None = None) -> None:
-        max_length = tables.max_positions if max_length is None else max_length
-        if not 1 <= max_length <= tables.max_positions:
-            raise ValueError(f"max_length must be 1..{tables.max_positions} (the position rows), found {max_length}")
+    def __init__(
+        self,
+        tables: EmbeddingTables,
+        max_length: int | None = None,
+        *,
+        position_offset: int = 0,
+        token_types: bool = False,
+        reuse_tables: bool = False,
+    ) -> None:
+        usable = tables.max_positions - position_offset
+        max_length = usable if max_length is None else max_length
+        if not 1 <= max_length <= usable:
+            raise ValueError(
+                f"max_length must be 1..{usable} (the position rows after offset {position_offset}), found {max_length}"
+            )
         self.hidden_size = tables.hidden_size
         self.max_length = max_length
-        weight = tables.layer_norm_weight.astype(np.float32)
+        self.vocab_size = len(tables.word)
+        self._eps = tables.layer_norm_eps
+        self._weight = tables.layer_norm_weight.astype(np.float32)
         self._bias_rows = np.tile(tables.layer_norm_bias.astype(np.float32), (max_length, 1))  # [max_length, hidden]
 
-        positions = _centered(tables.position[:max_length] + tables.token_type[0])  # [max_length, hidden]
-        words = _centered(tables.word)  # [vocab, hidden]
-        self._inverse_std = _inverse_std_table(words, positions, tables.layer_norm_eps)  # [vocab, max_length]
-        self._positions_scaled = positions * weight  # [max_length, hidden]
-        words *= weight
-        self._words_scaled = words  # [vocab, hidden]
+        positions = tables.position[position_offset : position_offset + max_length] + tables.token_type[0]
+        positions = _centered(positions)  # [max_length, hidden]
+        words = _centered(tables.word, in_place=reuse_tables)  # [vocab, hidden]
+        # Token type k adds token_type[k] - token_type[0] to a row (type 0 is in the position rows).
+        self._type_shifts = _centered(tables.token_type - tables.token_type[0]) if token_types else None
+        self._per_batch = token_types or self.vocab_size * max_length * 4 > INVERSE_STD_TABLE_BYTES
+        if self._per_batch:
+            self._words, self._positions = words, positions
+        else:
+            self._inverse_std = _inverse_std_table(words, positions, self._eps)  # [vocab, max_length]
+            self._positions = positions * self._weight  # [max_length, hidden], scaled
+            words *= self._weight
+            self._words = words  # [vocab, hidden], scaled
         self._position_index = np.arange(max_length)
 
-    def __call__(self, input_ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, input_ids: np.ndarray, out: np.ndarray | None = None, token_type_ids: np.ndarray | None = None
+    ) -> np.ndarray:
         """input_ids int [batch, seq] (or [seq]) -> float32 [batch, seq, hidden] (or [seq, hidden]),
-        LayerNorm(word + position + token type 0) as BertEmbeddings computes it; written into `out`
-        (C-contiguous float32 of that shape) when given, else into a fresh array."""
+        LayerNorm(word + position + token type) as the model's embeddings compute it, written into
+        `out` (C-contiguous float32 of that shape) when given, else into a fresh array.
+        token_type_ids (the same shape as input_ids) is only for a layer made with token_types."""
         seq_len = input_ids.shape[-1]
         if seq_len > self.max_length:
             raise ValueError(
                 f"sequence of {seq_len} tokens is longer than this embedding's max_length {self.max_length}"
             )
+        if token_type_ids is not None and self._type_shifts is None:
+            raise ValueError("token_type_ids given to an embedding layer made without token_types")
+        if self._per_batch:
+            return self._embed_per_batch(input_ids, out, token_type_ids)
         inverse_std = self._inverse_std[input_ids, self._position_index[:seq_len]]  # [batch, seq]; checks the ids
         # mode="wrap" reads ids as the line above does; with out=, the default mode writes a temporary first
-        hidden = np.take(self._words_scaled, input_ids, axis=0, out=out, mode="wrap")  # [batch, seq, hidden]
-        hidden += self._positions_scaled[:seq_len]
+        hidden = np.take(self._words, input_ids, axis=0, out=out, mode="wrap")  # [batch, seq, hidden]
+        hidden += self._positions[:seq_len]
         hidden *= inverse_std[..., None]
+        hidden += self._bias_rows[:seq_len]
+        return hidden
+
+    def _embed_per_batch(
+        self, input_ids: np.ndarray, out: np.ndarray | None, token_type_ids: np.ndarray | None
+    ) -> np.ndarray:
+        """The same LayerNorm with the variance computed from the batch itself."""
+        if input_ids.size and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.vocab_size:
+            raise IndexError(f"token ids must be 0..{self.vocab_size - 1}, found {input_ids.min()}..{input_ids.max()}")
+        seq_len = input_ids.shape[-1]
+        hidden = np.take(self._words, input_ids, axis=0, out=out, mode="wrap")  # [batch, seq, hidden], centered
+        hidden += self._positions[:seq_len]
+        if token_type_ids is not None and token_type_ids.any():
+            assert self._type_shifts is not None  # checked by __call__
+            hidden += self._type_shifts[token_type_ids]
+        variance = np.einsum("...h,...h->...", hidden, hidden) / np.float32(self.hidden_size)  # rows are centered
+        hidden *= (1.0 / np.sqrt(variance + np.float32(self._eps)))[..., None]
+        hidden *= self._weight
         hidden += self._bias_rows[:seq_len]
         return hidden
 
@@ -101,9 +162,13 @@ def _inverse_std_table(words: np.ndarray, positions: np.ndarray, eps: float) -> 
     return table
 
 
-def _centered(rows: np.ndarray) -> np.ndarray:
-    """float32 rows minus their own mean (accumulated in float64)."""
-    return rows - rows.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+def _centered(rows: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """float32 rows minus their own mean (accumulated in float64); `rows` itself when in_place."""
+    means = rows.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    if in_place and rows.dtype == np.float32 and rows.flags.writeable:
+        rows -= means
+        return rows
+    return rows - means
 
 
 def _squared_norms(rows: np.ndarray) -> np.ndarray:

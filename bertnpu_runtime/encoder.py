@@ -8,24 +8,18 @@ and hands the texts to the pipeline (pipeline.py), which runs tokenize -> embed 
 from __future__ import annotations
 
 import logging
-import os
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 
-from .backends.base import EncoderBackend, as_encoder_backend
-from .backends.selection import open_backend
-from .bundle import EMBEDDINGS_FILE, TOKENIZER_FILE, Bundle
-from .embedding import EmbeddingLayer
-from .errors import BundleError, EncoderClosedError
-from .options import BackendOptions, NpuOptions, OnnxOptions, with_keywords
-from .pipeline import HostBatch, Pipeline
+from .backends.base import EncoderBackend
+from .bundle_model import BundleModel, positive_integer, progress_bar, wants_progress, warn_if_truncated
+from .options import NpuOptions, OnnxOptions
 from .quantization import check_precision, quantize_embeddings
 from .similarity import similarity
-from .tokenize import TokenizedBatch, Tokenizer, validate_texts
+from .tokenize import TokenizedBatch, validate_texts
 
 logger = logging.getLogger("bertnpu")
 
@@ -33,7 +27,7 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 
 
-class SentenceEncoder:
+class SentenceEncoder(BundleModel):
     """Sentence vectors from a bertnpu bundle, with the encoder on a Mobilint NPU or ONNX Runtime.
 
     Args:
@@ -63,78 +57,17 @@ class SentenceEncoder:
         verify_bundle: bool = True,
         **settings: Any,
     ) -> None:
-        options = BackendOptions(
-            backend if isinstance(backend, str) else "auto", npu or NpuOptions(), onnx or OnnxOptions()
-        )
-        options = with_keywords(options, settings, "SentenceEncoder")
-        bundle = Bundle(bundle_dir, verify=verify_bundle)
-        self.bundle_dir: Path = bundle.directory
-        self.manifest = bundle.manifest
-        tables = bundle.load_embeddings()
-        embedding = EmbeddingLayer(tables, self.manifest.max_seq_length)
-        tokenizer_path = bundle.path(TOKENIZER_FILE)
-        self._tokenizer = Tokenizer(tokenizer_path, self.manifest.max_seq_length)
-        if (largest := self._tokenizer.largest_id()) >= len(tables.word):
-            raise BundleError(
-                tokenizer_path,
-                f"produces token ids up to {largest}, but {EMBEDDINGS_FILE} has {len(tables.word)} word "
-                "embeddings: the tokenizer is from another model",
-            )
-        self.backend_reason = "an open encoder backend was passed in"
-        if isinstance(backend, str):
-            backend, self.backend_reason = open_backend(bundle, options)
-        encoder_backend = as_encoder_backend(backend)
-        self.backend: str = encoder_backend.name
-        self._pipeline: Pipeline | None = Pipeline(
-            self._tokenizer, embedding, encoder_backend, self.manifest.pooling, self.manifest.normalize
-        )
-        self._opened_in_pid = os.getpid()  # the backend's threads (and NPU models) live in this process only
-        # An encoder dropped without close() still releases its backend: NPU cores held by a
-        # forgotten encoder would refuse the next one in this process (Acc_CoreAlreadyInUse).
-        self._release_backend = weakref.finalize(self, _close_in_process, self._opened_in_pid, encoder_backend)
-        self.options = options
-        self.encoder_precision = options.onnx.precision
+        super().__init__(bundle_dir, backend, npu=npu, onnx=onnx, verify_bundle=verify_bundle, **settings)
+        self.encoder_precision = self.options.onnx.precision
         self.truncate_dim = self._checked_truncate_dim(truncate_dim)
         self.similarity_fn_name: str = self.manifest.similarity_fn_name
         self.prompts: dict[str, str] = dict(self.manifest.prompts)
         self.default_prompt_name: str | None = self.manifest.default_prompt_name
 
-    @classmethod
-    def from_options(cls, bundle_dir: str | Path, options: BackendOptions, **keywords: Any) -> SentenceEncoder:
-        """A SentenceEncoder on the backend `options` names, with its settings (what the CLI, the
-        server and the Ray job build); `keywords` as the constructor's (truncate_dim, verify_bundle)."""
-        return cls(bundle_dir, options.backend, npu=options.npu, onnx=options.onnx, **keywords)
-
     @property
     def dim(self) -> int:
         """Length of each sentence vector."""
         return self.manifest.hidden_size
-
-    @property
-    def default_batch_size(self) -> int:
-        """The batch_size encode() uses when none is given: 32 on ONNX (sentence-transformers'
-        default), 64 on the NPU, where a batch's sentences share one length and each call costs the
-        host a thread wake-up."""
-        return self.pipeline.backend.hints.preferred_batch_size
-
-    @property
-    def npu_cores_in_service(self) -> list[tuple[int, int]]:
-        """The NPU cores still taking calls, as (cluster, core) pairs; a core whose calls keep
-        failing is taken out of service. Empty when the encoder does not run on the NPU."""
-        return list(getattr(self.pipeline.backend, "cores_in_service", []))
-
-    @property
-    def pipeline(self) -> Pipeline:
-        """The stages this encoder runs (tokenizer, embedding, backend, pooling), for callers that
-        drive them one by one: benchmarks, the server, the Ray job."""
-        if self._pipeline is None:
-            raise EncoderClosedError("this SentenceEncoder is closed")
-        return self._pipeline
-
-    @property
-    def max_seq_length(self) -> int:
-        """Texts longer than this many tokens (with [CLS] and [SEP]) are truncated."""
-        return self.manifest.max_seq_length
 
     def tokenize(self, texts: str | Sequence[str]) -> TokenizedBatch:
         """Token ids exactly as encode() sees them; `.truncated` tells which texts were cut."""
@@ -207,14 +140,8 @@ class SentenceEncoder:
         `output_value="token_embeddings"` returns each text's [tokens, dim] encoder output instead.
         Texts over `max_seq_length` tokens are truncated and a warning is logged.
         """
-        pipeline = self.pipeline
-        if os.getpid() != self._opened_in_pid:  # without this, a forked child waits forever
-            raise RuntimeError(
-                f"this SentenceEncoder was opened in process {self._opened_in_pid} and this is process "
-                f"{os.getpid()}, forked from it: the encoder's threads and NPU models do not exist here. "
-                "Open a SentenceEncoder in each worker process (or start workers with the 'spawn' method)"
-            )
-        batch_size = self.default_batch_size if batch_size is None else _positive_integer(batch_size, "batch_size")
+        pipeline = self._usable_pipeline()
+        batch_size = self.default_batch_size if batch_size is None else positive_integer(batch_size, "batch_size")
         if not isinstance(normalize_embeddings, (bool, np.bool_)):
             raise TypeError(f"normalize_embeddings must be True or False, found {normalize_embeddings!r:.40}")
         if output_value not in OUTPUT_VALUES:
@@ -229,10 +156,10 @@ class SentenceEncoder:
             texts = [prompt + text for text in texts]
             if not self.manifest.include_prompt:  # [CLS] and the prompt's tokens, as sentence-transformers counts them
                 skip_tokens = int(self._tokenizer.encode_unpadded([prompt]).lengths[0]) - 1
-        progress = _progress if _wants_progress(show_progress_bar) else None
+        progress = progress_bar if wants_progress(show_progress_bar) else None
         if output_value == "token_embeddings":
             rows, truncated = pipeline.token_embeddings(texts, batch_size, progress=progress)
-            _warn_if_truncated(truncated, len(texts), self.max_seq_length)
+            warn_if_truncated(truncated, len(texts), self.max_seq_length)
             return rows[0] if single else rows
         vectors, truncated = pipeline.encode(
             texts,
@@ -242,7 +169,7 @@ class SentenceEncoder:
             progress=progress,
             skip_tokens=skip_tokens,
         )
-        _warn_if_truncated(truncated, len(texts), self.max_seq_length)
+        warn_if_truncated(truncated, len(texts), self.max_seq_length)
         vectors = quantize_embeddings(vectors, precision)
         return vectors[0] if single else vectors
 
@@ -290,74 +217,13 @@ class SentenceEncoder:
     def _checked_truncate_dim(self, truncate_dim: int | None) -> int | None:
         if truncate_dim is None:
             return None
-        truncate_dim = _positive_integer(truncate_dim, "truncate_dim")
+        truncate_dim = positive_integer(truncate_dim, "truncate_dim")
         if truncate_dim > self.dim:
             raise ValueError(f"truncate_dim {truncate_dim} is larger than this model's {self.dim} dimensions")
         return truncate_dim
-
-    def close(self) -> None:
-        """Release the encoder backend (the NPU models and device) and the batch memory kept
-        between encode() calls. Safe to call twice. An encoder that is never closed releases its
-        backend when it is garbage-collected, or at the latest when Python exits."""
-        if self._pipeline is not None:
-            self._release_backend()  # closes the backend, once
-            self._pipeline.release_memory()
-            self._pipeline = None
-
-    def __enter__(self) -> SentenceEncoder:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
             f"SentenceEncoder(model={self.manifest.source_model!r}, backend={self.backend!r}, "
             f"encoder_precision={self.encoder_precision!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
         )
-
-
-def _positive_integer(value: object, name: str) -> int:
-    """An integer of any kind (int, numpy integers) that is at least 1, as a Python int."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, found {value!r:.40}")
-    return int(value)
-
-
-def _close_in_process(pid: int, backend: EncoderBackend) -> None:
-    """Close `backend` unless this is a process forked from the one that opened it: a child
-    exiting must not dispose the parent's NPU models."""
-    if os.getpid() == pid:
-        backend.close()
-
-
-def _warn_if_truncated(truncated: list[int], total: int, max_seq_length: int) -> None:
-    if truncated:
-        logger.warning(
-            "%d of %d texts were longer than %d tokens and were truncated (first at index %d); "
-            "SentenceEncoder.tokenize() shows which",
-            len(truncated),
-            total,
-            max_seq_length,
-            min(truncated),
-        )
-
-
-def _wants_progress(show_progress_bar: bool | None) -> bool:
-    if show_progress_bar is None:  # sentence-transformers' rule: show it when logging is verbose
-        return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-    return show_progress_bar
-
-
-def _progress(batches: Iterator[HostBatch], total: int) -> Iterator[HostBatch]:
-    """Pass the batches through, counting their sentences on a tqdm bar (batches vary in size)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        logger.warning("show_progress_bar needs tqdm: pip install tqdm")
-        yield from batches
-        return
-    with tqdm(total=total, desc="Sentences", unit="sentence") as bar:
-        for batch in batches:
-            yield batch
-            bar.update(len(batch.rows))

@@ -21,7 +21,8 @@ from .batch_memory import BatchMemory
 from .batching import chunk_bounds, plan_chunk
 from .embedding import EmbeddingLayer
 from .errors import EncoderOutputError
-from .pooling import l2_normalize, pool, truncate_and_normalize
+from .heads import Head
+from .pooling import truncate_and_normalize
 from .tokenize import TokenizedBatch, Tokenizer, TokenRows
 
 # An encode()'s batch memory (see batch_memory.py) is kept for the next one up to this size (64 MiB).
@@ -53,7 +54,13 @@ class Encoded(NamedTuple):
 
 
 Progress = Callable[[Iterator[HostBatch], int], Iterator[HostBatch]]  # (batches, texts) -> the same batches
-Texts = list[str] | TokenRows  # what encode() takes: texts, or their token rows
+
+
+class TextPairs(list[tuple[str, str]]):
+    """Text pairs, a cross-encoder's input (a list of its own type, so stages can tell it from texts)."""
+
+
+Texts = list[str] | TextPairs | TokenRows  # texts, text pairs, or their token rows
 
 
 class _InFlight(NamedTuple):
@@ -64,28 +71,26 @@ class _InFlight(NamedTuple):
 
 
 class Pipeline:
-    """Texts to sentence vectors through one tokenizer, embedding layer and encoder backend.
+    """Texts to one row each (sentence vectors, or a cross-encoder's logits) through one tokenizer,
+    embedding layer, encoder backend and head.
 
     Args:
         tokenizer, embedding, backend: the stages; the backend stays its owner's to close.
-        pooling: the pooling mode ("mean", "cls" or "max").
-        normalize: L2-normalize every vector (the model ends in a Normalize module).
+        head: the last stage (heads.py): pooling into sentence vectors, or a classifier.
     """
 
-    def __init__(
-        self, tokenizer: Tokenizer, embedding: EmbeddingLayer, backend: EncoderBackend, pooling: str, normalize: bool
-    ) -> None:
+    def __init__(self, tokenizer: Tokenizer, embedding: EmbeddingLayer, backend: EncoderBackend, head: Head) -> None:
         self.tokenizer = tokenizer
         self.embedding = embedding
         self.backend = backend
-        self.pooling = pooling
-        self.normalize = normalize
+        self.head = head
         self._batch_memory: BatchMemory | None = None  # the last encode()'s, for the next
         self._batch_memory_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
-        return self.embedding.hidden_size
+        """The length of each output row: the vector size, or a classifier's number of labels."""
+        return self.head.dim
 
     def encode(
         self,
@@ -125,10 +130,7 @@ class Pipeline:
         bucket = hints.bucket or _one_bucket
         carried_indices, carried = np.empty(0, dtype=np.intp), TokenRows.empty()  # held back by the last chunk
         for first, last in chunk_bounds(len(texts), batch_size):
-            if isinstance(texts, TokenRows):
-                tokens = texts.slice(first, last)
-            else:
-                tokens = self.tokenizer.encode_unpadded(texts[first:last])
+            tokens = self._tokenized(texts, first, last)
             truncated.extend((first + np.flatnonzero(tokens.truncated)).tolist())
             indices = np.concatenate([carried_indices, np.arange(first, last)])  # the text of each row
             tokens = TokenRows.concatenate([carried, tokens]) if len(carried) else tokens
@@ -145,9 +147,17 @@ class Pipeline:
                 yield TokenBatch(indices[rows], tokens.padded(rows), alone)
             carried_indices, carried = indices[plan.held], tokens.take(plan.held)
 
+    def _tokenized(self, texts: Texts, first: int, last: int) -> TokenRows:
+        """The token rows of texts first..last-1."""
+        if isinstance(texts, TokenRows):
+            return texts.slice(first, last)
+        if isinstance(texts, TextPairs):
+            return self.tokenizer.encode_pairs(texts[first:last])
+        return self.tokenizer.encode_unpadded(texts[first:last])
+
     def embed(self, tokens: TokenizedBatch, out: np.ndarray | None = None) -> np.ndarray:
         """float32 [batch, seq, hidden]: the embedding + LayerNorm of a padded batch (into `out` if given)."""
-        return self.embedding(tokens.input_ids, out)
+        return self.embedding(tokens.input_ids, out, tokens.token_type_ids)
 
     def host_batches(
         self, texts: Texts, batch_size: int, truncated: list[int], memory: BatchMemory | None = None
@@ -155,7 +165,7 @@ class Pipeline:
         """token_batches, embedded. The hidden states are taken from `memory` when given (the
         consumer gives them back), else fresh arrays."""
         for rows, tokens, alone in self.token_batches(texts, batch_size, truncated):
-            out = None if memory is None else memory.take((*tokens.input_ids.shape, self.dim))
+            out = None if memory is None else memory.take((*tokens.input_ids.shape, self.embedding.hidden_size))
             yield HostBatch(rows, self.embed(tokens, out), tokens.attention_mask, alone)
 
     def pool(
@@ -167,14 +177,13 @@ class Pipeline:
         normalize: bool = False,
         skip_tokens: int = 0,
     ) -> np.ndarray:
-        """float32 [batch, truncate_dim or dim]: the encoder's output pooled (without its first
-        `skip_tokens` tokens) and L2-normalized where the model normalizes (its Normalize module),
-        then cut to `truncate_dim` and L2-normalized when `normalize`."""
-        pooled = pool(output, mask, self.pooling, skip_tokens)
-        if self.normalize:
-            pooled = l2_normalize(pooled)
+        """float32 [batch, truncate_dim or dim]: the head's rows (pooled without the first
+        `skip_tokens` tokens, and L2-normalized where the model normalizes), then cut to
+        `truncate_dim` and L2-normalized when `normalize`."""
+        rows = self.head(output, mask, skip_tokens)
+        if self.head.normalizes:
             normalize = normalize and truncate_dim is not None  # a unit vector stays one unless it is cut
-        return truncate_and_normalize(pooled, truncate_dim, normalize)
+        return truncate_and_normalize(rows, truncate_dim, normalize)
 
     def pooled_batches(
         self,

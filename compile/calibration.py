@@ -69,15 +69,21 @@ def sample_sentences(path: Path, samples: int | None, seed: int) -> list[str]:
 
 
 def write_calibration(
-    sentences: list[str], embedding: EmbeddingLayer, tokenizer: Tokenizer, calib_dir: Path
+    sentences: list[str], embedding: EmbeddingLayer, tokenizer: Tokenizer, calib_dir: Path, *, pairs: bool = False
 ) -> list[Path]:
-    """Embed each sentence alone (unpadded) and save it as calib_dir/NNNN.npy, float32 [1, seq, hidden]."""
+    """Embed each sentence alone (unpadded) and save it as calib_dir/NNNN.npy, float32 [1, seq, hidden].
+    With `pairs` (a reranker's input), each sentence is paired with the next (the last with the
+    first), so the calibration set looks like what the encoder will see."""
     calib_dir.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(sentences) - 1)))
     paths = []
+    following = sentences[1:] + sentences[:1]
     for index, sentence in enumerate(sentences):
-        batch = tokenizer.encode([sentence])  # one sentence: no padding
-        hidden = embedding(batch.input_ids)  # [1, seq, hidden]
+        if pairs:
+            batch = tokenizer.encode_pairs([(sentence, following[index])]).padded()  # one pair: no padding
+        else:
+            batch = tokenizer.encode([sentence])  # one sentence: no padding
+        hidden = embedding(batch.input_ids, token_type_ids=batch.token_type_ids)  # [1, seq, hidden]
         path = calib_dir / f"{index:0{width}d}.npy"
         np.save(path, np.ascontiguousarray(hidden, dtype=np.float32))
         paths.append(path)

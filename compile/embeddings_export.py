@@ -21,12 +21,16 @@ def export_embeddings(bert: BertModel, out_path: Path) -> None:
     def array(parameter: torch.Tensor) -> np.ndarray:
         return parameter.detach().to(torch.float32).cpu().numpy()
 
+    if getattr(embeddings, "token_type_embeddings", None) is not None:
+        token_types = array(embeddings.token_type_embeddings.weight)
+    else:
+        token_types = np.zeros((1, bert.config.hidden_size), np.float32)
     np.savez(
         out_path,
         **{
             WORD_KEY: array(embeddings.word_embeddings.weight),  # [vocab, hidden]
             POSITION_KEY: array(embeddings.position_embeddings.weight),  # [max_positions, hidden]
-            TOKEN_TYPE_KEY: array(embeddings.token_type_embeddings.weight),  # [type_vocab, hidden]
+            TOKEN_TYPE_KEY: token_types,  # [type_vocab, hidden]; MPNet has none: one zero row
             LN_WEIGHT_KEY: array(embeddings.LayerNorm.weight),  # [hidden]
             LN_BIAS_KEY: array(embeddings.LayerNorm.bias),  # [hidden]
             LN_EPS_KEY: np.float64(bert.config.layer_norm_eps),

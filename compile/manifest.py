@@ -31,13 +31,15 @@ def write_manifest(
     layer_norm_eps: float,
     int8: dict[str, Any] | None = None,
     npu: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
     retrieval: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Hash every file already in `bundle_dir` and write bundle.json next to them. `extra` holds
     informative fields (calibration, tool versions, ...) that the runtime keeps but does not need.
-    `npu` describes the compiled model.mxq (None: the bundle has none); `retrieval` holds the
-    sentence-transformers settings the runtime follows (prompts, include_prompt, similarity_fn_name)."""
+    `npu` describes the compiled model.mxq (None: the bundle has none); `model` the family, its
+    position offset, the task and a reranker's head; `retrieval` holds the sentence-transformers
+    settings the runtime follows (prompts, include_prompt, similarity_fn_name)."""
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -52,6 +54,7 @@ def write_manifest(
         "npu": npu if npu is not None else {"mask_input": None},
         "files": file_hashes(bundle_dir),
     }
+    manifest.update(model or {})
     manifest.update(retrieval or {})
     if int8 is not None:
         manifest["int8"] = int8

@@ -71,7 +71,8 @@ def export_encoder(bert: BertModel, out_path: Path) -> float:
 
 
 class EncoderWithMask(torch.nn.Module):
-    """BertEncoder with the 0/1 padding mask turned into the additive attention bias inside the graph."""
+    """The encoder (BERT's, RoBERTa's, MPNet's) with the 0/1 padding mask turned into the additive
+    attention bias inside the graph (MPNet's relative position bias is computed inside it too)."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
         super().__init__()
@@ -80,7 +81,7 @@ class EncoderWithMask(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         keep = attention_mask[:, None, None, :].to(hidden_states.dtype)  # [batch, 1, 1, seq]
         bias = (1.0 - keep) * torch.finfo(hidden_states.dtype).min
-        return self.encoder(hidden_states, attention_mask=bias).last_hidden_state
+        return self.encoder(hidden_states, attention_mask=bias)[0]  # the last hidden state (MPNet's is a tuple)
 
 
 def check_encoder(wrapper: torch.nn.Module, onnx_path: Path, hidden_size: int) -> float:

@@ -11,9 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bertnpu_runtime.bundle import (
     CALIB_DIR,
     EMBEDDINGS_FILE,
+    HEAD_FILE,
     INT8_ENCODER_FILE,
     MXQ_FILE,
     ONNX_ENCODER_FILE,
@@ -103,7 +106,17 @@ def build_bundle(
             normalize=source.settings.normalize,
             layer_norm_eps=config.layer_norm_eps,
             int8=int8_info,
-            npu=npu.manifest() if mxq and qb_error is None else None,
+            npu=npu.manifest(source.model, source.family) if mxq and qb_error is None else None,
+            model={
+                "family": source.family,
+                "position_offset": source.position_offset,
+                "task": source.task,
+                **(
+                    {"head": {"num_labels": source.head.num_labels, "activation": source.head.activation}}
+                    if source.head
+                    else {}
+                ),
+            },
             retrieval={
                 "prompts": source.settings.prompts,
                 "default_prompt_name": source.settings.default_prompt_name,
@@ -141,6 +154,9 @@ def _write_files(
     _log_wrote(staging, TOKENIZER_FILE)
     export_embeddings(source.model, staging / EMBEDDINGS_FILE)
     _log_wrote(staging, EMBEDDINGS_FILE)
+    if source.head is not None:
+        np.savez(staging / HEAD_FILE, **source.head.arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle's bool
+        _log_wrote(staging, HEAD_FILE)
 
     log.info("exporting the encoder to ONNX and checking it against torch")
     export_encoder(source.model, staging / ONNX_ENCODER_FILE)
@@ -148,9 +164,15 @@ def _write_files(
 
     # Calibration reads back the files just written, so it embeds exactly as the runtime will.
     max_seq_length = source.settings.max_seq_length
-    embedding = EmbeddingLayer(load_embedding_tables(staging / EMBEDDINGS_FILE), max_seq_length)
+    rerank = source.head is not None
+    embedding = EmbeddingLayer(
+        load_embedding_tables(staging / EMBEDDINGS_FILE),
+        max_seq_length,
+        position_offset=source.position_offset,
+        token_types=rerank,
+    )
     tokenizer = Tokenizer(staging / TOKENIZER_FILE, max_seq_length)
-    write_calibration(sentences, embedding, tokenizer, staging / CALIB_DIR)
+    write_calibration(sentences, embedding, tokenizer, staging / CALIB_DIR, pairs=rerank)
     _log_wrote(staging, CALIB_DIR, f"{len(sentences)} sentences")
 
     int8_info = None

@@ -25,6 +25,7 @@ whole-model call, elsewhere only when `--compile-device` names one. Older qbcomp
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 from bertnpu_runtime import bundle
 from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT
+from bertnpu_runtime.families import RUN_ON_A_CARD
 
 from .errors import CompileError
 
@@ -100,11 +102,14 @@ class NpuCompileOptions:
             return self.inference_scheme or "all"
         return self.inference_scheme
 
-    def manifest(self) -> dict[str, Any]:
-        """bundle.json's "npu" section for an .mxq compiled this way (see bertnpu_runtime.bundle.NpuSpec)."""
+    def manifest(self, bert: BertModel, family: str) -> dict[str, Any]:
+        """bundle.json's "npu" section for an .mxq of `bert` (of `family`) compiled this way (see
+        bertnpu_runtime.bundle.NpuSpec)."""
         return {
             "graph": self.graph,
-            "compiled_inputs": list(MODEL_INPUTS) if self.graph == "model" else [ONNX_HIDDEN_INPUT],
+            "compiled_inputs": list(model_inputs(bert)) if self.graph == "model" else [ONNX_HIDDEN_INPUT],
+            # Mobilint's tutorial compiles and runs BERT; other families' graphs are untried on a card.
+            "run_on_a_card": family in RUN_ON_A_CARD,
             # The whole-model recipe marks attention_mask as the padding mask: whether the .mxq keeps
             # it as an input (a 0/1 keep mask) is read from the .mxq at launch.
             "mask_input": "auto" if self.graph == "model" else None,
@@ -229,6 +234,12 @@ def compile_mblt(
     )
 
 
+def model_inputs(bert: BertModel) -> tuple[str, ...]:
+    """The whole-model recipe's inputs that this model's forward takes (MPNet has no token types)."""
+    accepted = inspect.signature(bert.forward).parameters
+    return tuple(name for name in MODEL_INPUTS if name in accepted)
+
+
 def _graph(bert: BertModel, options: NpuCompileOptions) -> torch.nn.Module:
     return (bert if options.graph == "model" else BertBody(bert)).eval()
 
@@ -280,7 +291,8 @@ def _feed_dict(bert: BertModel, options: NpuCompileOptions, example_ids: list[in
         from qbcompiler.model_dict.parser.backend.torch.util import wrap_tensor
     except ImportError as exc:
         raise QbCompilerMissing(f"qbcompiler has no torch backend wrap_tensor / set_attention_mask ({exc})") from exc
-    tensors = {"input_ids": ids, "token_type_ids": token_types, "attention_mask": torch.ones_like(ids)}
+    examples = {"input_ids": ids, "token_type_ids": token_types, "attention_mask": torch.ones_like(ids)}
+    tensors = {name: examples[name] for name in model_inputs(bert)}
     feed_dict = {}
     for name, tensor in tensors.items():
         wrapped = wrap_tensor(name, tensor)

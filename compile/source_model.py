@@ -1,5 +1,6 @@
-"""Find the source model (embedded default, local folder, or hub id), load it as a BertModel, and
-read its sentence-transformers settings (pooling, normalization, max sequence length)."""
+"""Find the source model (embedded default, local folder, or hub id), tell its family and task from
+config.json, load it, and read its sentence-transformers settings (pooling, normalization, max
+sequence length; a reranker's activation)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import CompileError
 from .files import read_json
@@ -28,6 +31,19 @@ _POOLING_FLAGS = {
 }
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 _ROTARY_FIELDS = ("rotary_emb_base", "rope_theta", "rope_scaling", "rotary_emb_fraction")
+# config.json model_type -> the family the runtime knows (bertnpu_runtime/families.py).
+_FAMILIES = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "xlm-roberta",
+    "camembert": "camembert",
+    "mpnet": "mpnet",
+}
+# sentence-transformers' names of a CrossEncoder's activation, and the runtime's.
+_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+}
 
 
 @dataclass(frozen=True)
@@ -43,14 +59,33 @@ class SentenceSettings:
     similarity_fn_name: str = "cosine"
 
 
+@dataclass(frozen=True)
+class ClassifierWeights:
+    """A cross-encoder's head, as heads.ClassifierHead reads it from head.npz."""
+
+    arrays: dict[str, np.ndarray]  # dense_weight, dense_bias, out_weight, out_bias; float32
+    activation: str  # "sigmoid" or "identity"
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.arrays["out_weight"].shape[0])
+
+
 @dataclass
 class SourceModel:
-    """A loaded BERT model (float32, eval mode, eager attention) and where it came from."""
+    """A loaded model (float32, eval mode, eager attention) and where it came from."""
 
     name: str  # what the user asked for, as recorded in bundle.json
     folder: Path
-    model: Any  # transformers.BertModel
+    model: Any  # the base transformers model (BertModel, XLMRobertaModel, MPNetModel, ...)
     settings: SentenceSettings
+    family: str = "bert"
+    position_offset: int = 0  # the position id of a sentence's first token
+    head: ClassifierWeights | None = None  # a reranker's; None for an embedding model
+
+    @property
+    def task(self) -> str:
+        return "embed" if self.head is None else "rerank"
 
     @property
     def config(self) -> Any:
@@ -96,37 +131,48 @@ def _download(repo_id: str) -> Path:
 
 
 def load_source_model(model: str, max_seq_length: int | None = None) -> SourceModel:
-    """Resolve and load `model`, rejecting anything that is not a BERT with absolute positions."""
-    from transformers import BertModel
+    """Resolve and load `model`: an embedding model or a reranker (...ForSequenceClassification) of
+    a family the runtime knows, refusing the rest by the config field that rules them out."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     folder = resolve_model_folder(model)
-    config = _read_bert_config(folder)
+    config = _read_config(folder)
+    family = _FAMILIES[config["model_type"]]
+    # create_position_ids_from_input_ids: RoBERTa-likes and MPNet count positions from padding_idx + 1
+    offset = 0 if family == "bert" else int(config.get("pad_token_id", 1)) + 1
+    rerank = any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    loader = AutoModelForSequenceClassification if rerank else AutoModel
     try:
-        bert = BertModel.from_pretrained(str(folder), attn_implementation="eager")
+        loaded = loader.from_pretrained(str(folder), attn_implementation="eager")
     except Exception as exc:  # missing/corrupt weights surface as OSError, ValueError, safetensors errors...
-        raise CompileError(f"{folder}: cannot load the BERT weights ({type(exc).__name__}: {exc})") from exc
-    bert = bert.float().eval()
-    settings = read_sentence_settings(folder, config, max_seq_length)
+        raise CompileError(f"{folder}: cannot load the model weights ({type(exc).__name__}: {exc})") from exc
+    loaded = loaded.float().eval()
+    base = getattr(loaded, loaded.base_model_prefix) if rerank else loaded
+    head = _classifier(folder, loaded, base, config) if rerank else None
+    settings = read_sentence_settings(folder, config, max_seq_length, position_offset=offset, rerank=rerank)
     log.info(
-        "loaded %s from %s: hidden %d, %d layers, vocab %d; pooling %s, normalize %s, max_seq_length %d",
+        "loaded %s (%s %s) from %s: hidden %d, %d layers, vocab %d; %s, max_seq_length %d",
         model,
+        family,
+        "reranker" if rerank else "embedding model",
         folder,
         config["hidden_size"],
         config["num_hidden_layers"],
         config["vocab_size"],
-        settings.pooling,
-        settings.normalize,
+        f"{head.num_labels} label(s), {head.activation}" if head else f"pooling {settings.pooling}",
         settings.max_seq_length,
     )
-    return SourceModel(name=model, folder=folder, model=bert, settings=settings)
+    return SourceModel(model, folder, base, settings, family, offset, head)
 
 
-def _read_bert_config(folder: Path) -> dict[str, Any]:
+def _read_config(folder: Path) -> dict[str, Any]:
+    """config.json, checked to describe a family the host embedding can compute."""
     config = read_json(folder / "config.json", required=True)
     model_type = config.get("model_type")
-    if model_type != "bert":
+    if model_type not in _FAMILIES:
         raise CompileError(
-            f'{folder}: expected a BERT model (config.json model_type "bert"), found model_type {model_type!r}'
+            f"{folder}: config.json model_type {model_type!r} is not supported; bertnpu compiles "
+            f"{', '.join(sorted(_FAMILIES))} (absolute positions, computed on the host)"
         )
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
@@ -142,14 +188,63 @@ def _read_bert_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length: int | None) -> SentenceSettings:
+def _classifier(folder: Path, loaded: Any, base: Any, config: dict[str, Any]) -> ClassifierWeights:
+    """The head of a ...ForSequenceClassification model: BERT's pooler dense + classifier, or
+    RoBERTa's (and MPNet's) classifier.dense + classifier.out_proj; the same arithmetic."""
+    classifier = loaded.classifier
+    if hasattr(classifier, "out_proj"):
+        dense, out = classifier.dense, classifier.out_proj
+    elif getattr(base, "pooler", None) is not None:
+        dense, out = base.pooler.dense, classifier
+    else:
+        raise CompileError(f"{folder}: a {type(loaded).__name__} without a pooler or a dense classifier head")
+
+    def array(parameter: Any) -> np.ndarray:
+        return parameter.detach().float().cpu().numpy()
+
+    arrays = {
+        "dense_weight": array(dense.weight),
+        "dense_bias": array(dense.bias),
+        "out_weight": array(out.weight),
+        "out_bias": array(out.bias),
+    }
+    return ClassifierWeights(arrays, _activation(folder, config, int(arrays["out_weight"].shape[0])))
+
+
+def _activation(folder: Path, config: dict[str, Any], num_labels: int) -> str:
+    """The activation sentence-transformers' CrossEncoder applies by default: the one its files
+    name (config_sentence_transformers.json; config.json's "sentence_transformers" or, before
+    version 4, "sbert_ce_default_activation_function"), else sigmoid for one label, identity otherwise."""
+    st_config = read_json(folder / "config_sentence_transformers.json", required=False) or {}
+    for source, name in (
+        ("config_sentence_transformers.json activation_fn", st_config.get("activation_fn")),
+        (
+            'config.json "sentence_transformers" activation_fn',
+            (config.get("sentence_transformers") or {}).get("activation_fn"),
+        ),
+        ("config.json sbert_ce_default_activation_function", config.get("sbert_ce_default_activation_function")),
+    ):
+        if name is not None:
+            if name not in _ACTIVATIONS:
+                raise CompileError(
+                    f"{folder}: {source} {name!r} is not supported; the runtime applies {sorted(_ACTIVATIONS)}"
+                )
+            return _ACTIVATIONS[name]
+    return "sigmoid" if num_labels == 1 else "identity"
+
+
+def read_sentence_settings(
+    folder: Path, config: dict[str, Any], max_seq_length: int | None, *, position_offset: int = 0, rerank: bool = False
+) -> SentenceSettings:
     """Pooling, normalization and max length from the sentence-transformers files, with BERT defaults
-    (mean pooling, no normalization, the full position table) where they are absent."""
-    positions = int(config["max_position_embeddings"])
+    (mean pooling, no normalization) where they are absent. The max length, as sentence-transformers
+    takes it: --max-seq-length, else sentence_bert_config.json's, else the tokenizer's
+    model_max_length, at most the position rows after `position_offset`."""
+    positions = int(config["max_position_embeddings"]) - position_offset
     modules = read_json(folder / "modules.json", required=False)
-    if modules is None:
+    if modules is None and not rerank:  # a reranker has no pooling to assume
         log.warning("%s has no modules.json: assuming mean pooling without normalization", folder)
-        modules = []
+    modules = modules or []
     pooling, include_prompt, normalize = "mean", True, False
     for module in modules:
         kind = str(module.get("type", ""))
@@ -159,12 +254,18 @@ def read_sentence_settings(folder: Path, config: dict[str, Any], max_seq_length:
             normalize = True
 
     st_config = read_json(folder / "sentence_bert_config.json", required=False) or {}
-    length = max_seq_length or st_config.get("max_seq_length") or positions
+    tokenizer_length = (read_json(folder / "tokenizer_config.json", required=False) or {}).get("model_max_length")
+    tokenizer_length = tokenizer_length if isinstance(tokenizer_length, int) and tokenizer_length <= positions else None
+    length = (
+        max_seq_length
+        if max_seq_length is not None
+        else st_config.get("max_seq_length") or tokenizer_length or positions
+    )
     if not isinstance(length, int) or not 2 <= length <= positions:
         source = "--max-seq-length" if max_seq_length else "sentence_bert_config.json"
         raise CompileError(
             f"{folder}: max_seq_length {length!r} (from {source}) must be an integer from 2 to the "
-            f"model's {positions} position embeddings"
+            f"model's {positions} usable position embeddings"
         )
     prompts, default_prompt_name, similarity = _read_prompts(folder / "config_sentence_transformers.json")
     return SentenceSettings(

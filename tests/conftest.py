@@ -497,3 +497,23 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
     return copy
+
+
+# Rerankers built by the `rerankers` fixture: name -> (family, labels).
+RERANKERS = {"bert-1": ("bert", 1), "xlm-roberta-1": ("xlm-roberta", 1), "bert-3": ("bert", 3)}
+
+
+@pytest.fixture(scope="session")
+def rerankers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """name -> (random reranker folder, its bundle with the int8 preview); see RERANKERS."""
+    from families import train_tokenizer, write_cross_encoder
+
+    from compile import build_bundle
+
+    root = tmp_path_factory.mktemp("rerankers")
+    unigram = train_tokenizer("unigram")
+    built = {}
+    for name, (family, labels) in RERANKERS.items():
+        folder = write_cross_encoder(root / name, family, unigram if family != "bert" else None, labels)
+        built[name] = folder, build_bundle(str(folder), root / f"{name}-bundle", calib_samples=8, int8=True)
+    return built

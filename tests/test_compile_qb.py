@@ -109,6 +109,7 @@ def test_the_whole_model_is_compiled_as_mobilint_does(stand_in, tiny_model_dir: 
         "inference_scheme": None,
         "target_device": "aries-rb",
         "compile_device": kwargs["device"],
+        "run_on_a_card": True,  # BERT: Mobilint's tutorial runs it
     }
     assert bundle.manifest.npu.mask_input == "auto" and bundle.manifest.npu.graph == "model"
     assert bundle.manifest.npu.target_device == "aries-rb"

@@ -1,5 +1,6 @@
-"""The HTTP application: OpenAI's /v1/embeddings, TEI's /embed, /v1/models, /health and /metrics,
-over one SentenceEncoder whose batches the Batcher fills from every client's requests.
+"""The HTTP application: OpenAI's /v1/embeddings and TEI's /embed for an embedding bundle, TEI's
+/rerank and the Cohere/Jina-style /v1/rerank for a reranker bundle, /v1/models, /health and
+/metrics, over one model whose batches the Batcher fills from every client's requests.
 
 Bodies are parsed with orjson and checked by requests.py rather than by pydantic models: the
 messages name the offending field and index, and parsing costs less per request.
@@ -25,18 +26,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..cross_encoder import CrossEncoder
 from ..encoder import SentenceEncoder
+from ..heads import activate
+from ..opening import open_model
 from ..options import BackendOptions
-from ..pipeline import HostBatch
+from ..pipeline import HostBatch, TextPairs
 from ..pooling import truncate_and_normalize
 from ..tokenize import TokenRows
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
-from .requests import RequestError, parse_embed_request, parse_embeddings_request
+from .requests import (
+    RequestError,
+    RerankRequest,
+    parse_embed_request,
+    parse_embeddings_request,
+    parse_rerank_request,
+    parse_tei_rerank_request,
+)
 
 logger = logging.getLogger("bertnpu.serve")
 
 RETRY_AFTER_S = "1"
+Model = SentenceEncoder | CrossEncoder
 # A request with more characters than this is tokenized on a thread, so the event loop goes on
 # answering other clients (a short request is tokenized in place: a thread hop costs more).
 TOKENIZE_IN_LOOP_CHARS = 20_000
@@ -58,22 +70,23 @@ class ServeSettings:
     backend: BackendOptions = field(default_factory=BackendOptions)
 
 
-class EmbeddingService:
-    """The encoder and its batcher, opened on a thread of its own so that the server answers
-    /health (503) while a bundle loads or NPU models launch."""
+class ModelService:
+    """The model (a SentenceEncoder or a CrossEncoder, as the bundle's task says) and its batcher,
+    opened on a thread of its own so that the server answers /health (503) while a bundle loads or
+    NPU models launch."""
 
-    def __init__(self, settings: ServeSettings, metrics: Metrics, open_encoder: Callable[[], SentenceEncoder]) -> None:
+    def __init__(self, settings: ServeSettings, metrics: Metrics, open_encoder: Callable[[], Model]) -> None:
         self.settings = settings
         self.metrics = metrics
         self._open_encoder = open_encoder
-        self.encoder: SentenceEncoder | None = None
+        self.encoder: Model | None = None
         self.batcher: Batcher | None = None
         self.model_name = settings.model_name
         self.state = "starting"
         self.failure: str | None = None
         self.ready = threading.Event()
 
-    def open(self, on_ready: Callable[[EmbeddingService], None], on_failure: Callable[[str], None]) -> None:
+    def open(self, on_ready: Callable[[ModelService], None], on_failure: Callable[[str], None]) -> None:
         try:
             encoder = self._open_encoder()
         except Exception as exc:  # noqa: BLE001 - a bad bundle, no device: the server says so and stops
@@ -101,11 +114,40 @@ class EmbeddingService:
         if self.encoder is not None:
             self.encoder.close()
 
-    def opened(self) -> SentenceEncoder:
-        """The encoder, once open; before, a 503 for the request that asks."""
+    def opened(self) -> Model:
+        """The model, once open; before, a 503 for the request that asks."""
         if self.encoder is None:
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         return self.encoder
+
+    def embedding_model(self) -> SentenceEncoder:
+        """The model, when it is an embedding model; else a 400 saying what this server serves."""
+        model = self.opened()
+        if not isinstance(model, SentenceEncoder):
+            raise RequestError(
+                400,
+                f"this server serves a reranker ({self.model_name}), which makes no embeddings: use /rerank or /v1/rerank",
+                code="wrong_model_task",
+            )
+        return model
+
+    def reranker(self) -> CrossEncoder:
+        """The model, when it is a one-label reranker; else a 400 saying what this server serves."""
+        model = self.opened()
+        if not isinstance(model, CrossEncoder):
+            raise RequestError(
+                400,
+                f"this server serves an embedding model ({self.model_name}), which does not rerank: "
+                "use /v1/embeddings or /embed",
+                code="wrong_model_task",
+            )
+        if model.num_labels != 1:
+            raise RequestError(
+                400,
+                f"reranking needs a model with one label; {self.model_name} has {model.num_labels}",
+                code="wrong_model_task",
+            )
+        return model
 
     def _encode_rows(self, rows: TokenRows) -> np.ndarray:
         """A batcher worker's call: the vectors of every queued request's token rows, as the model
@@ -127,19 +169,38 @@ class EmbeddingService:
         fail_on_overflow: str | None,
         overflow_status: int = 400,
     ) -> tuple[np.ndarray, int]:
-        """Vectors of `texts` (cut to `dimensions` and normalized when asked) and their token
-        count. The texts are tokenized once, here (off the event loop when they are long), and
-        their token rows queued. `fail_on_overflow` names the field for the error (of
-        `overflow_status`) when a text is longer than the model's length (None: truncate, as
-        encode() does)."""
+        """Vectors of `texts` (cut to `dimensions` and normalized when asked) and their token count."""
+        self.embedding_model()
+        vectors, tokens = await self._run(texts, fail_on_overflow, overflow_status)
+        return truncate_and_normalize(vectors, dimensions, normalize), tokens
+
+    async def rerank(
+        self, request: RerankRequest, *, fail_on_overflow: str | None, overflow_status: int = 400
+    ) -> tuple[np.ndarray, int]:
+        """Scores of (query, document) for each document, float32 [documents] (the logits with
+        raw_scores, else through the model's activation), and their token count."""
+        model = self.reranker()
+        pairs = TextPairs((request.query, document) for document in request.documents)
+        logits, tokens = await self._run(pairs, fail_on_overflow, overflow_status)
+        return activate(logits, "identity" if request.raw_scores else model.activation_fn), tokens
+
+    async def _run(
+        self, texts: list[str] | TextPairs, fail_on_overflow: str | None, overflow_status: int
+    ) -> tuple[np.ndarray, int]:
+        """The model's rows for texts or pairs, and their token count. They are tokenized once,
+        here (off the event loop when they are long), and their token rows queued.
+        `fail_on_overflow` names the field for the error (of `overflow_status`) when a text is
+        longer than the model's length (None: truncate, as encode() and predict() do)."""
         encoder, batcher = self.encoder, self.batcher
         if encoder is None or batcher is None or self.state != "ok":
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         tokenizer = encoder.pipeline.tokenizer
-        if sum(map(len, texts)) > TOKENIZE_IN_LOOP_CHARS:
-            rows = await asyncio.to_thread(tokenizer.encode_unpadded, texts)
+        if isinstance(texts, TextPairs):
+            tokenize: Callable[[Any], TokenRows] = tokenizer.encode_pairs
+            chars = sum(len(a) + len(b) for a, b in texts)
         else:
-            rows = tokenizer.encode_unpadded(texts)
+            tokenize, chars = tokenizer.encode_unpadded, sum(map(len, texts))
+        rows = await asyncio.to_thread(tokenize, texts) if chars > TOKENIZE_IN_LOOP_CHARS else tokenize(texts)
         if fail_on_overflow is not None and rows.truncated.any():
             index = int(np.flatnonzero(rows.truncated)[0])
             raise RequestError(
@@ -154,13 +215,13 @@ class EmbeddingService:
         except QueueFull as exc:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
-        vectors = await future
+        outputs = await future
         self.metrics.sentences.inc(len(texts))
         self.metrics.tokens.inc(tokens)
-        return truncate_and_normalize(vectors, dimensions, normalize), tokens
+        return outputs, tokens
 
 
-def served_model_name(encoder: SentenceEncoder) -> str:
+def served_model_name(encoder: Model) -> str:
     """bundle.json's model_name, else its source_model, else the bundle folder's name."""
     manifest = encoder.manifest
     name = manifest.extra.get("model_name")
@@ -174,14 +235,14 @@ def served_model_name(encoder: SentenceEncoder) -> str:
 def create_app(
     settings: ServeSettings,
     *,
-    open_encoder: Callable[[], SentenceEncoder] | None = None,
-    on_ready: Callable[[EmbeddingService], None] = lambda service: None,
+    open_encoder: Callable[[], Model] | None = None,
+    on_ready: Callable[[ModelService], None] = lambda service: None,
     on_failure: Callable[[str], None] = lambda failure: None,
 ) -> Starlette:
     """The Starlette app. The encoder opens in the background once the server starts."""
     metrics = Metrics()
-    opener = open_encoder or (lambda: SentenceEncoder.from_options(settings.bundle, settings.backend))
-    service = EmbeddingService(settings, metrics, opener)
+    opener = open_encoder or (lambda: open_model(settings.bundle, settings.backend))
+    service = ModelService(settings, metrics, opener)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -191,14 +252,8 @@ def create_app(
 
     async def openai_embeddings(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
-        parsed = parse_embeddings_request(body, service.opened().dim, settings.max_request_texts)
-        if parsed.model is not None and parsed.model != service.model_name:
-            raise RequestError(
-                404,
-                f"The model `{parsed.model}` does not exist; this server serves `{service.model_name}`",
-                "model",
-                "model_not_found",
-            )
+        parsed = parse_embeddings_request(body, service.embedding_model().dim, settings.max_request_texts)
+        check_model_name(parsed.model)
         overflow = "input" if settings.on_overflow == "error" else None
         vectors, tokens = await service.embed(
             parsed.texts, dimensions=parsed.dimensions, normalize=True, fail_on_overflow=overflow
@@ -213,7 +268,7 @@ def create_app(
 
     async def tei_embed(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
-        parsed = parse_embed_request(body, service.opened().dim, settings.max_request_texts)
+        parsed = parse_embed_request(body, service.embedding_model().dim, settings.max_request_texts)
         overflow = None if parsed.truncate else "inputs"
         vectors, _ = await service.embed(
             parsed.texts,
@@ -223,6 +278,39 @@ def create_app(
             overflow_status=413,
         )
         return _json(vectors)
+
+    async def tei_rerank(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = parse_tei_rerank_request(body, settings.max_request_texts)
+        overflow = None if parsed.truncate else "texts"
+        scores, _ = await service.rerank(parsed, fail_on_overflow=overflow, overflow_status=413)
+        text = (lambda i: {"text": parsed.documents[i]}) if parsed.return_documents else (lambda i: {})
+        return _json([{"index": i, "score": float(scores[i]), **text(i)} for i in _best_first(scores)])
+
+    async def rerank(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = parse_rerank_request(body, settings.max_request_texts)
+        check_model_name(parsed.model)
+        overflow = "documents" if settings.on_overflow == "error" else None
+        scores, tokens = await service.rerank(parsed, fail_on_overflow=overflow)
+        document = (
+            (lambda i: {"document": {"text": parsed.documents[i]}}) if parsed.return_documents else (lambda i: {})
+        )
+        results = [
+            {"index": i, "relevance_score": float(scores[i]), **document(i)}
+            for i in _best_first(scores)[: parsed.top_n]
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json({"object": "list", "results": results, "model": service.model_name, "usage": usage})
+
+    def check_model_name(model: str | None) -> None:
+        if model is not None and model != service.model_name:
+            raise RequestError(
+                404,
+                f"The model `{model}` does not exist; this server serves `{service.model_name}`",
+                "model",
+                "model_not_found",
+            )
 
     async def models(request: Request) -> Response:
         model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "bertnpu"}
@@ -274,6 +362,8 @@ def create_app(
         Route("/v1/embeddings", openai_route, methods=["POST"]),
         Route("/embeddings", openai_route, methods=["POST"]),
         Route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"]),
+        Route("/rerank", authorized(tei_rerank, "/rerank", _tei_error), methods=["POST"]),
+        Route("/v1/rerank", authorized(rerank, "/v1/rerank", _openai_error), methods=["POST"]),
         Route("/v1/models", authorized(models, "/v1/models", _openai_error), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -281,6 +371,11 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     return app
+
+
+def _best_first(scores: np.ndarray) -> list[int]:
+    """Indices by score, highest first (ties in input order)."""
+    return np.argsort(-scores, kind="stable").tolist()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

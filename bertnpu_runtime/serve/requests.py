@@ -1,6 +1,6 @@
-"""The request bodies of the OpenAI embeddings route and TEI's /embed, parsed and checked: any
-problem is a RequestError naming the field (and the index in `input`), never an exception from deep
-inside the server."""
+"""The request bodies of the OpenAI embeddings route, TEI's /embed and /rerank, and the
+Cohere/Jina-style /v1/rerank, parsed and checked: any problem is a RequestError naming the field
+(and the index in `input`), never an exception from deep inside the server."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ class EmbedRequest:
     dimensions: int | None
 
 
+@dataclass(frozen=True)
+class RerankRequest:
+    """POST /rerank (TEI: query, texts) or /v1/rerank (Cohere, Jina, infinity: query, documents)."""
+
+    query: str
+    documents: list[str]
+    model: str | None = None
+    top_n: int | None = None  # /v1/rerank: the best this many (None: all)
+    return_documents: bool = False
+    raw_scores: bool = False  # TEI: the logits, without the model's activation
+    truncate: bool = False
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
@@ -82,17 +95,68 @@ def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
     if "inputs" not in data:
         raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
     texts = _texts(data["inputs"], "inputs", max_texts, status=422)
+    flags = _flags(data, {"normalize": True, "truncate": False}, status=422)
+    return EmbedRequest(
+        texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422)
+    )
+
+
+def parse_tei_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
+    """TEI's /rerank: {query, texts, raw_scores, return_text, truncate}; problems are 422, as TEI's."""
+    data = parse_json_object(body)
+    query = _query(data, status=422)
+    if "texts" not in data:
+        raise RequestError(422, "'texts' is required: a list of strings", "texts")
+    documents = _texts(data["texts"], "texts", max_texts, status=422)
+    flags = _flags(data, {"raw_scores": False, "return_text": False, "truncate": False}, status=422)
+    return RerankRequest(
+        query,
+        documents,
+        return_documents=flags["return_text"],
+        raw_scores=flags["raw_scores"],
+        truncate=flags["truncate"],
+    )
+
+
+def parse_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
+    """/v1/rerank (Cohere, Jina, infinity): {model, query, documents, top_n, return_documents};
+    a document is a string or {"text": string}."""
+    data = parse_json_object(body)
+    query = _query(data, status=400)
+    if "documents" not in data:
+        raise RequestError(400, "'documents' is required: a list of strings", "documents")
+    documents = data["documents"]
+    if isinstance(documents, list):  # Cohere also takes {"text": ...} objects
+        documents = [d["text"] if isinstance(d, dict) and isinstance(d.get("text"), str) else d for d in documents]
+    documents = _texts(documents, "documents", max_texts)
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, f"'model' must be a string, found {_kind(model)}", "model")
+    top_n = data.get("top_n")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise RequestError(400, f"'top_n' must be a positive integer, found {top_n!r:.40}", "top_n")
+    flags = _flags(data, {"return_documents": False}, status=400)
+    return RerankRequest(query, documents, model, top_n, flags["return_documents"])
+
+
+def _query(data: dict[str, Any], status: int) -> str:
+    query = data.get("query")
+    if not isinstance(query, str):
+        raise RequestError(status, f"'query' must be a string, found {_kind(query)}", "query")
+    return query
+
+
+def _flags(data: dict[str, Any], defaults: dict[str, bool], status: int) -> dict[str, bool]:
+    """Boolean fields with their defaults (null counts as absent)."""
     flags = {}
-    for name, default in (("normalize", True), ("truncate", False)):
+    for name, default in defaults.items():
         value = data.get(name, default)
         if value is None:
             value = default
         if not isinstance(value, bool):
-            raise RequestError(422, f"'{name}' must be true or false, found {_kind(value)}", name)
+            raise RequestError(status, f"'{name}' must be true or false, found {_kind(value)}", name)
         flags[name] = value
-    return EmbedRequest(
-        texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422)
-    )
+    return flags
 
 
 def _texts(value: Any, field: str, max_texts: int, status: int = 400) -> list[str]:

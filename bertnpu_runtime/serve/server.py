@@ -15,7 +15,7 @@ from types import FrameType
 
 import uvicorn
 
-from .app import EmbeddingService, ServeSettings, create_app
+from .app import ModelService, ServeSettings, create_app
 
 logger = logging.getLogger("bertnpu.serve")
 
@@ -38,7 +38,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
     failed: list[str] = []
     server: _Server
 
-    def on_ready(service: EmbeddingService) -> None:
+    def on_ready(service: ModelService) -> None:
         while not server.started and not server.should_exit:  # the socket is bound once started
             time.sleep(0.01)
         encoder = service.opened()

@@ -90,6 +90,27 @@ class Tokenizer:
         odd_tokens = _token_rows(self._odd_rows(fast, [texts[i] for i in odd]))
         return TokenRows.interleave(len(texts), [(plain, plain_tokens), (np.array(odd, dtype=np.intp), odd_tokens)])
 
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> TokenRows:
+        """Tokenize already-validated text pairs as the model's tokenizer joins them (its pair
+        template: [CLS] a [SEP] b [SEP] with token types 0 then 1 for BERT, <s> a </s></s> b </s>
+        for RoBERTa), cutting the longer text first to fit max_seq_length (`tokenizers`'
+        longest_first, as transformers truncates pairs). Each text is bounded first, as encode's are."""
+        bounded = [(self._bounded(a), self._bounded(b)) for a, b in pairs]
+        try:
+            encodings = self._tokenizer.encode_batch_fast(bounded)
+        except TypeError:  # a lone surrogate cannot cross into Rust
+            pairs = [(_replace_surrogates(a), _replace_surrogates(b)) for a, b in pairs]
+            bounded = [(self._bounded(a), self._bounded(b)) for a, b in pairs]
+            encodings = self._tokenizer.encode_batch_fast(bounded)
+        ids, types, cut = [], [], []
+        for encoding, pair, prefixes in zip(encodings, pairs, bounded):
+            if prefixes != pair and not encoding.overflowing:  # a cut text turned out to fit after all
+                encoding = self._tokenizer.encode(*pair)
+            ids.append(encoding.ids)
+            types.append(encoding.type_ids)
+            cut.append(bool(encoding.overflowing))
+        return TokenRows.from_lists(ids, cut, types)
+
     def _encode_plain(self, fast: FastWordPiece, texts: list[str]) -> TokenRows:
         """Plain texts on the fast path, _TEXTS_PER_GIL_YIELD at a time with a pause between groups
         to let other threads run: without one, this holds the GIL for the whole switch interval
