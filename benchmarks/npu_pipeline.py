@@ -102,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--latency-us models the test double's NPU; with --device the card's own time is measured")
     if not args.device and args.latency_us is None:
         args.latency_us = [100.0]
+    if any(latency < 0 for latency in args.latency_us or []):
+        parser.error("--latency-us must be 0 (an infinitely fast NPU: the host alone) or more")
     if args.batch_size is None:
         from bertnpu_runtime.backends.npu import NpuEncoder
 
@@ -218,7 +220,7 @@ def _with_test_double(
         key, latency = (latency_us, cores), latency_us * 1e-6
         row = {
             "latency_us": latency_us,
-            **_pipeline_row(cores, len(sentences), seconds[key], timings[key], host_rate, cores / latency),
+            **_pipeline_row(cores, len(sentences), seconds[key], timings[key], host_rate, _npu_rate(cores, latency)),
         }
         ceiling = len(sentences) / summarize(seconds[(*key, "prepared")])["median"]
         calls = _calls_within(fakes[cores].calls, timings[key].windows)  # this latency's encode()s, the warm-up too
@@ -299,12 +301,24 @@ def _on_device(
     return host, rows
 
 
+def _npu_rate(cores: int, latency_s: float) -> float | None:
+    """Sentences/s the modelled NPU can take; None for latency 0, an infinitely fast NPU (the bound
+    is then the host's rate alone)."""
+    return cores / latency_s if latency_s > 0 else None
+
+
 def _pipeline_row(
-    cores: int, sentences: int, encode_seconds: list[float], timings: _Timings, host_rate: float, npu_rate: float
+    cores: int,
+    sentences: int,
+    encode_seconds: list[float],
+    timings: _Timings,
+    host_rate: float,
+    npu_rate: float | None,
 ) -> dict[str, Any]:
-    """The measures both modes report for one case: throughput against the bound, and CPU inside encode()."""
+    """The measures both modes report for one case: throughput against the bound, and CPU inside
+    encode(). npu_rate None: no NPU limit (latency 0)."""
     achieved = sentences / summarize(encode_seconds)["median"]
-    bound = min(host_rate, npu_rate)
+    bound = host_rate if npu_rate is None else min(host_rate, npu_rate)
     host_cpu, threads_cpu, faults = (statistics.median(column) for column in zip(*timings.cpu[1:]))  # [0]: warm-up
     walls = [end - start for start, end in timings.windows[1:]]
     return {
@@ -313,7 +327,7 @@ def _pipeline_row(
         "host_rate": host_rate,
         "npu_rate": npu_rate,
         "bound": bound,
-        "limited_by": "host" if host_rate < npu_rate else "npu",
+        "limited_by": "host" if npu_rate is None or host_rate < npu_rate else "npu",
         "achieved_vs_bound": achieved / bound,
         "wall_ms_per_encode": 1e3 * sum(walls) / len(walls),
         "host_cpu_us_per_sentence": 1e6 * host_cpu / sentences,

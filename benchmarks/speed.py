@@ -18,6 +18,7 @@ import numpy as np
 
 from .common import (
     BASELINE,
+    ONNX,
     Contenders,
     base_parser,
     build_contenders,
@@ -45,6 +46,12 @@ LENGTH_BATCH_SIZE = 32
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], "speed")
     parser.add_argument("--no-plot", action="store_true", help="skip the latency-against-length PNG")
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="also STS-B dev speed per model family (random models of all-MiniLM-L6-v2's shape, "
+        "built once into /tmp/bertnpu-bench-families), against sentence-transformers",
+    )
     return parser.parse_args(argv)
 
 
@@ -72,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["stages"] = stages(contenders, sentences, repeats)
     finally:
         contenders.close()
+    if args.families:
+        result["families"] = family_speed(sentences, repeats, args.threads)
     write_json(args.out, result)
     if not args.no_plot:
         plot_length_sweep(result["length_sweep"], args.out.with_suffix(".png"))
@@ -86,6 +95,45 @@ def stsb_dev(contenders: Contenders, sentences: list[str], repeats: int) -> list
         f"STS-B dev: {len(sentences)} sentences, batch {STSB_BATCH_SIZE}, {repeats} repeats",
         rows,
         ("contender", "sentences_per_s", "vs_baseline", "median_s", "p95_s"),
+    )
+    return rows
+
+
+# all-MiniLM-L6-v2's sizes, for the per-family models (random weights: speed does not depend on them).
+MINILM_SHAPE = {
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "intermediate_size": 1536,
+    "initializer_range": 0.02,  # BERT's own: large random weights overflow the export check's tolerance at this width
+}
+FAMILY_TOKENIZERS = {"bert-unigram": "unigram", "roberta": "bpe", "xlm-roberta": "unigram", "mpnet": "mpnet-wordpiece"}
+
+
+def family_speed(sentences: list[str], repeats: int, threads: int) -> list[dict[str, Any]]:
+    """STS-B dev throughput at batch 32 of each family's model, bertnpu ONNX against
+    sentence-transformers, each family's pair taking turns."""
+    from bertnpu_runtime.testing.families import train_tokenizer, write_embedding_model
+    from compile import build_bundle
+
+    cache = Path("/tmp/bertnpu-bench-families")
+    rows: list[dict[str, Any]] = []
+    for family, kind in FAMILY_TOKENIZERS.items():
+        folder, bundle = cache / family, cache / f"{family}-bundle"
+        if not (bundle / "bundle.json").is_file():
+            write_embedding_model(folder, family, train_tokenizer(kind), shape=MINILM_SHAPE)
+            build_bundle(str(folder), bundle, force=True)
+        contenders = build_contenders(bundle, folder, threads)
+        try:
+            pair = Contenders([c for c in contenders if c.name in (BASELINE, ONNX)])
+            family_rows = stsb_dev(pair, sentences, repeats)
+        finally:
+            contenders.close()
+        rows.extend({"family": family, **row} for row in family_rows)
+    print_table(
+        "STS-B dev per family (all-MiniLM-L6-v2's shape), batch 32",
+        rows,
+        ("family", "contender", "sentences_per_s", "vs_baseline"),
     )
     return rows
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -222,6 +223,9 @@ def load_embedding_tables(path: Path, manifest: Manifest | None = None) -> Embed
             arrays = {k: npz[k] for k in EMBEDDING_KEYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BundleError(path, f"cannot be read as a NumPy .npz archive ({exc})") from exc
+    for key in EMBEDDING_KEYS[:-1]:  # the tables; eps is checked on its own below
+        if not np.isfinite(arrays[key]).all():
+            raise BundleError(path, f"{key} holds NaN or infinite values: the model's weights are broken")
     eps = float(arrays[LN_EPS_KEY])
     if not 0 < eps < 1:
         raise BundleError(path, f"{LN_EPS_KEY} must be a positive number below 1, found {eps!r}")
@@ -361,6 +365,7 @@ _MANIFEST_SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "files": _of_type(dict),
 }
 _OPTIONAL_SECTIONS = ("npu", "int8")
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _check_prompts(value: Any) -> str | None:
@@ -433,8 +438,11 @@ def _read_manifest(path: Path) -> Manifest:
     files = {}
     for rel, entry in data["files"].items():
         digest = entry.get("sha256") if isinstance(entry, dict) else None
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise BundleError(path, f'files["{rel}"] needs a 64-hex "sha256", found {entry!r:.80}')
+        if not isinstance(digest, str) or len(digest) != 64 or not _HEX.fullmatch(digest):
+            raise BundleError(path, f'files["{rel}"] needs a "sha256" of 64 hex digits, found {entry!r:.80}')
+        relative = PurePosixPath(rel)
+        if relative.is_absolute() or ".." in relative.parts or "\\" in rel or not rel:
+            raise BundleError(path, f'files["{rel:.80}"] must be a path inside the bundle folder')
         files[rel] = digest
     npu = _read_npu_section(path, data.get("npu") or {})
     known = set(_MANIFEST_SCHEMA) | {"format", "format_version", *_OPTIONAL_SECTIONS, *_OPTIONAL_FIELDS}

@@ -339,11 +339,21 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _npy_path(output: str) -> Path:
-    """Where np.save writes `output` (it adds ".npy" to a name without it); a folder is an error."""
+    """Where np.save writes `output` (it adds ".npy" to a name without it), checked to be writable
+    before any work; a folder, a missing folder or one this process cannot write in is an error."""
     path = Path(output)
     if path.is_dir() or output.endswith(os.sep):
         raise ValueError(f"--output {output}: is a folder; give a file name such as {path / 'vectors.npy'}")
-    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+    path = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+    if not path.parent.is_dir():
+        raise ValueError(f"--output {output}: the folder {path.parent} does not exist")
+    try:  # the way _save_npy will write, tried now rather than after the whole encode
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"--output {output}: cannot write in {path.parent} ({exc.strerror or exc})") from exc
+    return path
 
 
 def _save_npy(path: Path, vectors: np.ndarray) -> None:

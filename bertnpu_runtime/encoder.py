@@ -205,6 +205,8 @@ class SentenceEncoder(BundleModel):
                 )
             return prompt
         if prompt_name is not None:
+            if not isinstance(prompt_name, str):
+                raise TypeError(f"prompt_name must be a str, found {type(prompt_name).__name__}")
             if prompt_name not in self.prompts:
                 raise ValueError(
                     f"prompt_name {prompt_name!r} is not one of this model's prompts: {sorted(self.prompts) or 'none'}"

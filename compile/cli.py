@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     _quiet_third_party_progress()
     started = time.perf_counter()
+    if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds, so the staging folder is removed
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         out = build_bundle(
             args.model,
@@ -106,12 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
         )
     except CompileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library's text held
         return 2
     finally:
         logger.removeHandler(handler)
     print(f"{out} ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _prompts(items: list[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ into place only when every step succeeded, so a failed build never leaves a half
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -204,13 +205,37 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 
 def _make_staging_dir(out: Path) -> Path:
+    """A fresh staging folder beside `out`, named with this process's id; those of earlier builds
+    of `out` whose process is gone (killed before it could clean up) are removed first."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        _remove_abandoned_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
         staging.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be shared and deployed
         return staging
     except OSError as exc:
         raise CompileError(f"{out}: cannot write the bundle there ({exc.strerror or exc})") from exc
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Remove .OUT.partial-PID-* folders whose build process no longer runs (and the unnamed ones of
+    versions that did not record it); a concurrent build's folder stays."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        owner = folder.name[len(f".{out.name}.partial-") :].split("-")[0]
+        if owner.isdigit() and _process_runs(int(owner)):
+            continue
+        log.info("removing %s, left by a build that was killed", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -506,14 +506,40 @@ RERANKERS = {"bert-1": ("bert", 1), "xlm-roberta-1": ("xlm-roberta", 1), "bert-3
 @pytest.fixture(scope="session")
 def rerankers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """name -> (random reranker folder, its bundle with the int8 preview); see RERANKERS."""
-    from families import train_tokenizer, write_cross_encoder
-
+    from bertnpu_runtime.testing.families import train_tokenizer, write_cross_encoder
     from compile import build_bundle
 
     root = tmp_path_factory.mktemp("rerankers")
     unigram = train_tokenizer("unigram")
     built = {}
     for name, (family, labels) in RERANKERS.items():
-        folder = write_cross_encoder(root / name, family, unigram if family != "bert" else None, labels)
+        folder = write_cross_encoder(
+            root / name, family, unigram if family != "bert" else None, labels, vocab=tiny_vocab()
+        )
         built[name] = folder, build_bundle(str(folder), root / f"{name}-bundle", calib_samples=8, int8=True)
+    return built
+
+
+# Embedding models built by the `family_models` fixture: family -> its tokenizer's kind (tests/families.py).
+EMBEDDING_FAMILIES = {
+    "bert-unigram": "unigram",  # paraphrase-multilingual-MiniLM's shape: a BertModel with XLM-R's tokenizer
+    "roberta": "bpe",
+    "xlm-roberta": "unigram",
+    "camembert": "unigram",
+    "mpnet": "mpnet-wordpiece",
+}
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """family -> (random model folder in sentence-transformers' layout, its bundle with the int8 preview)."""
+    from bertnpu_runtime.testing.families import train_tokenizer, write_embedding_model
+    from compile import build_bundle
+
+    root = tmp_path_factory.mktemp("families")
+    tokenizers = {kind: train_tokenizer(kind) for kind in set(EMBEDDING_FAMILIES.values())}
+    built = {}
+    for family, kind in EMBEDDING_FAMILIES.items():
+        folder = write_embedding_model(root / family, family, tokenizers[kind])
+        built[family] = folder, build_bundle(str(folder), root / f"{family}-bundle", calib_samples=8, int8=True)
     return built

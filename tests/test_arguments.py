@@ -79,3 +79,9 @@ def test_a_lone_surrogate_is_a_replacement_character(encoder):
     lone = encoder.tokenize(["the dog \ud800 runs"]).input_ids
     replaced = encoder.tokenize(["the dog \ufffd runs"]).input_ids
     np.testing.assert_array_equal(lone, replaced)
+
+
+@pytest.mark.parametrize("name", [["query"], {"a": 1}, 3])
+def test_prompt_name_must_be_a_str(encoder, name):
+    with pytest.raises(TypeError, match="prompt_name must be a str, found"):
+        encoder.encode("a text", prompt_name=name)

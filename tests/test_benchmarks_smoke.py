@@ -269,3 +269,26 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
             statistics.median(r["sentences_per_s"] / c for r, c in zip(row["rounds"], ceilings))
         )
     assert len(json.loads(out.read_text())["rows"]) == 4
+
+
+def test_rerank_benchmark_runs_on_a_reranker_bundle(rerankers, tmp_path):
+    from benchmarks import rerank
+
+    folder, bundle = rerankers["bert-1"]
+    out = tmp_path / "rerank.json"
+    result = rerank.main(["--bundle", str(bundle), "--model", str(folder), "--quick", "--out", str(out)])
+    contenders = [row["contender"] for row in result["rate"]]
+    assert contenders == ["sentence-transformers", "bertnpu-onnx", "bertnpu-onnx-int8"]
+    assert all(row["pairs_per_s"] > 0 for row in result["rate"])
+    assert result["rate"][1]["max_score_difference"] <= 1e-4  # float32 ONNX scores are sentence-transformers'
+    assert {row["documents"] for row in result["latency"]} == {20, 100}
+    assert json.loads(out.read_text())["benchmark"] == "rerank"
+
+
+def test_npu_pipeline_at_latency_zero_measures_the_host_alone(common_args):
+    """--latency-us 0 models an infinitely fast NPU: the bound is the host rate (it raised ZeroDivisionError)."""
+    result = npu_pipeline.main([*common_args, "--limit", "16", "--cores", "1", "--latency-us", "0"])
+    [row] = result["rows"]
+    assert row["npu_rate"] is None and row["limited_by"] == "host" and row["bound"] == row["host_rate"]
+    with pytest.raises(SystemExit):
+        npu_pipeline.main([*common_args, "--latency-us", "-5"])

@@ -13,7 +13,7 @@ from bundle_edits import rehash, rewrite_manifest, rewrite_tables, table
 from onnx import TensorProto, helper
 
 from bertnpu_runtime import BundleError, EncoderOutputError, SentenceEncoder
-from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, ONNX_ENCODER_FILE, TOKENIZER_FILE
+from bertnpu_runtime.bundle import EMBEDDINGS_FILE, MANIFEST_FILE, ONNX_ENCODER_FILE, TOKENIZER_FILE, Bundle
 
 
 @pytest.mark.parametrize(
@@ -163,3 +163,29 @@ def test_nan_encoder_output_raises_naming_the_text(tiny_bundle):
         pytest.raises(EncoderOutputError, match=r"NaN or infinite values for 1 text\(s\), first at index 2"),
     ):
         encoder.encode(["one", "two", "three"], batch_size=8)
+
+
+@pytest.mark.parametrize("entry", ["../../outside.txt", "/etc/passwd", "calib/../../x", "a\\\\..\\\\b", ""])
+def test_files_entries_must_stay_inside_the_bundle(bundle_copy, entry):
+    data = json.loads((bundle_copy / "bundle.json").read_text())
+    rewrite_manifest(bundle_copy, files={**data["files"], entry: {"sha256": "0" * 64}})
+    with pytest.raises(BundleError, match="must be a path inside the bundle folder"):
+        Bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("digest", ["g" * 64, "A" * 64, "0" * 63 + " "])
+def test_hashes_must_be_hex(bundle_copy, digest):
+    data = json.loads((bundle_copy / "bundle.json").read_text())
+    rewrite_manifest(bundle_copy, files={**data["files"], "tokenizer.json": {"sha256": digest}})
+    with pytest.raises(BundleError, match="64 hex digits"):
+        Bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("key", ["word_embeddings", "position_embeddings", "layer_norm_weight"])
+def test_non_finite_tables_are_named_at_load(bundle_copy, key):
+    with np.load(bundle_copy / "embeddings.npz") as npz:
+        broken = npz[key].copy()
+    broken.flat[3] = np.nan
+    rewrite_tables(bundle_copy, **{key: broken})
+    with pytest.raises(BundleError, match=f"embeddings.npz: {key} holds NaN or infinite values"):
+        SentenceEncoder(bundle_copy, backend="onnx")

@@ -154,3 +154,30 @@ def test_bertnpu_compile_without_the_extra_names_it():
     """,
     )
     assert out.startswith("2 ") and "pip install 'bertnpu[compile]'" in out
+
+
+@pytest.mark.parametrize("problem", ["missing folder", "read-only folder"])
+def test_an_unwritable_output_fails_before_the_encode(problem, tiny_bundle, tmp_path, monkeypatch, capsys):
+    import os
+
+    if problem == "missing folder":
+        output, expected = tmp_path / "no-such-folder" / "v.npy", "does not exist"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        output, expected = locked / "v.npy", "cannot write in"
+        real_mkstemp = __import__("tempfile").mkstemp
+
+        def refused(*args, dir=None, **kwargs):  # root writes anywhere: refuse as a read-only folder would
+            if str(dir) == str(locked):
+                raise PermissionError(13, "Permission denied")
+            return real_mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr("bertnpu_runtime.cli.tempfile.mkstemp", refused)
+    opened = []
+    monkeypatch.setattr("bertnpu_runtime.cli._open", lambda args: opened.append(args))
+    assert main(["encode", "--bundle", str(tiny_bundle), "--output", str(output), "one"]) == 2
+    error = capsys.readouterr().err
+    assert expected in error and len(error.strip().splitlines()) == 1
+    assert opened == []  # no encoder was opened, no work was done
+    assert not os.path.exists(output)

@@ -223,3 +223,50 @@ def test_cli_builds_a_bundle(tiny_model_dir: Path, tmp_path: Path):
     assert "wrote encoder.onnx" in result.stderr and "wrote calib" in result.stderr
     manifest = Bundle(out).manifest
     assert manifest.max_seq_length == 32 and manifest.extra["calibration"]["seed"] == 1
+
+
+def test_sigterm_during_a_build_leaves_no_staging_folder(tiny_model_dir: Path, tmp_path: Path):
+    import signal
+    import time
+
+    out = tmp_path / "bundle"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compile", "--model", str(tiny_model_dir), "--out", str(out), "--calib-samples", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".bundle.partial-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".bundle.partial-*")), "the build never started staging"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert list(tmp_path.iterdir()) == [], "the killed build left files behind"
+
+
+def test_a_later_build_removes_what_a_killed_build_left(tiny_model_dir: Path, tmp_path: Path):
+    import os
+
+    dead = tmp_path / f".bundle.partial-{2**22 + 12345}-x1"  # beyond Linux's pid range: no such process
+    older_version = tmp_path / ".bundle.partial-abc123"  # named before builds recorded their pid
+    live = tmp_path / f".bundle.partial-{os.getpid()}-y2"  # a concurrent build (this process) keeps its own
+    for folder in (dead, older_version, live):
+        folder.mkdir()
+        (folder / "encoder.onnx").write_bytes(b"half")
+    build_bundle(str(tiny_model_dir), tmp_path / "bundle", calib_samples=2)
+    assert not dead.exists() and not older_version.exists() and live.is_dir()
+
+
+def test_a_compile_error_is_one_line(monkeypatch, capsys, tmp_path: Path):
+    from compile import cli
+
+    def fails(*args, **kwargs):
+        raise CompileError("model: cannot export (RuntimeError: first line\n  Traceback detail\n    more)")
+
+    monkeypatch.setattr(cli, "build_bundle", fails)
+    assert cli.main(["--model", "x", "--out", str(tmp_path / "b")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: model: cannot export (RuntimeError: first line Traceback detail more)"

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from conftest import EMBEDDING_FAMILIES
+from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.corpus import ActorsExhaustedError, embed_corpus, read_corpus
@@ -45,11 +47,9 @@ def corpus(tmp_path_factory, sentences):
     return path
 
 
-def read_output(folder):
+def read_output(folder, id_column="doc_id"):
     table = pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("shard-*.parquet"))])
-    return {
-        row_id: vector for row_id, vector in zip(table.column("doc_id").to_pylist(), table.column("vector").to_pylist())
-    }
+    return dict(zip(table.column(id_column).to_pylist(), table.column("vector").to_pylist()))
 
 
 def assert_equal_to_encode(tiny_bundle, folder, sentences):
@@ -58,8 +58,7 @@ def assert_equal_to_encode(tiny_bundle, folder, sentences):
     with SentenceEncoder(tiny_bundle, backend="onnx") as encoder:
         expected = encoder.encode(sentences)
     vectors = np.array([got[f"doc-{i}"] for i in range(len(sentences))], np.float32)
-    cosine = np.sum(vectors * expected, axis=1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1))
-    assert cosine.min() >= 0.99999
+    assert cosine_rows(vectors, expected).min() >= 0.99999
 
 
 def test_two_actors_write_the_vectors_of_encode_by_id(local_ray, tiny_bundle, corpus, sentences, tmp_path):
@@ -197,3 +196,18 @@ def test_uris_pyarrow_reaches(local_ray, tiny_bundle, tmp_path):
     result = embed_corpus(tiny_bundle, f"file://{path}", f"file://{tmp_path}/out", actors=1)
     assert len(result.written) == 1 and (tmp_path / "out" / "shard-00000.parquet").is_file()
     assert not list((tmp_path / "out").glob(".*partial*"))
+
+
+@pytest.mark.parametrize("family", list(EMBEDDING_FAMILIES))
+def test_every_embedding_family(local_ray, family_models, family, tmp_path):
+    _, bundle = family_models[family]
+    texts = ["Un homme joue de la guitare.", "男人在弹吉他。", "남자가 기타를 치고 있다.", "A dog runs 🐕"] * 10
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    result = embed_corpus(bundle, path, tmp_path / "out", actors=1, shard_rows=25)
+    assert len(result.written) == 2 and not result.errors
+    got = read_output(tmp_path / "out", "id")
+    with SentenceEncoder(bundle, backend="onnx") as encoder:
+        expected = encoder.encode(texts)
+    vectors = np.array([got[i] for i in range(len(texts))], np.float32)
+    assert cosine_rows(vectors, expected).min() >= 0.99999

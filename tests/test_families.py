@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from families import train_tokenizer, write_embedding_model
+from conftest import EMBEDDING_FAMILIES as FAMILIES
 from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
@@ -28,32 +28,9 @@ TEXTS = [
     "Crème brûlée, naïve façade 🎸🔥",
     "Two dogs run through a field. " * 12,
 ]
-FAMILIES = {  # family -> its tokenizer's kind
-    "bert-unigram": "unigram",
-    "roberta": "bpe",
-    "xlm-roberta": "unigram",
-    "camembert": "unigram",
-    "mpnet": "mpnet-wordpiece",
-}
 # docs/int8.md: the int8 preview's per-sentence cosine to float32 on the default model is >= 0.98;
 # random tiny models quantize worse, so this only guards against a broken graph.
 INT8_COSINE_FLOOR = 0.9
-
-
-@pytest.fixture(scope="session")
-def tokenizers_by_kind():
-    return {kind: train_tokenizer(kind) for kind in set(FAMILIES.values())}
-
-
-@pytest.fixture(scope="session")
-def family_models(tokenizers_by_kind, tmp_path_factory):
-    """family -> (model folder, bundle with the int8 preview)."""
-    root = tmp_path_factory.mktemp("families")
-    built = {}
-    for family, kind in FAMILIES.items():
-        folder = write_embedding_model(root / family, family, tokenizers_by_kind[kind])
-        built[family] = folder, build_bundle(str(folder), root / f"{family}-bundle", calib_samples=8, int8=True)
-    return built
 
 
 def reference(folder: Path):

@@ -1,7 +1,8 @@
-"""Small random-weight models of each family and task, saved in the layout sentence-transformers
-reads (and `python -m compile` takes), with tokenizers trained on the shipped STS-B text:
-WordPiece (BERT, MPNet), Unigram (XLM-R, and BERT with XLM-R's tokenizer as in
-paraphrase-multilingual-MiniLM) and byte-level BPE (RoBERTa). Nothing reaches the network."""
+"""Random-weight models of each family and task, saved in the layout sentence-transformers reads
+(and `python -m compile` takes), with tokenizers trained on the shipped STS-B text: WordPiece
+(BERT, MPNet), Unigram (XLM-R, and BERT with XLM-R's tokenizer as in paraphrase-multilingual-MiniLM)
+and byte-level BPE (RoBERTa). For tests (small shapes, the default) and benchmarks (`shape=` a real
+model's). Needs torch and transformers (the compile extra); nothing reaches the network."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertnpu_runtime.data import read_sentences, stsb_file
+from ..data import read_sentences, stsb_file
 
 HIDDEN = 48
 LAYERS = 2
@@ -91,7 +92,7 @@ def _save_tokenizer(directory: Path, tokenizer: Tokenizer, family: str) -> int:
     return len(fast)
 
 
-def _config(family: str, vocab_size: int, **extra: object):
+def _config(family: str, vocab_size: int, shape: dict[str, float] | None = None, **extra: object):
     from transformers import BertConfig, CamembertConfig, MPNetConfig, RobertaConfig, XLMRobertaConfig
 
     sizes = dict(
@@ -103,6 +104,7 @@ def _config(family: str, vocab_size: int, **extra: object):
         vocab_size=vocab_size,
         **extra,
     )
+    sizes.update(shape or {})
     if family == "bert-unigram":
         return BertConfig(max_position_embeddings=64, pad_token_id=1, **sizes)
     if family == "mpnet":
@@ -113,15 +115,18 @@ def _config(family: str, vocab_size: int, **extra: object):
     )
 
 
-def write_embedding_model(directory: Path, family: str, tokenizer: Tokenizer, seed: int = 0) -> Path:
+def write_embedding_model(
+    directory: Path, family: str, tokenizer: Tokenizer, seed: int = 0, shape: dict[str, float] | None = None
+) -> Path:
     """A random embedding model of `family` ("bert-unigram", "roberta", "xlm-roberta", "camembert",
-    "mpnet") with mean pooling, as a sentence-transformers folder."""
+    "mpnet") with mean pooling, as a sentence-transformers folder; `shape` overrides the config's
+    sizes (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size)."""
     import torch
     from transformers import AutoModel
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = _config(family, _save_tokenizer(directory, tokenizer, family))
+    config = _config(family, _save_tokenizer(directory, tokenizer, family), shape)
     model = AutoModel.from_config(config).eval()
     with torch.no_grad():  # a non-trivial embedding LayerNorm, so a swapped weight/bias or a wrong eps shows
         model.embeddings.LayerNorm.weight.normal_(1.0, 0.2)
@@ -135,24 +140,31 @@ def write_embedding_model(directory: Path, family: str, tokenizer: Tokenizer, se
         ],
     )
     _write_json(directory / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
-    _write_json(directory / "1_Pooling" / "config.json", {"word_embedding_dimension": HIDDEN, "pooling_mode": "mean"})
+    _write_json(
+        directory / "1_Pooling" / "config.json",
+        {"word_embedding_dimension": config.hidden_size, "pooling_mode": "mean"},
+    )
     return directory
 
 
 def write_cross_encoder(
-    directory: Path, family: str, tokenizer: Tokenizer | None, num_labels: int = 1, seed: int = 0
+    directory: Path,
+    family: str,
+    tokenizer: Tokenizer | None,
+    num_labels: int = 1,
+    seed: int = 0,
+    vocab: list[str] | None = None,
 ) -> Path:
-    """A random reranker: BertForSequenceClassification with the BERT vocabulary of the tests'
-    tiny model (tokenizer None), or XLMRobertaForSequenceClassification with `tokenizer`, as the
-    folders sentence-transformers' CrossEncoder loads (like cross-encoder/ms-marco-MiniLM-L6-v2)."""
+    """A random reranker: BertForSequenceClassification with the WordPiece `vocab` (tokenizer
+    None), or XLMRobertaForSequenceClassification with `tokenizer`, as the folders
+    sentence-transformers' CrossEncoder loads (like cross-encoder/ms-marco-MiniLM-L6-v2)."""
     import torch
-    from conftest import tiny_vocab
     from transformers import AutoModelForSequenceClassification, BertConfig, BertTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     if family == "bert":
-        vocab = tiny_vocab()
+        assert vocab is not None, "a BERT reranker needs its WordPiece vocab"
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         fast = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
         fast.model_max_length = MAX_SEQ_LENGTH
