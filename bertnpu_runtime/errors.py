@@ -28,6 +28,14 @@ class BackendUnavailableError(BertNpuError):
     """The requested encoder backend cannot run here (no device, no .mxq, library not installed)."""
 
 
+class BackendCallError(BertNpuError):
+    """One encoder call failed on the device (the others may succeed): a transient fault."""
+
+
+class NpuCallError(BackendCallError):
+    """An NPU call failed on one core; the message names the core and qbruntime's error code."""
+
+
 class NpuTimeoutError(BertNpuError):
     """An NPU call did not finish within the encoder's npu_timeout_s. The message names the core."""
 

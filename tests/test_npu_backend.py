@@ -12,7 +12,7 @@ from bertnpu_runtime.backends.npu import NpuEncoder
 from bertnpu_runtime.backends.npu_device import probe_npu
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 from bertnpu_runtime.bundle import NpuSpec
-from bertnpu_runtime.errors import BackendUnavailableError, BundleError, EncoderClosedError
+from bertnpu_runtime.errors import BackendUnavailableError, BundleError, EncoderClosedError, NpuCallError
 from bertnpu_runtime.options import NpuOptions
 from bertnpu_runtime.pooling import pool
 from bertnpu_runtime.testing import FakeNpu
@@ -159,8 +159,10 @@ def test_a_call_that_fails_one_sentence_at_a_time_too_raises_and_grouping_stays(
     with npu(mxq, fake, cores=1) as encoder, caplog.at_level("WARNING", logger="bertnpu"):
         for model in fake.models:
             model.dispose()  # every call now raises Model_NotLaunched, whatever its size
-        with pytest.raises(fake.QbRuntimeError, match="Model_NotLaunched"):
-            encoder.run(*batch([5, 5, 5]))
+        with pytest.raises(
+            NpuCallError, match=r"^NPU call failed on \(cluster 0, core 0\): Model_NotLaunched occurred\.$"
+        ):
+            encoder.run(*batch([5, 5, 5]))  # one line, naming the core and qbruntime's code
     assert not [r for r in caplog.records if "one sentence per call" in r.getMessage()]
 
 

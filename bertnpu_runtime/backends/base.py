@@ -76,6 +76,15 @@ class EncoderBackend(Protocol):
         it is done); a backend may run it differently (ONNX: on every thread at once)."""
         ...
 
+    def health(self) -> str | None:
+        """None while the backend can take work; else why not, in one line (a server's /health)."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges for monitoring, by name (the NPU's cores in service, failed and
+        retried calls, timeouts); empty where the backend has none."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -111,6 +120,12 @@ class _RunOnly:
         except Exception as exc:  # noqa: BLE001 - raised again by result(), like a thread's would be
             done.set_exception(exc)
         return done
+
+    def health(self) -> str | None:
+        return None
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         close = getattr(self._backend, "close", None)

@@ -29,12 +29,19 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..bundle import NPU_ADDITIVE_MASK_PAD, NpuSpec
-from ..errors import BackendUnavailableError, BundleError, EncoderClosedError, NpuTimeoutError, first_line
+from ..errors import (
+    BackendUnavailableError,
+    BundleError,
+    EncoderClosedError,
+    NpuCallError,
+    NpuTimeoutError,
+    first_line,
+)
 from ..options import NpuOptions
 from .base import BackendHints
 from .npu_device import (
@@ -81,6 +88,8 @@ class NpuEncoder:
     CLOSE_TIMEOUT_S = 5.0
     # A core whose calls fail this many times in a row is taken out of service; the others go on.
     FAILURES_BEFORE_OUT_OF_SERVICE = 3
+    # How often an out-of-service core gets a probe call; it rejoins when one succeeds.
+    PROBE_INTERVAL_S = 30.0
 
     name = "npu"
     # The pipeline keeps this much queued: about 25 MB of hidden states, and on STS-B-like text
@@ -120,13 +129,14 @@ class NpuEncoder:
         group_sentences = options.group_sentences
         self._group = core_mode == "multi" if group_sentences is None else bool(group_sentences)
         self._models: list[Any] = []
-        # (inputs, its PendingBatch, call index) per queued call; None stops a worker
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # None stops a worker
+        self._stopping = threading.Event()  # set by close(): out-of-service workers stop probing
+        self.calls_failed = self.calls_retried = self.timeouts = 0
         self._widths: dict[int, int] = {}  # sentence length -> width it runs at
         self._outstanding = 0  # calls queued or running
         self._lock = threading.Lock()  # guards _outstanding, and _closed against queueing
         self._workers: list[threading.Thread] = []
-        self._running: dict[tuple[int, int], float] = {}  # core -> when its current call started
+        self._running: dict[tuple[int, int], tuple[float, _Call]] = {}  # core -> (when it started, its call)
         self._in_service: list[tuple[int, int]] = []
         self._out_of_service: dict[tuple[int, int], str] = {}  # core -> its last failure
         self._closed = False
@@ -250,7 +260,9 @@ class NpuEncoder:
         inputs = [self._call_inputs(hidden, lengths, rows, width) for rows, width in calls]
         seq = hidden.shape[1]
         whole = len(calls) == 1 and len(calls[0][0]) == len(lengths) and calls[0][1] == seq and lengths.min() == seq
-        batch = PendingBatch(hidden.shape, calls, whole, self._call_output, self.timeout_s, self._stuck_cores)
+        batch = PendingBatch(
+            hidden.shape, calls, whole, self._call_output, self.timeout_s, self._stuck_cores, self._count_timeout
+        )
         with self._lock:  # so that close() cannot slip in between: no call is queued behind the workers' stop
             if self._closed:
                 raise EncoderClosedError("the encoder is closed: NpuEncoder.submit() called after close()")
@@ -258,8 +270,35 @@ class NpuEncoder:
                 raise self._no_core_left()
             self._outstanding += len(calls)
             for index, call_inputs in enumerate(inputs):
-                self._calls.put((call_inputs, batch, index))
+                self._calls.put(_Call(call_inputs, batch, index))
         return batch
+
+    def health(self) -> str | None:
+        """None while some core in service can take calls; else why not, in one line: the encoder
+        is closed, no core is in service, or every core in service has been inside one call for
+        longer than timeout_s (hung)."""
+        if self._closed:
+            return "the encoder is closed"
+        in_service = list(self._in_service)
+        if not in_service:
+            failed = ", ".join(f"{slot_name(slot)}: {why}" for slot, why in sorted(self._out_of_service.items()))
+            return f"no NPU core is in service ({failed}); out-of-service cores are probed every {self.PROBE_INTERVAL_S:g} s"
+        now = time.monotonic()
+        stuck = [core for core in in_service if now - self._running.get(core, (now, None))[0] > self.timeout_s]
+        if len(stuck) == len(in_service):
+            return (
+                f"every NPU core in service has been inside one call for more than npu_timeout_s="
+                f"{self.timeout_s:g} s ({self._stuck_cores()})"
+            )
+        return None
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "npu_cores_in_service": len(self._in_service),
+            "npu_call_failures": self.calls_failed,
+            "npu_call_retries": self.calls_retried,
+            "npu_timeouts": self.timeouts,
+        }
 
     @property
     def cores_in_service(self) -> list[tuple[int, int]]:
@@ -350,50 +389,113 @@ class NpuEncoder:
         return inputs
 
     def _serve(self, model: Any, core: tuple[int, int]) -> None:
-        """A core's worker: run queued calls on `model` until told to stop, or until its calls have
-        failed FAILURES_BEFORE_OUT_OF_SERVICE times in a row."""
-        failures = 0  # in a row
-        while (call := self._calls.get()) is not None:
-            inputs, batch, index = call
-            batch.started = True  # before reading `cancelled`: see PendingBatch.cancel
-            if batch.cancelled:
-                output: np.ndarray | BaseException = CancelledError()
-            else:
-                self._running[core] = time.monotonic()
-                try:
-                    output = self._infer(model, inputs)
-                    failures = 0
-                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
-                    output = exc
-                    failures += 1
-                del self._running[core]
-            with self._lock:
-                self._outstanding -= 1
-            batch.report(index, output)
-            if isinstance(output, BaseException) and failures >= self.FAILURES_BEFORE_OUT_OF_SERVICE:
-                self._take_out_of_service(core, output)
+        """A core's worker: run queued calls on `model` until told to stop. After
+        FAILURES_BEFORE_OUT_OF_SERVICE failed calls in a row the core leaves service; it is probed
+        every PROBE_INTERVAL_S and rejoins when a probe call succeeds."""
+        while True:
+            failure = self._serve_until_out_of_service(model, core)
+            if failure is None:
+                return  # told to stop
+            self._take_out_of_service(core, failure)
+            if not self._probe_until_recovered(model, core):
                 return
 
+    def _serve_until_out_of_service(self, model: Any, core: tuple[int, int]) -> BaseException | None:
+        """Run calls; the last failure once the core has failed too many in a row, None on stop."""
+        failures = 0  # in a row
+        last_failure: BaseException | None = None
+        while (call := self._calls.get()) is not None:
+            if call.avoid == core and len(self._in_service) > 1:  # a retry goes to another core
+                self._calls.put(call)
+                time.sleep(0.001)  # let a worker of another core take it
+                continue
+            call.batch.started = True  # before reading `cancelled`: see PendingBatch.cancel
+            if call.batch.cancelled:
+                output: np.ndarray | BaseException | None = CancelledError()
+            else:
+                self._running[core] = (time.monotonic(), call)
+                try:
+                    output = self._infer(model, call.inputs)
+                    failures = 0
+                except self._qb.QbRuntimeError as exc:
+                    self.calls_failed += 1
+                    failures += 1
+                    output = last_failure = NpuCallError(f"NPU call failed on {slot_name(core)}: {first_line(exc)}")
+                    output.__cause__ = exc
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for this batch
+                    output = last_failure = exc
+                    failures += 1
+                del self._running[core]
+                if isinstance(output, NpuCallError) and call.avoid is None and self._retry_elsewhere(call, core):
+                    output = None  # queued again; another core reports it
+            if output is not None:
+                with self._lock:
+                    self._outstanding -= 1
+                call.batch.report(call.position, output)
+            if failures >= self.FAILURES_BEFORE_OUT_OF_SERVICE and last_failure is not None:
+                return last_failure
+        return None
+
+    def _retry_elsewhere(self, call: _Call, core: tuple[int, int]) -> bool:
+        """Queue a failed call again for another core in service, once; False when there is none."""
+        with self._lock:
+            if self._closed or not any(other != core for other in self._in_service):
+                return False
+            self.calls_retried += 1
+            self._calls.put(call._replace(avoid=core))
+        return True
+
+    def _probe_until_recovered(self, model: Any, core: tuple[int, int]) -> bool:
+        """Every PROBE_INTERVAL_S, one small call on the out-of-service core; when it succeeds the
+        core rejoins service (True). False once the encoder is closing."""
+        while not self._stopping.wait(self.PROBE_INTERVAL_S):
+            try:
+                self._infer(model, self._probe_inputs())
+            except BaseException as exc:  # noqa: BLE001 - the core stays out; the next probe tries again
+                self._out_of_service[core] = first_line(exc)
+                continue
+            with self._lock:
+                if self._closed:
+                    return False
+                self._out_of_service.pop(core, None)
+                self._in_service.append(core)
+            logger.warning("npu backend: core %s answered a probe call and is back in service", slot_name(core))
+            return True
+        return False
+
+    def _probe_inputs(self) -> list[np.ndarray]:
+        """One sentence of zeros at the shortest width the .mxq takes."""
+        width = min(self._width_for(length) for length in (1, 2, 4, 8, 16, 32, 64) if self._fits(length))
+        hidden = np.zeros((1, width, self.hidden_size), np.float32)
+        return self._call_inputs(hidden, np.array([width]), np.array([0]), width)
+
+    def _fits(self, length: int) -> bool:
+        try:
+            self._width_for(length)
+        except ValueError:
+            return False
+        return True
+
     def _take_out_of_service(self, core: tuple[int, int], failure: BaseException) -> None:
-        """Stop giving `core` calls. When it was the last core, the calls still queued fail, and so
-        does every later submit()."""
+        """Stop giving `core` calls (its worker probes it from now on). When it was the last core,
+        the calls still queued fail, and so does every submit() until a core recovers."""
         with self._lock:
             self._in_service.remove(core)
             self._out_of_service[core] = first_line(failure)
             left = list(self._in_service)
-            orphans = (
-                [] if left else self._take_queued()
-            )  # no worker will take these: fail them now, not at the timeout
+            orphans = [] if left else self._take_queued()  # no worker will take these: fail them now
         logger.warning(
-            "npu backend: core %s failed %d calls in a row (last: %s) and is out of service; cores still in service: %s",
+            "npu backend: core %s failed %d calls in a row (last: %s) and is out of service (probed every %g s); "
+            "cores still in service: %s",
             slot_name(core),
             self.FAILURES_BEFORE_OUT_OF_SERVICE,
             first_line(failure),
+            self.PROBE_INTERVAL_S,
             ", ".join(slot_name(s) for s in left) or "none",
         )
         _fail(orphans, self._no_core_left())
 
-    def _take_queued(self) -> list[tuple[list[np.ndarray], PendingBatch, int]]:
+    def _take_queued(self) -> list[_Call]:
         """Every call still queued, taken off the queue (holding self._lock); workers' stops are dropped."""
         taken = []
         while True:
@@ -413,10 +515,14 @@ class NpuEncoder:
             f"({failed}). close() this encoder and open a new one (after a device reset, or on other cores)"
         )
 
+    def _count_timeout(self) -> None:
+        self.timeouts += 1
+
     def _stuck_cores(self) -> str:
         """The cores inside a call, and for how long, for a timeout's message."""
         now = time.monotonic()
-        busy = [f"{slot_name(slot)} for {now - started:.1f} s" for slot, started in sorted(self._running.items())]
+        running = sorted((slot, started) for slot, (started, _) in self._running.items())
+        busy = [f"{slot_name(slot)} for {now - started:.1f} s" for slot, started in running]
         return "busy: " + ", ".join(busy) if busy else "no core is inside a call (the calls are queued)"
 
     def _infer(self, model: Any, inputs: list[np.ndarray]) -> np.ndarray:
@@ -461,6 +567,7 @@ class NpuEncoder:
         in (at most CLOSE_TIMEOUT_S), dispose every launched model and stop the worker threads.
         Safe to call twice, and from another thread than the one encoding: the cores are free for
         a new encoder when it returns (but for one still inside a call past the time limit)."""
+        self._stopping.set()
         with self._lock:
             self._closed = True
             queued = self._take_queued()
@@ -472,6 +579,12 @@ class NpuEncoder:
             worker.join(max(0.0, deadline - time.monotonic()))
         stuck = {core for core, worker in zip(getattr(self, "cores", []), self._workers) if worker.is_alive()}
         self._workers = []
+        for core in stuck:  # whoever waits for a call the core never finishes hears it now, not at the timeout
+            running = self._running.get(core)
+            if running is not None:
+                _fail(
+                    [running[1]], EncoderClosedError(f"the encoder was closed while {slot_name(core)} did not answer")
+                )
         models, self._models = self._models, []
         for model, core in zip(models, getattr(self, "cores", [])):
             if core in stuck:  # its worker is still inside infer: disposing under it could hang too
@@ -498,6 +611,15 @@ class NpuEncoder:
         self.close()
 
 
+class _Call(NamedTuple):
+    """One infer call queued for the cores."""
+
+    inputs: list[np.ndarray]
+    batch: PendingBatch
+    position: int  # the call's place in its batch
+    avoid: tuple[int, int] | None = None  # a retry: the core whose call failed
+
+
 class PendingBatch:
     """A batch whose calls are queued on the NPU cores; `result()` waits for them and assembles the output."""
 
@@ -509,7 +631,9 @@ class PendingBatch:
         call_output: Callable[[np.ndarray, int, int], np.ndarray],
         timeout_s: float = math.inf,
         stuck_cores: Callable[[], str] = lambda: "",
+        on_timeout: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_timeout = on_timeout
         self._timeout_s = timeout_s
         self._stuck_cores = stuck_cores
         self._shape = shape
@@ -556,6 +680,7 @@ class PendingBatch:
             try:
                 index, result = self._results.get(timeout=self._timeout_s)
             except queue.Empty:
+                self._on_timeout()
                 return None, NpuTimeoutError(
                     f"an NPU call gave no result within npu_timeout_s={self._timeout_s:g} s; {self._stuck_cores()}. "
                     "The core may be hung: close() this encoder and open a new one (other cores, or after a reset)"
@@ -572,10 +697,10 @@ class PendingBatch:
         return output, error
 
 
-def _fail(calls: list[tuple[list[np.ndarray], PendingBatch, int]], error: BaseException) -> None:
+def _fail(calls: list[_Call], error: BaseException) -> None:
     """Report `error` for each of these calls taken off the queue."""
-    for _, batch, index in calls:
-        batch.report(index, error)
+    for call in calls:
+        call.batch.report(call.position, error)
 
 
 def _check_scheme(mxq_path: Path, npu_spec: NpuSpec, core_mode: str) -> None:

@@ -154,6 +154,13 @@ class OnnxEncoder:
             return EncoderClosedError("the encoder was closed while this batch ran")
         return error
 
+    def health(self) -> str | None:
+        """None while open; ONNX Runtime has no device to lose."""
+        return "the encoder is closed" if self._closed else None
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         """Fail the batches not started with EncoderClosedError, stop the running ones (ONNX
         Runtime's terminate flag; at most CLOSE_TIMEOUT_S), then drop the threads and sessions.

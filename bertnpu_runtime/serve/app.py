@@ -28,6 +28,13 @@ from starlette.routing import Route
 
 from ..cross_encoder import CrossEncoder
 from ..encoder import SentenceEncoder
+from ..errors import (
+    BackendCallError,
+    BackendUnavailableError,
+    EncoderClosedError,
+    NpuTimeoutError,
+    first_line,
+)
 from ..heads import activate
 from ..opening import open_model
 from ..options import BackendOptions
@@ -48,6 +55,9 @@ from .requests import (
 logger = logging.getLogger("bertnpu.serve")
 
 RETRY_AFTER_S = "1"
+# After SIGTERM, what is queued or running gets this long; then it is answered 503 and the encoder
+# closed (at most NpuEncoder.CLOSE_TIMEOUT_S more): a stop takes at most about 15 s, within a 30 s grace.
+STOP_DRAIN_S = 10.0
 Model = SentenceEncoder | CrossEncoder
 # A request with more characters than this is tokenized on a thread, so the event loop goes on
 # answering other clients (a short request is tokenized in place: a thread hop costs more).
@@ -106,13 +116,49 @@ class ModelService:
         self.ready.set()
         on_ready(self)
 
+    def begin_stop(self, drain_s: float = STOP_DRAIN_S) -> None:
+        """A stop was asked for (SIGTERM): new requests get 503; what is queued or running gets
+        `drain_s` to finish, then fails with 503 and the encoder is closed, which ends calls still
+        on the device (a hung NPU core included) within its close bound. Returns at once."""
+        if self.state == "stopping":
+            return
+        self.state = "stopping"
+        threading.Thread(
+            target=self._end_by, args=(time.monotonic() + drain_s,), name="bertnpu-stop", daemon=True
+        ).start()
+
+    def _end_by(self, deadline: float) -> None:
+        batcher = self.batcher
+        while batcher is not None and not batcher.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if batcher is not None and not batcher.idle:
+            stopped = RequestError(503, "the server is stopping; send the request again", code="stopping")
+            failed = batcher.fail_queued(stopped)
+            logger.warning("bertnpu serve: stopping; %d queued request(s) answered 503, closing the encoder", failed)
+            if self.encoder is not None:
+                self.encoder.close()  # in-flight calls end with EncoderClosedError: their requests get 503
+
     def close(self) -> None:
-        """Run what is queued, then release the encoder (the NPU models)."""
+        """Release the batcher and the encoder (the NPU models); after begin_stop's drain, or at once."""
         self.state = "stopping"
         if self.batcher is not None:
-            self.batcher.close()
+            self.batcher.close(timeout_s=STOP_DRAIN_S)
         if self.encoder is not None:
             self.encoder.close()
+
+    def health(self) -> str | None:
+        """None when requests can be served; else why not, in one line."""
+        if self.state != "ok" or self.encoder is None:
+            return self.failure or f"the server is {self.state}"
+        return self.encoder.pipeline.backend.health()
+
+    def backend_stats(self) -> dict[str, float]:
+        if self.encoder is None:
+            return {}
+        try:
+            return self.encoder.pipeline.backend.stats()
+        except EncoderClosedError:  # scraped while stopping
+            return {}
 
     def opened(self) -> Model:
         """The model, once open; before, a 503 for the request that asks."""
@@ -215,7 +261,10 @@ class ModelService:
         except QueueFull as exc:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
-        outputs = await future
+        try:
+            outputs = await future
+        except (BackendCallError, BackendUnavailableError, NpuTimeoutError, EncoderClosedError) as exc:
+            raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))
         self.metrics.tokens.inc(tokens)
         return outputs, tokens
@@ -240,7 +289,8 @@ def create_app(
     on_failure: Callable[[str], None] = lambda failure: None,
 ) -> Starlette:
     """The Starlette app. The encoder opens in the background once the server starts."""
-    metrics = Metrics()
+    service: ModelService
+    metrics = Metrics(lambda: service.backend_stats())
     opener = open_encoder or (lambda: open_model(settings.bundle, settings.backend))
     service = ModelService(settings, metrics, opener)
 
@@ -346,13 +396,15 @@ def create_app(
         return route
 
     async def health(request: Request) -> Response:
-        status: dict[str, Any] = {"status": service.state, "model": service.model_name}
+        problem = service.health()
+        status: dict[str, Any] = {"status": "ok" if problem is None else service.state, "model": service.model_name}
         if service.encoder is not None and service.state == "ok":
             encoder = service.encoder
             status.update(backend=encoder.backend, npu_cores_in_service=encoder.npu_cores_in_service)
-        if service.failure:
-            status["error"] = service.failure
-        return _json(status, 200 if service.state == "ok" else 503, retry=service.state == "starting")
+        if problem is not None:
+            status["status"] = "unhealthy" if service.state == "ok" else service.state
+            status["error"] = problem
+        return _json(status, 200 if problem is None else 503, retry=problem is not None and service.state != "failed")
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)

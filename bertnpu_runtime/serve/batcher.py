@@ -5,7 +5,9 @@ Requests from the event loop join the queue; a worker thread takes everything qu
 request arrived for more to come, and runs them as one `encode()` while the next batch gathers.
 `workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
 always has one call's batches to run while another call embeds and pools.
-Each request's vectors go back to its asyncio future. The queue holds at most
+Each request's vectors go back to its asyncio future. When a batch of several requests fails with
+a transient device fault (BackendCallError), each request is run again alone, so one request fails
+only when its own texts cannot be encoded. The queue holds at most
 `max_queue_requests` requests: one more is refused at once (QueueFull), so overload never grows
 memory. A vector does not depend on which other requests shared its batch beyond float rounding.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BackendCallError
 from ..tokenize import TokenRows
 
 
@@ -58,6 +61,7 @@ class Batcher:
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._running = 0  # requests inside an encode()
         self._threads = [
             threading.Thread(target=self._run, name=f"bertnpu-batcher-{i}", daemon=True) for i in range(workers)
         ]
@@ -67,6 +71,20 @@ class Batcher:
     @property
     def queued_requests(self) -> int:
         return len(self._jobs)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being encoded."""
+        with self._cond:
+            return not self._jobs and not self._running
+
+    def fail_queued(self, error: BaseException) -> int:
+        """Fail every queued request with `error` (a stop that cannot wait); returns how many."""
+        with self._cond:
+            jobs, self._jobs = list(self._jobs), deque()
+            self._queued_tokens = 0
+        _fail(jobs, error)
+        return len(jobs)
 
     def submit(self, rows: TokenRows) -> asyncio.Future:
         """Queue one request's token rows; await the future for their vectors. Call from the
@@ -95,16 +113,30 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             try:
-                vectors = self._encode(TokenRows.concatenate([job.rows for job in batch]))
-            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                self._encode_and_settle(batch)
+            finally:
+                with self._cond:
+                    self._running -= len(batch)
+
+    def _encode_and_settle(self, batch: list[_Job]) -> None:
+        """Encode the batch's requests together and hand each its vectors, or the error."""
+        try:
+            vectors = self._encode(TokenRows.concatenate([job.rows for job in batch]))
+        except BackendCallError as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+            else:  # one faulty call must not fail the requests that shared its batch
                 for job in batch:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
-                continue
-            start = 0
-            for job in batch:
-                end = start + len(job.rows)
-                job.loop.call_soon_threadsafe(_settle, job.future, vectors[start:end], None)
-                start = end
+                    self._encode_and_settle([job])
+            return
+        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+            _fail(batch, exc)
+            return
+        start = 0
+        for job in batch:
+            end = start + len(job.rows)
+            job.loop.call_soon_threadsafe(_settle, job.future, vectors[start:end], None)
+            start = end
 
     def _next_batch(self) -> list[_Job] | None:
         """The requests of the next encode(): all queued up to the token budget, once the budget is
@@ -126,6 +158,7 @@ class Batcher:
                 tokens += self._jobs[0].tokens
                 batch.append(self._jobs.popleft())
             self._queued_tokens -= tokens
+            self._running += len(batch)
             return batch
 
 
@@ -136,3 +169,8 @@ def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseExcept
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _fail(jobs: list[_Job], error: BaseException) -> None:
+    for job in jobs:
+        job.loop.call_soon_threadsafe(_settle, job.future, None, error)

@@ -1,8 +1,9 @@
 """`bertnpu serve`: the app on uvicorn, one ready line in the log, and a graceful stop.
 
-SIGTERM or SIGINT stops accepting connections, lets the requests in flight finish (the batcher runs
-what is queued), closes the encoder (the NPU models are released) and exits 0. A second SIGINT
-forces the exit.
+SIGTERM or SIGINT stops accepting connections and gives the requests in flight STOP_DRAIN_S (10 s)
+to finish (the batcher runs what is queued); what is left then is answered 503, the encoder is
+closed (the NPU models are released, a hung core's call abandoned after its 5 s close bound) and
+the process exits 0: a stop takes at most about 15 s. A second SIGINT forces the exit.
 """
 
 from __future__ import annotations
@@ -11,18 +12,25 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
-from .app import ModelService, ServeSettings, create_app
+from ..backends.npu import NpuEncoder
+from .app import STOP_DRAIN_S, Model, ModelService, ServeSettings, create_app
 
 logger = logging.getLogger("bertnpu.serve")
 
-GRACEFUL_SHUTDOWN_S = 30
+# uvicorn's own wait for open connections: past the drain, with room for the encoder's close.
+GRACEFUL_SHUTDOWN_S = int(STOP_DRAIN_S + NpuEncoder.CLOSE_TIMEOUT_S) + 2
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # As uvicorn's own, without re-raising the signal after the graceful stop: `bertnpu serve`
         # stopped on request exits 0.
@@ -30,11 +38,17 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+            self._on_stop()
 
 
-def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> int:
+def serve(
+    settings: ServeSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    open_encoder: Callable[[], Model] | None = None,
+) -> int:
     """Run the server until stopped; the exit code: 0 after a requested stop, 2 when the encoder
-    could not be opened."""
+    could not be opened. `open_encoder` replaces opening settings.bundle (a test double's encoder)."""
     failed: list[str] = []
     server: _Server
 
@@ -56,7 +70,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
         logger.error("bertnpu serve: cannot open the encoder: %s", failure)
         server.should_exit = True
 
-    app = create_app(settings, on_ready=on_ready, on_failure=on_failure)
+    app = create_app(settings, open_encoder=open_encoder, on_ready=on_ready, on_failure=on_failure)
     config = uvicorn.Config(
         app,
         host=host,
@@ -66,7 +80,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
     )
-    server = _Server(config)
+    server = _Server(config, on_stop=app.state.service.begin_stop)
     threading.current_thread().name = "bertnpu-serve"
     server.run()
     return 2 if failed else 0

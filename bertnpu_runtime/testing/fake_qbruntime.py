@@ -425,6 +425,10 @@ class FakeNpu:
         """Make every infer on `core` block until `unhang` is set (a card that never answers)."""
         self._faults[(core[0], core[1])] = ("hang", None)
 
+    def heal_core(self, core: tuple[int, int]) -> None:
+        """Clear `core`'s fault, as a device that recovered: its calls succeed again."""
+        self._faults.pop((core[0], core[1]), None)
+
     def _inject_fault(self, core: tuple[int, int]) -> None:
         with self._lock:
             number = self._core_calls[core] = self._core_calls.get(core, 0) + 1
