@@ -20,6 +20,10 @@ from .wordpiece import FastWordPiece
 # Texts longer than this many characters per allowed token are tokenized from a prefix first
 # (cut at whitespace), so a huge input costs a few milliseconds instead of seconds.
 _CHARS_PER_TOKEN_BOUND = 32
+# A text whose bounded prefix yields fewer tokens than max_seq_length (a run of emoji, combining
+# marks or spaces: many characters, few tokens) is tokenized again from at most this many characters
+# per allowed token; whatever lies beyond is left out and the text is reported as truncated.
+_CHARS_PER_TOKEN_CAP = 1024
 # Texts tokenized between two pauses (see Tokenizer._encode_plain).
 _TEXTS_PER_GIL_YIELD = 192
 # Lets a thread waiting for the GIL take it. time.sleep(0) would too, but sleeps for Linux's timer
@@ -60,6 +64,7 @@ class Tokenizer:
         self._bert_words = _splits_bert_words(config)
         self._largest_id = _largest_id(self._tokenizer, config)
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
+        self._char_cap = max_seq_length * _CHARS_PER_TOKEN_CAP
 
     def largest_id(self) -> int:
         """The largest token id this tokenizer can produce: its vocabulary, added tokens and the
@@ -104,11 +109,13 @@ class Tokenizer:
             encodings = self._tokenizer.encode_batch_fast(bounded)
         ids, types, cut = [], [], []
         for encoding, pair, prefixes in zip(encodings, pairs, bounded):
+            capped = pair
             if prefixes != pair and not encoding.overflowing:  # a cut text turned out to fit after all
-                encoding = self._tokenizer.encode(*pair)
+                capped = (self._capped(pair[0]), self._capped(pair[1]))
+                encoding = self._tokenizer.encode(*capped)
             ids.append(encoding.ids)
             types.append(encoding.type_ids)
-            cut.append(bool(encoding.overflowing))
+            cut.append(bool(encoding.overflowing) or capped != pair)
         return TokenRows.from_lists(ids, cut, types)
 
     def _encode_plain(self, fast: FastWordPiece, texts: list[str]) -> TokenRows:
@@ -135,7 +142,10 @@ class Tokenizer:
         bounded = self._bounded(text)
         row = fast.encode(bounded, self.max_seq_length)
         if row is not None and bounded is not text and not row[1]:
-            row = fast.encode(text, self.max_seq_length)
+            capped = self._capped(text)
+            row = fast.encode(capped, self.max_seq_length)
+            if row is not None and capped is not text:
+                row = (row[0], True)
         return row
 
     def _library_ids(self, texts: list[str]) -> list[tuple[list[int], bool]]:
@@ -148,9 +158,11 @@ class Tokenizer:
             encodings = self._tokenizer.encode_batch_fast(bounded)
         rows = []
         for encoding, text, prefix in zip(encodings, texts, bounded):
-            if prefix is not text and not encoding.overflowing:
-                encoding = self._tokenizer.encode(text)
-            rows.append((encoding.ids, bool(encoding.overflowing)))
+            capped = text
+            if prefix is not text and not encoding.overflowing:  # the prefix did not fill max_seq_length
+                capped = self._capped(text)
+                encoding = self._tokenizer.encode(capped)
+            rows.append((encoding.ids, bool(encoding.overflowing) or capped is not text))
         return rows
 
     def _bounded(self, text: str) -> str:
@@ -161,8 +173,19 @@ class Tokenizer:
             return text
         if not self._bert_words:  # another pipeline's word starts are not known here: spaces only
             cut = text.rfind(" ", 0, self._char_bound)
-            return text[:cut] if cut > 0 else text
+            return text[:cut] if cut > 0 else self._capped(text)
         return text[: _word_start_before(text, self._char_bound)]
+
+    def _capped(self, text: str) -> str:
+        """The text itself, or at most _CHARS_PER_TOKEN_CAP characters per allowed token of it, cut
+        where a word starts (a space for other tokenizers) when one is near: what tokenizing a text
+        whose bounded prefix did not fill max_seq_length may cost. A cut text is reported truncated."""
+        if len(text) <= self._char_cap:
+            return text
+        if self._bert_words:
+            return text[: _word_start_before(text, self._char_cap)]
+        cut = text.rfind(" ", self._char_cap - _WORD_START_SEARCH, self._char_cap)
+        return text[: cut if cut > 0 else self._char_cap]
 
 
 # A cut looks this far back for a word start. A run this long without one is a single word of
