@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .backends.base import EncoderBackend, as_encoder_backend
+from .backends.npu import NpuEncoder
 from .backends.selection import open_backend
 from .bundle import EMBEDDINGS_FILE, TOKENIZER_FILE, Bundle
 from .embedding import EmbeddingLayer
@@ -131,7 +132,8 @@ class BundleModel:
     def npu_cores_in_service(self) -> list[tuple[int, int]]:
         """The NPU cores still taking calls, as (cluster, core) pairs; a core whose calls keep
         failing is taken out of service. Empty when the encoder does not run on the NPU."""
-        return list(getattr(self.pipeline.backend, "cores_in_service", []))
+        backend = self.pipeline.backend
+        return backend.cores_in_service if isinstance(backend, NpuEncoder) else []
 
     def _usable_pipeline(self) -> Pipeline:
         """The pipeline, in the process that opened it (a forked child would wait forever on

@@ -336,3 +336,24 @@ def test_calibration_input_shape_is_what_the_compiler_needs(tiny_bundle: Path):
     for path in (tiny_bundle / CALIB_DIR).glob("*.npy"):
         array = np.load(path)
         assert array.ndim == 3 and array.shape[0] == 1 and array.flags.c_contiguous
+
+
+@pytest.mark.parametrize("family", ["xlm-roberta", "mpnet"])
+def test_other_families_compile_with_mobilints_recipes(stand_in, family, family_models, tmp_path: Path):
+    """The whole model wraps only the inputs its forward takes (MPNet has no token types); the
+    encoder recipe is the same for every family. bundle.json says the graph is untried on a card."""
+    folder, _ = family_models[family]
+    calls = stand_in()
+    out = build(folder, tmp_path / "b", mxq=True)
+    [(_, whole)] = calls
+    expected_inputs = ["input_ids", "attention_mask"] if family == "mpnet" else list(MODEL_INPUTS)
+    assert list(whole["feed_dict"]) == expected_inputs and set(whole) == PUBLISHED_MXQ_KEYWORDS
+    npu = Bundle(out).manifest.npu
+    assert (
+        npu.run_on_a_card is False
+        and json.loads((out / MANIFEST_FILE).read_text())["npu"]["compiled_inputs"] == expected_inputs
+    )
+    calls.clear()
+    build(folder, tmp_path / "e", mxq=True, npu_graph="encoder")
+    [(_, encoder)] = calls
+    assert type(encoder["model"]).__name__ == "BertBody" and set(encoder) == ENCODER_MXQ_KEYWORDS
