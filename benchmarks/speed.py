@@ -121,7 +121,7 @@ def family_speed(sentences: list[str], repeats: int, threads: int) -> list[dict[
     for family, kind in FAMILY_TOKENIZERS.items():
         folder, bundle = cache / family, cache / f"{family}-bundle"
         if not (bundle / "bundle.json").is_file():
-            write_embedding_model(folder, family, train_tokenizer(kind), shape=MINILM_SHAPE)
+            write_embedding_model(folder, family, train_tokenizer(kind), shape=MINILM_SHAPE, max_seq_length=256)
             build_bundle(str(folder), bundle, force=True)
         contenders = build_contenders(bundle, folder, threads)
         try:

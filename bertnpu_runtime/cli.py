@@ -144,9 +144,7 @@ def _embed_corpus(args: argparse.Namespace) -> int:
 
         from .corpus import embed_corpus
     except ImportError as exc:
-        raise BackendUnavailableError(
-            f"bertnpu embed-corpus needs the ray extra: pip install 'bertnpu[ray]' ({exc})"
-        ) from exc
+        raise _missing_extra("embed-corpus", "ray", exc) from exc
     result = embed_corpus(
         args.bundle,
         args.input,
@@ -167,6 +165,10 @@ def _embed_corpus(args: argparse.Namespace) -> int:
         f"{f', {len(result.errors)} row(s) without a vector' if result.errors else ''}"
     )
     return 1 if result.errors else 0
+
+
+def _missing_extra(command: str, extra: str, exc: ImportError) -> BackendUnavailableError:
+    return BackendUnavailableError(f"bertnpu {command} needs the {extra} extra: pip install 'bertnpu[{extra}]' ({exc})")
 
 
 def _positive_int(text: str) -> int:
@@ -227,9 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .serve.app import ServeSettings
         from .serve.server import serve
     except ImportError as exc:
-        raise BackendUnavailableError(
-            f"bertnpu serve needs the serve extra: pip install 'bertnpu[serve]' ({exc})"
-        ) from exc
+        raise _missing_extra("serve", "serve", exc) from exc
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms must be at least 0, found {args.max_wait_ms}")
     logging.getLogger("bertnpu.serve").setLevel(logging.INFO)

@@ -68,7 +68,7 @@ def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def _save_tokenizer(directory: Path, tokenizer: Tokenizer, family: str) -> int:
+def _save_tokenizer(directory: Path, tokenizer: Tokenizer, family: str, max_seq_length: int = MAX_SEQ_LENGTH) -> int:
     """As transformers saves a fast tokenizer of the family's class (so AutoTokenizer reads it);
     returns its size with the tokens that class adds (CamemBERT's adds three)."""
     from transformers import (
@@ -87,12 +87,13 @@ def _save_tokenizer(directory: Path, tokenizer: Tokenizer, family: str) -> int:
     }[family]
     specials = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>")
     fast = kind(tokenizer_object=tokenizer, pad_token="<pad>", mask_token="<mask>", **specials)
-    fast.model_max_length = MAX_SEQ_LENGTH
+    fast.model_max_length = max_seq_length
     fast.save_pretrained(str(directory))
     return len(fast)
 
 
-def _config(family: str, vocab_size: int, shape: dict[str, float] | None = None, **extra: object):
+def _config(family: str, vocab_size: int, shape: dict[str, float] | None = None, positions: int = 64, **extra: object):
+    """The family's config; `positions` usable positions (RoBERTa-likes and MPNet get two more)."""
     from transformers import BertConfig, CamembertConfig, MPNetConfig, RobertaConfig, XLMRobertaConfig
 
     sizes = dict(
@@ -106,17 +107,29 @@ def _config(family: str, vocab_size: int, shape: dict[str, float] | None = None,
     )
     sizes.update(shape or {})
     if family == "bert-unigram":
-        return BertConfig(max_position_embeddings=64, pad_token_id=1, **sizes)
+        return BertConfig(max_position_embeddings=positions, pad_token_id=1, **sizes)
     if family == "mpnet":
-        return MPNetConfig(max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2, **sizes)
+        return MPNetConfig(
+            max_position_embeddings=positions + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2, **sizes
+        )
     config_class = {"roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig, "camembert": CamembertConfig}[family]
     return config_class(
-        max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **sizes
+        max_position_embeddings=positions + 2,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        **sizes,
     )
 
 
 def write_embedding_model(
-    directory: Path, family: str, tokenizer: Tokenizer, seed: int = 0, shape: dict[str, float] | None = None
+    directory: Path,
+    family: str,
+    tokenizer: Tokenizer,
+    seed: int = 0,
+    shape: dict[str, float] | None = None,
+    max_seq_length: int = MAX_SEQ_LENGTH,
 ) -> Path:
     """A random embedding model of `family` ("bert-unigram", "roberta", "xlm-roberta", "camembert",
     "mpnet") with mean pooling, as a sentence-transformers folder; `shape` overrides the config's
@@ -126,7 +139,8 @@ def write_embedding_model(
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = _config(family, _save_tokenizer(directory, tokenizer, family), shape)
+    vocab_size = _save_tokenizer(directory, tokenizer, family, max_seq_length)
+    config = _config(family, vocab_size, shape, positions=max(64, max_seq_length))
     model = AutoModel.from_config(config).eval()
     with torch.no_grad():  # a non-trivial embedding LayerNorm, so a swapped weight/bias or a wrong eps shows
         model.embeddings.LayerNorm.weight.normal_(1.0, 0.2)
@@ -139,7 +153,7 @@ def write_embedding_model(
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ],
     )
-    _write_json(directory / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+    _write_json(directory / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     _write_json(
         directory / "1_Pooling" / "config.json",
         {"word_embedding_dimension": config.hidden_size, "pooling_mode": "mean"},
