@@ -105,7 +105,26 @@ def _parser() -> argparse.ArgumentParser:
         "--on-overflow",
         choices=("truncate", "error"),
         default="truncate",
-        help="texts longer than the model's length: truncated as encode() does, or a 400 naming the index",
+        help="texts longer than the model's length on the OpenAI-style routes: truncated as encode() does, "
+        "or a 400 naming the index",
+    )
+    serve.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="TEI's name: truncate over-long texts on every route, whatever a request's `truncate` says",
+    )
+    serve.add_argument(
+        "--payload-limit",
+        type=_positive_int,
+        default=2_000_000,
+        help="largest request body in bytes (default: 2000000, TEI's)",
+    )
+    serve.add_argument(
+        "--cors-allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="answer browsers (CORS, preflight included) from this origin; repeat for more, * for any",
     )
     serve.set_defaults(run=_serve)
 
@@ -242,6 +261,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue_requests=args.max_queue_requests,
         max_request_texts=args.max_request_texts,
         on_overflow=args.on_overflow,
+        auto_truncate=args.auto_truncate,
+        max_body_bytes=args.payload_limit,
+        cors_allow_origins=tuple(args.cors_allow_origin),
         backend=_backend_options(args),
     )
     return serve(settings, host=args.host, port=args.port)

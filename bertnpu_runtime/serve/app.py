@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import __version__
 from ..cross_encoder import CrossEncoder
 from ..encoder import SentenceEncoder
 from ..errors import (
@@ -46,10 +49,14 @@ from .metrics import Metrics
 from .requests import (
     RequestError,
     RerankRequest,
+    non_blank,
+    parse_decode_request,
     parse_embed_request,
     parse_embeddings_request,
     parse_rerank_request,
+    parse_similarity_request,
     parse_tei_rerank_request,
+    parse_tokenize_request,
 )
 
 logger = logging.getLogger("bertnpu.serve")
@@ -75,8 +82,10 @@ class ServeSettings:
     max_wait_ms: float = 0.0
     max_queue_requests: int = 1024
     max_request_texts: int = 2048
-    max_body_bytes: int = 16 << 20
+    max_body_bytes: int = 2_000_000  # TEI's default payload limit
     on_overflow: str = "truncate"
+    auto_truncate: bool = False  # TEI's: truncate on every route, whatever a request's `truncate` says
+    cors_allow_origins: tuple[str, ...] = ()
     backend: BackendOptions = field(default_factory=BackendOptions)
 
 
@@ -303,8 +312,9 @@ def create_app(
     async def openai_embeddings(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_embeddings_request(body, service.embedding_model().dim, settings.max_request_texts)
+        non_blank(parsed.texts, "input")
         check_model_name(parsed.model)
-        overflow = "input" if settings.on_overflow == "error" else None
+        overflow = "input" if settings.on_overflow == "error" and not settings.auto_truncate else None
         vectors, tokens = await service.embed(
             parsed.texts, dimensions=parsed.dimensions, normalize=True, fail_on_overflow=overflow
         )
@@ -319,9 +329,10 @@ def create_app(
     async def tei_embed(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_embed_request(body, service.embedding_model().dim, settings.max_request_texts)
-        overflow = None if parsed.truncate else "inputs"
+        non_blank(parsed.texts, "inputs")
+        overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
         vectors, _ = await service.embed(
-            parsed.texts,
+            with_prompt(parsed.prompt_name, parsed.texts),
             dimensions=parsed.dimensions,
             normalize=parsed.normalize,
             fail_on_overflow=overflow,
@@ -332,7 +343,7 @@ def create_app(
     async def tei_rerank(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_tei_rerank_request(body, settings.max_request_texts)
-        overflow = None if parsed.truncate else "texts"
+        overflow = None if parsed.truncate or settings.auto_truncate else "texts"
         scores, _ = await service.rerank(parsed, fail_on_overflow=overflow, overflow_status=413)
         text = (lambda i: {"text": parsed.documents[i]}) if parsed.return_documents else (lambda i: {})
         return _json([{"index": i, "score": float(scores[i]), **text(i)} for i in _best_first(scores)])
@@ -341,7 +352,7 @@ def create_app(
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_rerank_request(body, settings.max_request_texts)
         check_model_name(parsed.model)
-        overflow = "documents" if settings.on_overflow == "error" else None
+        overflow = "documents" if settings.on_overflow == "error" and not settings.auto_truncate else None
         scores, tokens = await service.rerank(parsed, fail_on_overflow=overflow)
         document = (
             (lambda i: {"document": {"text": parsed.documents[i]}}) if parsed.return_documents else (lambda i: {})
@@ -353,6 +364,24 @@ def create_app(
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json({"object": "list", "results": results, "model": service.model_name, "usage": usage})
 
+    def with_prompt(name: str | None, texts: list[str]) -> list[str]:
+        """The texts with the model's prompt `name` before each, as encode(prompt_name=) puts it."""
+        if name is None:
+            return texts
+        model = service.embedding_model()
+        if name not in model.prompts:
+            known = sorted(model.prompts) or "none"
+            raise RequestError(
+                422, f"'prompt_name' {name!r:.40} is not one of this model's prompts: {known}", "prompt_name"
+            )
+        if not model.manifest.include_prompt:
+            raise RequestError(
+                422,
+                "'prompt_name' is not served for a model that pools without its prompt: use encode()",
+                "prompt_name",
+            )
+        return [model.prompts[name] + text for text in texts]
+
     def check_model_name(model: str | None) -> None:
         if model is not None and model != service.model_name:
             raise RequestError(
@@ -362,18 +391,65 @@ def create_app(
                 "model_not_found",
             )
 
+    def model_card() -> dict[str, Any]:
+        return {"id": service.model_name, "object": "model", "created": 0, "owned_by": "bertnpu"}
+
     async def models(request: Request) -> Response:
-        model = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "bertnpu"}
-        return _json({"object": "list", "data": [model]})
+        return _json({"object": "list", "data": [model_card()]})
+
+    async def one_model(request: Request) -> Response:
+        check_model_name(request.path_params["model"])
+        return _json(model_card())
+
+    async def tokenize(request: Request) -> Response:
+        parsed = parse_tokenize_request(await _read_body(request, settings.max_body_bytes), settings.max_request_texts)
+        tokenizer = service.opened().pipeline.tokenizer
+        return _json(await asyncio.to_thread(tokenizer.describe, parsed.texts, parsed.add_special_tokens))
+
+    async def decode(request: Request) -> Response:
+        parsed = parse_decode_request(await _read_body(request, settings.max_body_bytes), settings.max_request_texts)
+        return _json(service.opened().pipeline.tokenizer.decode(parsed.ids, parsed.skip_special_tokens))
+
+    async def similarity(request: Request) -> Response:
+        parsed = parse_similarity_request(
+            await _read_body(request, settings.max_body_bytes), settings.max_request_texts
+        )
+        texts = with_prompt(parsed.prompt_name, non_blank([parsed.source, *parsed.sentences], "inputs"))
+        overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
+        vectors, _ = await service.embed(
+            texts, dimensions=None, normalize=True, fail_on_overflow=overflow, overflow_status=413
+        )
+        return _json((vectors[1:] @ vectors[0]).astype(float).tolist())  # cosines: the vectors are unit length
+
+    async def info(request: Request) -> Response:
+        model = service.opened()
+        manifest = model.manifest
+        kind = (
+            {"reranker": {"num_labels": model.num_labels}}
+            if isinstance(model, CrossEncoder)
+            else {"embedding": {"pooling": manifest.pooling}}
+        )
+        return _json(
+            {
+                "model_id": service.model_name,
+                "model_dtype": model.options.onnx.precision if model.backend == "onnx" else "int8 (NPU)",
+                "model_type": kind,
+                "max_input_length": model.max_seq_length,
+                "max_batch_tokens": settings.max_batch_tokens,
+                "max_client_batch_size": settings.max_request_texts,
+                "max_concurrent_requests": settings.max_queue_requests,
+                "auto_truncate": settings.auto_truncate,
+                "version": __version__,
+                "backend": model.backend,
+                "npu_cores": [list(core) for core in model.npu_cores_in_service],
+            }
+        )
 
     def authorized(handler: Callable[[Request], Awaitable[Response]], endpoint: str, errors: Callable) -> Callable:
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                if (
-                    settings.api_key is not None
-                    and request.headers.get("authorization") != f"Bearer {settings.api_key}"
-                ):
+                if settings.api_key is not None and not _bearer_matches(request, settings.api_key):
                     raise RequestError(
                         401, "Incorrect or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
                     )
@@ -413,16 +489,49 @@ def create_app(
     routes = [
         Route("/v1/embeddings", openai_route, methods=["POST"]),
         Route("/embeddings", openai_route, methods=["POST"]),
+        Route("/", authorized(tei_embed, "/", _tei_error), methods=["POST"]),
         Route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"]),
+        Route("/tokenize", authorized(tokenize, "/tokenize", _tei_error), methods=["POST"]),
+        Route("/decode", authorized(decode, "/decode", _tei_error), methods=["POST"]),
+        Route("/similarity", authorized(similarity, "/similarity", _tei_error), methods=["POST"]),
+        Route("/info", authorized(info, "/info", _tei_error), methods=["GET"]),
         Route("/rerank", authorized(tei_rerank, "/rerank", _tei_error), methods=["POST"]),
         Route("/v1/rerank", authorized(rerank, "/v1/rerank", _openai_error), methods=["POST"]),
         Route("/v1/models", authorized(models, "/v1/models", _openai_error), methods=["GET"]),
+        Route("/models", authorized(models, "/v1/models", _openai_error), methods=["GET"]),
+        Route("/v1/models/{model:path}", authorized(one_model, "/v1/models", _openai_error), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    cors = Middleware(
+        CORSMiddleware, allow_origins=list(settings.cors_allow_origins), allow_methods=["*"], allow_headers=["*"]
+    )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _route_error, 405: _route_error},
+        middleware=[cors] if settings.cors_allow_origins else None,
+    )
     app.state.service = service
     return app
+
+
+async def _route_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 as JSON, in the error shape of the API the path belongs to (OpenAI's under /v1)."""
+    status = getattr(exc, "status_code", 404)
+    what = "no such route" if status == 404 else f"{request.method} is not allowed here"
+    error = RequestError(
+        status,
+        f"{what}: {request.method} {request.url.path}",
+        code="not_found" if status == 404 else "method_not_allowed",
+    )
+    return _openai_error(error) if request.url.path.startswith("/v1/") else _tei_error(error)
+
+
+def _bearer_matches(request: Request, key: str) -> bool:
+    """Authorization: Bearer <key>, the scheme in any case (RFC 7235)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token.strip() == key
 
 
 def _best_first(scores: np.ndarray) -> list[int]:

@@ -46,6 +46,7 @@ class EmbedRequest:
     normalize: bool
     truncate: bool
     dimensions: int | None
+    prompt_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,33 @@ def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
         raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
     texts = _texts(data["inputs"], "inputs", max_texts, status=422)
     flags = _flags(data, {"normalize": True, "truncate": False}, status=422)
+    check_truncation_direction(data)
     return EmbedRequest(
-        texts, flags["normalize"], flags["truncate"], _dimensions(data.get("dimensions"), dim, status=422)
+        texts,
+        flags["normalize"],
+        flags["truncate"],
+        _dimensions(data.get("dimensions"), dim, status=422),
+        prompt_name(data),
     )
+
+
+def prompt_name(data: dict[str, Any]) -> str | None:
+    """TEI's prompt_name: a string or absent; whether the model has it is the handler's check."""
+    name = data.get("prompt_name")
+    if name is not None and not isinstance(name, str):
+        raise RequestError(422, f"'prompt_name' must be a string, found {_kind(name)}", "prompt_name")
+    return name
+
+
+def check_truncation_direction(data: dict[str, Any]) -> None:
+    """TEI's truncation_direction: "right" (a text keeps its first tokens, the only way bertnpu cuts)."""
+    direction = data.get("truncation_direction")
+    if direction is not None and (not isinstance(direction, str) or direction.lower() != "right"):
+        raise RequestError(
+            422,
+            f"'truncation_direction' {direction!r:.20} is not supported: texts keep their first tokens (\"right\")",
+            "truncation_direction",
+        )
 
 
 def parse_tei_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
@@ -139,6 +164,78 @@ def parse_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
     return RerankRequest(query, documents, model, top_n, flags["return_documents"])
 
 
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """POST /tokenize (TEI)."""
+
+    texts: list[str]
+    add_special_tokens: bool
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """POST /decode (TEI)."""
+
+    ids: list[list[int]]
+    skip_special_tokens: bool
+
+
+@dataclass(frozen=True)
+class SimilarityRequest:
+    """POST /similarity (TEI): one source sentence against sentences."""
+
+    source: str
+    sentences: list[str]
+    truncate: bool
+    prompt_name: str | None = None
+
+
+def parse_tokenize_request(body: bytes, max_texts: int) -> TokenizeRequest:
+    data = parse_json_object(body)
+    if "inputs" not in data:
+        raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
+    texts = _texts(data["inputs"], "inputs", max_texts, status=422)
+    return TokenizeRequest(texts, _flags(data, {"add_special_tokens": True}, status=422)["add_special_tokens"])
+
+
+def parse_decode_request(body: bytes, max_texts: int) -> DecodeRequest:
+    data = parse_json_object(body)
+    ids = data.get("ids")
+    if isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        ids = [ids]
+    if not isinstance(ids, list) or not ids or not all(isinstance(row, list) for row in ids):
+        raise RequestError(422, "'ids' must be a list of token ids, or a list of such lists", "ids")
+    if len(ids) > max_texts:
+        raise RequestError(413, f"'ids' has {len(ids)} lists, more than this server's limit of {max_texts}", "ids")
+    for index, row in enumerate(ids):
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in row):
+            raise RequestError(422, f"ids[{index}] must hold non-negative integers", f"ids[{index}]")
+    return DecodeRequest(ids, _flags(data, {"skip_special_tokens": True}, status=422)["skip_special_tokens"])
+
+
+def parse_similarity_request(body: bytes, max_texts: int) -> SimilarityRequest:
+    data = parse_json_object(body)
+    inputs = data.get("inputs")
+    if not isinstance(inputs, dict):
+        raise RequestError(
+            422, f"'inputs' must be an object with source_sentence and sentences, found {_kind(inputs)}", "inputs"
+        )
+    source = inputs.get("source_sentence")
+    if not isinstance(source, str):
+        raise RequestError(
+            422, f"inputs.source_sentence must be a string, found {_kind(source)}", "inputs.source_sentence"
+        )
+    if "sentences" not in inputs:
+        raise RequestError(422, "inputs.sentences is required: a list of strings", "inputs.sentences")
+    sentences = _texts(inputs["sentences"], "inputs.sentences", max_texts, status=422)
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, f"'parameters' must be an object, found {_kind(parameters)}", "parameters")
+    truncate = _flags(parameters, {"truncate": False}, status=422)["truncate"]
+    check_truncation_direction(parameters)
+    return SimilarityRequest(source, sentences, truncate, prompt_name(parameters))
+
+
 def _query(data: dict[str, Any], status: int) -> str:
     query = data.get("query")
     if not isinstance(query, str):
@@ -177,6 +274,16 @@ def _texts(value: Any, field: str, max_texts: int, status: int = 400) -> list[st
         if not isinstance(item, str):
             raise RequestError(status, f"{field}[{index}] must be a string, found {_kind(item)}", f"{field}[{index}]")
     return value
+
+
+def non_blank(texts: list[str], field: str) -> list[str]:
+    """The texts, or a 400 naming the first that is empty or only whitespace (TEI and OpenAI refuse
+    those too: they carry nothing to embed)."""
+    for index, text in enumerate(texts):
+        if not text.strip():
+            name = field if len(texts) == 1 and index == 0 else f"{field}[{index}]"
+            raise RequestError(400, f"{name} is empty or only whitespace", name, "empty_input")
+    return texts
 
 
 def _is_token_ids(items: list[Any]) -> bool:

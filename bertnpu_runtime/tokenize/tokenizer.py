@@ -71,6 +71,30 @@ class Tokenizer:
         special tokens its post-processor inserts ([CLS], [SEP])."""
         return self._largest_id
 
+    def describe(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, object]]]:
+        """Each text's tokens as TEI's /tokenize lists them: id, text, special, and the character
+        offsets start/stop (None for special tokens); cut at max_seq_length like encode()."""
+        encodings = self._tokenizer.encode_batch(
+            [self._capped(t) for t in texts], add_special_tokens=add_special_tokens
+        )
+        return [
+            [
+                {
+                    "id": i,
+                    "text": token,
+                    "special": bool(special),
+                    "start": None if special else start,
+                    "stop": None if special else stop,
+                }
+                for i, token, special, (start, stop) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)
+            ]
+            for e in encodings
+        ]
+
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """The text of each list of token ids."""
+        return self._tokenizer.decode_batch(ids, skip_special_tokens=skip_special_tokens)
+
     def encode(self, texts: list[str]) -> TokenizedBatch:
         """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
         return self.encode_unpadded(texts).padded()

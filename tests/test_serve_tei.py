@@ -1,0 +1,157 @@
+"""`bertnpu serve` as TEI and OpenAI clients expect it (#35, routes and fields): POST /, /tokenize,
+/decode, /info, /similarity, GET /v1/models/{id} and /models, blank texts refused by index, JSON
+404/405 in each API's shape, a case-insensitive bearer scheme. A real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from serving import ServerProcess
+from tokenizers import Tokenizer as HfTokenizer
+
+from bertnpu_runtime import SentenceEncoder
+
+TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "A chef slices onions."]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    process = ServerProcess(tiny_bundle, "--model-name", "tiny", "--api-key", "s3cret")
+    yield process
+    process.stop()
+
+
+AUTH = {"Authorization": "bearer s3cret"}  # the scheme in lower case, as some clients send it
+
+
+def post(server, route: str, body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}{route}", json=body, headers=AUTH, timeout=30)
+
+
+def test_post_to_the_root_is_teis_embed(server, tiny_bundle):
+    """huggingface_hub's InferenceClient(model=URL).feature_extraction POSTs to /."""
+    answer = post(server, "/", {"inputs": TEXTS})
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode(TEXTS, normalize_embeddings=True)
+    assert answer.status_code == 200
+    np.testing.assert_allclose(np.array(answer.json()), expected, atol=1e-5)
+
+
+def test_tokenize_and_decode(server, tiny_bundle):
+    library = HfTokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
+    tokens = post(server, "/tokenize", {"inputs": TEXTS[0]}).json()
+    [row] = tokens
+    assert [t["id"] for t in row] == library.encode(TEXTS[0]).ids
+    assert row[0]["special"] and row[0]["start"] is None
+    word = row[1]
+    assert not word["special"] and TEXTS[0][word["start"] : word["stop"]].lower() == word["text"]
+    plain = post(server, "/tokenize", {"inputs": TEXTS, "add_special_tokens": False}).json()
+    assert len(plain) == 3 and not any(t["special"] for t in plain[0])
+    ids = [t["id"] for t in row]
+    assert post(server, "/decode", {"ids": ids}).json() == [library.decode(ids)]
+    assert post(server, "/decode", {"ids": [ids, ids[:3]], "skip_special_tokens": False}).json()[0].startswith("[CLS]")
+    assert post(server, "/decode", {"ids": [1, -2]}).status_code == 422
+
+
+def test_similarity_is_the_cosine_of_the_vectors(server, tiny_bundle):
+    answer = post(server, "/similarity", {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]}})
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        vectors = reference.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(answer.json(), vectors[1:] @ vectors[0], atol=1e-5)
+    missing = post(server, "/similarity", {"inputs": {"source_sentence": "x"}})
+    assert missing.status_code == 422 and "inputs.sentences" in missing.text
+
+
+def test_info_and_models(server):
+    info = httpx.get(f"{server.url}/info", headers=AUTH).json()
+    assert info["model_id"] == "tiny" and info["max_input_length"] == 48 and info["backend"] == "onnx"
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}} and info["version"]
+    card = httpx.get(f"{server.url}/v1/models/tiny", headers=AUTH)
+    assert card.status_code == 200 and card.json()["id"] == "tiny"
+    other = httpx.get(f"{server.url}/v1/models/other", headers=AUTH)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server.url}/models", headers=AUTH).json()["data"][0]["id"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/embeddings", {"input": ["fine", "   "]}, "input[1]"),
+        ("/v1/embeddings", {"input": ""}, "input"),
+        ("/embed", {"inputs": ["fine", "\u00a0\n"]}, "inputs[1]"),
+        ("/", {"inputs": [""]}, "inputs"),
+    ],
+)
+def test_empty_or_blank_texts_are_400_naming_the_index(server, route, body, field):
+    answer = post(server, route, body)
+    assert answer.status_code == 400 and f"{field} is empty or only whitespace" in answer.text
+
+
+def test_unknown_routes_and_methods_answer_json_in_each_apis_shape(server):
+    openai = httpx.get(f"{server.url}/v1/nothing-here", headers=AUTH)
+    assert openai.status_code == 404 and openai.json()["error"]["code"] == "not_found"
+    tei = httpx.get(f"{server.url}/nothing-here")
+    assert tei.status_code == 404 and "no such route" in tei.json()["error"]
+    wrong_method = httpx.get(f"{server.url}/embed")
+    assert wrong_method.status_code == 405 and "GET is not allowed" in wrong_method.json()["error"]
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_is_not(server):
+    for scheme, status in (("Bearer", 200), ("BEARER", 200), ("bearer", 200), ("Basic", 401)):
+        answer = httpx.post(f"{server.url}/embed", json={"inputs": "a"}, headers={"Authorization": f"{scheme} s3cret"})
+        assert answer.status_code == status, scheme
+    assert (
+        httpx.post(f"{server.url}/embed", json={"inputs": "a"}, headers={"Authorization": "bearer S3CRET"}).status_code
+        == 401
+    )
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory, tiny_model_dir):
+    """A server with TEI's options, on a model with a "query" prompt."""
+    from compile import build_bundle
+
+    bundle = build_bundle(
+        str(tiny_model_dir), tmp_path_factory.mktemp("prompted") / "b", calib_samples=2, prompts={"query": "query: "}
+    )
+    process = ServerProcess(
+        bundle, "--auto-truncate", "--payload-limit", "3000", "--cors-allow-origin", "https://app.example"
+    )
+    yield process, bundle
+    process.stop()
+
+
+def test_prompt_name_is_applied_and_an_unknown_one_is_422(configured):
+    process, bundle = configured
+    with SentenceEncoder(bundle, backend="onnx") as reference:
+        expected = reference.encode(TEXTS[:2], prompt_name="query", normalize_embeddings=True)
+    answer = httpx.post(f"{process.url}/embed", json={"inputs": TEXTS[:2], "prompt_name": "query"})
+    np.testing.assert_allclose(np.array(answer.json()), expected, atol=1e-5)
+    unknown = httpx.post(f"{process.url}/embed", json={"inputs": "a", "prompt_name": "nope"})
+    assert unknown.status_code == 422 and "'prompt_name' 'nope' is not one of this model's prompts" in unknown.text
+    left = httpx.post(f"{process.url}/embed", json={"inputs": "a", "truncation_direction": "Left"})
+    assert left.status_code == 422 and "truncation_direction" in left.text
+    assert httpx.post(f"{process.url}/embed", json={"inputs": "a", "truncation_direction": "Right"}).status_code == 200
+
+
+def test_auto_truncate_payload_limit_and_cors(configured):
+    process, _ = configured
+    long_text = "the dog runs in the park " * 40  # past the model's 48 tokens
+    assert (
+        httpx.post(f"{process.url}/embed", json={"inputs": long_text}).status_code == 200
+    )  # 413 without --auto-truncate
+    assert httpx.get(f"{process.url}/info").json()["auto_truncate"] is True
+    too_big = httpx.post(f"{process.url}/embed", json={"inputs": "x" * 4000})
+    assert too_big.status_code == 413 and "3000" in too_big.text
+    preflight = httpx.options(
+        f"{process.url}/v1/embeddings",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    stranger = httpx.options(
+        f"{process.url}/v1/embeddings",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in stranger.headers
