@@ -155,3 +155,15 @@ def test_auto_truncate_payload_limit_and_cors(configured):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_teis_timing_headers(server):
+    answer = post(server, "/embed", {"inputs": TEXTS})
+    headers = answer.headers
+    for name in ("x-compute-time", "x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time"):
+        assert int(headers[name]) >= 0, name
+    assert int(headers["x-compute-time"]) >= int(headers["x-inference-time"])
+    assert int(headers["x-compute-characters"]) == sum(map(len, TEXTS))
+    usage = post(server, "/v1/embeddings", {"input": TEXTS}).json()["usage"]["total_tokens"]
+    assert int(headers["x-compute-tokens"]) == usage
+    assert "x-compute-time" not in httpx.get(f"{server.url}/health").headers  # only routes that compute

@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -249,6 +250,7 @@ class ModelService:
         encoder, batcher = self.encoder, self.batcher
         if encoder is None or batcher is None or self.state != "ok":
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
+        arrived = time.monotonic()
         tokenizer = encoder.pipeline.tokenizer
         if isinstance(texts, TextPairs):
             tokenize: Callable[[Any], TokenRows] = tokenizer.encode_pairs
@@ -265,8 +267,10 @@ class ModelService:
                 "input_too_long",
             )
         tokens = int(rows.lengths.sum())
+        queued = time.monotonic()
+        started: list[float] = []  # when its batch started, told by the batcher
         try:
-            future = batcher.submit(rows)
+            future = batcher.submit(rows, on_start=started.append)
         except QueueFull as exc:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
@@ -276,7 +280,38 @@ class ModelService:
             raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))
         self.metrics.tokens.inc(tokens)
+        done = time.monotonic()
+        began = started[0] if started else queued
+        _TIMING.set(Timing(queued - arrived, began - queued, done - began, done - arrived, tokens, chars))
         return outputs, tokens
+
+
+class Timing(NamedTuple):
+    """Where one request's time went, as TEI reports it in headers."""
+
+    tokenization_s: float
+    queue_s: float  # from queued to its batch's start
+    inference_s: float  # its batch's encode()
+    total_s: float
+    tokens: int
+    characters: int
+
+    def headers(self) -> dict[str, str]:
+        """TEI's x-*-time headers, in whole milliseconds as TEI writes them, and the request's size."""
+        ms = {name: str(int(seconds * 1000)) for name, seconds in zip(self._fields[:4], self[:4])}
+        return {
+            "x-compute-time": ms["total_s"],
+            "x-total-time": ms["total_s"],
+            "x-tokenization-time": ms["tokenization_s"],
+            "x-queue-time": ms["queue_s"],
+            "x-inference-time": ms["inference_s"],
+            "x-compute-tokens": str(self.tokens),
+            "x-compute-characters": str(self.characters),
+        }
+
+
+# The timing of the request this task serves, set by ModelService._run for the route's headers.
+_TIMING: ContextVar[Timing | None] = ContextVar("bertnpu_timing", default=None)
 
 
 def served_model_name(encoder: Model) -> str:
@@ -455,7 +490,10 @@ def create_app(
                     )
                 if not service.ready.is_set() and endpoint != "/v1/models":
                     raise RequestError(503, f"the server is {service.state}; retry shortly", code="not_ready")
+                _TIMING.set(None)
                 response = await handler(request)
+                if (timing := _TIMING.get()) is not None:
+                    response.headers.update(timing.headers())
             except RequestError as exc:
                 response = errors(exc)
             except Exception as exc:

@@ -36,6 +36,7 @@ class _Job:
     rows: TokenRows  # the request's texts, tokenized
     tokens: int
     future: asyncio.Future
+    on_start: Callable[[float], None]  # told the monotonic time its batch started
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
 
@@ -86,11 +87,12 @@ class Batcher:
         _fail(jobs, error)
         return len(jobs)
 
-    def submit(self, rows: TokenRows) -> asyncio.Future:
-        """Queue one request's token rows; await the future for their vectors. Call from the
-        running event loop. Raises QueueFull when the queue is full."""
+    def submit(self, rows: TokenRows, on_start: Callable[[float], None] = lambda started: None) -> asyncio.Future:
+        """Queue one request's token rows; await the future for their vectors. `on_start` is told
+        when the batch that holds them starts (for timing). Call from the running event loop.
+        Raises QueueFull when the queue is full."""
         loop = asyncio.get_running_loop()
-        job = _Job(rows, int(rows.lengths.sum()), loop.create_future(), loop)
+        job = _Job(rows, int(rows.lengths.sum()), loop.create_future(), on_start, loop)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is closed")
@@ -159,6 +161,9 @@ class Batcher:
                 batch.append(self._jobs.popleft())
             self._queued_tokens -= tokens
             self._running += len(batch)
+            started = time.monotonic()
+            for job in batch:
+                job.on_start(started)
             return batch
 
 
