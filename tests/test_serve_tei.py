@@ -167,3 +167,51 @@ def test_teis_timing_headers(server):
     usage = post(server, "/v1/embeddings", {"input": TEXTS}).json()["usage"]["total_tokens"]
     assert int(headers["x-compute-tokens"]) == usage
     assert "x-compute-time" not in httpx.get(f"{server.url}/health").headers  # only routes that compute
+
+
+def test_an_abandoned_request_never_reaches_the_encoder(tiny_bundle):
+    """A client that times out while its request is queued: its texts are dropped before the encoder
+    (before, 4 clients abandoning 64 texts each cost the next one-sentence request 20 s)."""
+    import re
+    import threading
+    import time
+
+    from serving import server_in_thread
+
+    from bertnpu_runtime.backends.onnx import OnnxEncoder
+    from bertnpu_runtime.serve.app import ServeSettings, create_app
+
+    gate = threading.Event()
+
+    class Gated:
+        """A run-only backend (one batcher worker) whose calls wait for `gate`; counts sentences."""
+
+        def __init__(self) -> None:
+            self.onnx, self.sentences = OnnxEncoder(tiny_bundle / "encoder.onnx"), 0
+
+        def run(self, hidden, mask):
+            self.sentences += len(hidden)
+            assert gate.wait(30)
+            return self.onnx.run(hidden, mask)
+
+    backend = Gated()
+    app = create_app(
+        ServeSettings(bundle=tiny_bundle), open_encoder=lambda: SentenceEncoder(tiny_bundle, backend=backend)
+    )
+    with server_in_thread(app) as url:
+        busy = threading.Thread(
+            target=lambda: httpx.post(f"{url}/embed", json={"inputs": "hold the encoder"}, timeout=30)
+        )
+        busy.start()
+        while backend.sentences == 0:
+            time.sleep(0.01)
+        with pytest.raises(httpx.TimeoutException):  # queued behind the gate; the client gives up
+            httpx.post(f"{url}/embed", json={"inputs": [f"abandoned {i}" for i in range(10)]}, timeout=0.5)
+        time.sleep(0.3)  # the server hears the disconnect
+        gate.set()
+        busy.join(30)
+        after = httpx.post(f"{url}/embed", json={"inputs": "the next one"}, timeout=30)
+        assert after.status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+    assert backend.sentences == 2  # the busy request's and the next one's: none of the 10 abandoned
+    assert float(re.search(r"^bertnpu_cancelled_texts_total (\S+)$", metrics, re.M)[1]) == 10

@@ -176,6 +176,20 @@ class ModelService:
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         return self.encoder
 
+    async def _unless_client_left(self, future: asyncio.Future, started: list[float], texts: int) -> np.ndarray:
+        """The request's outputs; or, when its client closes the connection first, the request is
+        cancelled (a batch that has not taken it never will: the batcher drops it) and ClientLeft."""
+        gone = _CLIENT_GONE.get()
+        if gone is None:
+            return await future
+        await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if future.done():
+            return future.result()
+        future.cancel()
+        if not started:  # no batch took it: its texts are never encoded
+            self.metrics.cancelled_texts.inc(texts)
+        raise ClientLeft
+
     def embedding_model(self) -> SentenceEncoder:
         """The model, when it is an embedding model; else a 400 saying what this server serves."""
         model = self.opened()
@@ -275,7 +289,7 @@ class ModelService:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
         try:
-            outputs = await future
+            outputs = await self._unless_client_left(future, started, len(texts))
         except (BackendCallError, BackendUnavailableError, NpuTimeoutError, EncoderClosedError) as exc:
             raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))
@@ -310,8 +324,14 @@ class Timing(NamedTuple):
         }
 
 
+# A task that ends when the client of the request this task serves disconnects (set once the body is read).
+_CLIENT_GONE: ContextVar[asyncio.Task | None] = ContextVar("bertnpu_client_gone", default=None)
 # The timing of the request this task serves, set by ModelService._run for the route's headers.
 _TIMING: ContextVar[Timing | None] = ContextVar("bertnpu_timing", default=None)
+
+
+class ClientLeft(Exception):
+    """The client closed its connection before its answer was ready."""
 
 
 def served_model_name(encoder: Model) -> str:
@@ -491,9 +511,12 @@ def create_app(
                 if not service.ready.is_set() and endpoint != "/v1/models":
                     raise RequestError(503, f"the server is {service.state}; retry shortly", code="not_ready")
                 _TIMING.set(None)
+                _CLIENT_GONE.set(None)
                 response = await handler(request)
                 if (timing := _TIMING.get()) is not None:
                     response.headers.update(timing.headers())
+            except ClientLeft:
+                response = Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             except RequestError as exc:
                 response = errors(exc)
             except Exception as exc:
@@ -501,6 +524,8 @@ def create_app(
                 response = errors(
                     RequestError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
                 )
+            if (gone := _CLIENT_GONE.get()) is not None:
+                gone.cancel()  # the answer is out: stop watching for the client to leave
             metrics.requests.labels(endpoint, str(response.status_code)).inc()
             metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
             if service.batcher is not None:
@@ -587,7 +612,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(413, f"the request body is larger than this server's limit of {limit} bytes")
         chunks.append(chunk)
+    _CLIENT_GONE.set(asyncio.ensure_future(_disconnected(request)))
     return b"".join(chunks)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body is read: what is left to receive is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _json(content: Any, status: int = 200, *, retry: bool = False) -> Response:

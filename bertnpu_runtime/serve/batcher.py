@@ -120,6 +120,14 @@ class Batcher:
                 with self._cond:
                     self._running -= len(batch)
 
+    def _drop_abandoned(self) -> None:
+        """Take the requests of clients that went away off the queue (holding self._cond): their
+        texts never reach the encoder."""
+        if any(map(_abandoned, self._jobs)):
+            dropped = [job for job in self._jobs if _abandoned(job)]
+            self._jobs = deque(job for job in self._jobs if not _abandoned(job))
+            self._queued_tokens -= sum(job.tokens for job in dropped)
+
     def _encode_and_settle(self, batch: list[_Job]) -> None:
         """Encode the batch's requests together and hand each its vectors, or the error."""
         try:
@@ -144,16 +152,22 @@ class Batcher:
         """The requests of the next encode(): all queued up to the token budget, once the budget is
         met, the oldest has waited max_wait_s, or the batcher is closing. None when closed and empty."""
         with self._cond:
-            while not self._jobs:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            deadline = self._jobs[0].arrived + self.max_wait_s
-            while self._queued_tokens < self.max_batch_tokens and not self._closing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                self._drop_abandoned()
+                while not self._jobs:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    self._drop_abandoned()
+                deadline = self._jobs[0].arrived + self.max_wait_s
+                while self._queued_tokens < self.max_batch_tokens and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                self._drop_abandoned()
+                if self._jobs:
                     break
-                self._cond.wait(remaining)
             batch = [self._jobs.popleft()]
             tokens = batch[0].tokens
             while self._jobs and tokens + self._jobs[0].tokens <= self.max_batch_tokens:
@@ -165,6 +179,11 @@ class Batcher:
             for job in batch:
                 job.on_start(started)
             return batch
+
+
+def _abandoned(job: _Job) -> bool:
+    """Its request was cancelled (the client went away) before any batch took it."""
+    return job.future.cancelled()
 
 
 def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:

@@ -37,6 +37,11 @@ class Metrics:
             "bertnpu_encoder_batches", "Batches the encoder backend ran (NPU or ONNX calls)", registry=self.registry
         )
         self.sentences = Counter("bertnpu_sentences", "Texts embedded", registry=self.registry)
+        self.cancelled_texts = Counter(
+            "bertnpu_cancelled_texts",
+            "Texts dropped before the encoder: their client went away",
+            registry=self.registry,
+        )
         self.tokens = Counter("bertnpu_tokens", "Tokens embedded, with [CLS] and [SEP]", registry=self.registry)
         self.queue_requests = Gauge(
             "bertnpu_queue_requests", "Requests waiting for the encoder", registry=self.registry
