@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import numpy as np
 import pytest
@@ -215,3 +217,41 @@ def test_an_abandoned_request_never_reaches_the_encoder(tiny_bundle):
         metrics = httpx.get(f"{url}/metrics").text
     assert backend.sentences == 2  # the busy request's and the next one's: none of the 10 abandoned
     assert float(re.search(r"^bertnpu_cancelled_texts_total (\S+)$", metrics, re.M)[1]) == 10
+
+
+def test_progress_is_one_line_per_interval_however_many_requests():
+    """-v: the totals of an interval in one line, written when a request ends after the interval."""
+    from bertnpu_runtime.serve.progress import ProgressLine
+
+    now = [0.0]
+    progress = ProgressLine(interval_s=10.0, clock=lambda: now[0])
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("bertnpu.serve")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        for second in range(25):  # four requests a second for 25 s: lines at 10 s and 20 s only
+            for _ in range(4):
+                now[0] = second + 0.1
+                progress.served(texts=3, tokens=30, queued_requests=2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 2
+    assert lines[0].startswith("served 41 requests, 123 texts, 1230 tokens in the last 10 s")
+    assert lines[0].endswith("2 requests queued")
+    assert lines[1].startswith("served 40 requests, 120 texts, 1200 tokens in the last 10 s")
+
+
+def test_a_verbose_server_prints_no_bar_per_batch(tiny_bundle):
+    process = ServerProcess(tiny_bundle, "-v", "--max-batch-tokens", "64")
+    try:
+        for _ in range(20):
+            assert httpx.post(f"{process.url}/embed", json={"inputs": TEXTS}, timeout=30).status_code == 200
+    finally:
+        code, stderr = process.stop()
+    assert code == 0, stderr
+    assert "Sentences" not in stderr and "it/s" not in stderr, stderr  # encode()'s tqdm bar
+    assert stderr.count("served ") <= 1, stderr  # the run is shorter than two intervals

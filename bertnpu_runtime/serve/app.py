@@ -47,6 +47,7 @@ from ..pooling import truncate_and_normalize
 from ..tokenize import TokenRows
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
+from .progress import ProgressLine
 from .requests import (
     RequestError,
     RerankRequest,
@@ -105,6 +106,7 @@ class ModelService:
         self.state = "starting"
         self.failure: str | None = None
         self.ready = threading.Event()
+        self.progress = ProgressLine()
 
     def open(self, on_ready: Callable[[ModelService], None], on_failure: Callable[[str], None]) -> None:
         try:
@@ -294,6 +296,7 @@ class ModelService:
             raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))
         self.metrics.tokens.inc(tokens)
+        self.progress.served(len(texts), tokens, batcher.queued_requests)
         done = time.monotonic()
         began = started[0] if started else queued
         _TIMING.set(Timing(queued - arrived, began - queued, done - began, done - arrived, tokens, chars))
