@@ -2,7 +2,8 @@
 and the in-process encode() rate as the ceiling.
 
     python -m benchmarks.serve [--bundle DIR] [--concurrency 1 8 64] [--texts 1 32] [--seconds 8]
-                               [--infinity PATH/TO/infinity_emb] [--quick]
+                               [--infinity PATH/TO/infinity_emb] [--mixed BIG SMALL] [--baseline DIR]
+                               [--quick]
 
 Each case (texts per request x concurrent clients) runs every server in turn, `--repeats` rounds
 (medians reported). A client keeps one keep-alive connection and sends its next request as soon as
@@ -18,6 +19,14 @@ the sentences in one call, batch 32, in this process with the servers idle, meas
 round before the servers take their turns: the rate serving is measured against. A server can batch no more than the texts its clients have in flight, though, so
 `vs_encode_of_in_flight` compares with encode() called on texts x concurrency sentences at a time
 (one pass over the first 1,000 sentences): what batching across requests can reach at best.
+
+`--mixed BIG SMALL` adds the mixed-load case: BIG clients each send requests of `--big-texts` long
+texts (STS-B sentences joined to about 1,500 characters, past the model's length), beside SMALL
+clients sending one sentence at a time, for `--seconds`; it reports the small requests' p50/p99
+(how long a one-sentence request waits behind big ones) and the long texts embedded per second.
+`--texts` with no value skips the closed-loop cases. `--baseline DIR` also serves from another
+checkout (a git worktree of an earlier commit), taking turns with the others: a before/after in
+one run.
 """
 
 from __future__ import annotations
@@ -49,7 +58,12 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default: 1 8 64)"
     )
-    parser.add_argument("--texts", type=int, nargs="+", default=[1, 32], help="texts per request (default: 1 32)")
+    parser.add_argument("--texts", type=int, nargs="*", default=[1, 32], help="texts per request (default: 1 32)")
+    parser.add_argument(
+        "--mixed", type=int, nargs=2, metavar=("BIG", "SMALL"), help="run the mixed-load case with these clients"
+    )
+    parser.add_argument("--big-texts", type=int, default=256, help="long texts per big request (default: 256)")
+    parser.add_argument("--baseline", type=Path, help="also serve from this checkout (an earlier commit's worktree)")
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)"
     )
@@ -90,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sentences = run.sentences
     servers = [_start_bertnpu(run.bundle, args)]
     infinity = args.infinity or shutil.which("infinity_emb")
+    mixed_rows: list[dict[str, Any]] = []
     try:
+        if args.baseline:
+            servers.append(_start_bertnpu(run.bundle, args, checkout=args.baseline))
         if infinity:
             servers.append(_start_infinity(infinity, reference_model_folder(run.bundle, args.model), args.threads))
         else:
@@ -116,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             measured[server.name].append(result)
                     rows.extend(_row(server.name, texts, concurrency, measured[server.name]) for server in servers)
         _compare(rows)
+        if args.mixed:
+            mixed_rows = _mixed_case(servers, sentences, args, run.repeats)
     finally:
         for server in servers:
             server.stop()
@@ -140,7 +159,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows,
         columns,
     )
-    result = {"benchmark": "serve", "meta": run_metadata(args), "rows": rows}
+    if mixed_rows:
+        print_table(
+            f"Mixed load: {args.mixed[0]} clients sending {args.big_texts} long texts per request beside "
+            f"{args.mixed[1]} one-sentence clients, {args.seconds} s, medians of {run.repeats} rounds",
+            mixed_rows,
+            ("server", "small_p50_ms", "small_p99_ms", "small_requests_per_s", "long_texts_per_s", "errors"),
+        )
+    result = {"benchmark": "serve", "meta": run_metadata(args), "rows": rows, "mixed": mixed_rows}
     write_json(args.out, result)
     return result
 
@@ -175,7 +201,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_bertnpu(bundle: Path, args: Any) -> Server:
+def _start_bertnpu(bundle: Path, args: Any, checkout: Path | None = None) -> Server:
+    """`bertnpu serve` from this checkout, or (a baseline) from `checkout`'s bertnpu_runtime."""
     port = _free_port()
     command = [
         sys.executable,
@@ -195,7 +222,10 @@ def _start_bertnpu(bundle: Path, args: Any) -> Server:
         "--max-wait-ms",
         str(args.max_wait_ms),
     ]
-    return _started(Server("bertnpu serve", subprocess.Popen(command, stderr=subprocess.DEVNULL), port))
+    env, name = None, "bertnpu serve"
+    if checkout is not None:
+        env, name = dict(os.environ, PYTHONPATH=str(checkout.resolve())), "bertnpu serve (baseline)"
+    return _started(Server(name, subprocess.Popen(command, stderr=subprocess.DEVNULL, env=env), port))
 
 
 def _start_infinity(executable: str, model_folder: Path, threads: int) -> Server:
@@ -302,6 +332,79 @@ async def _load(
         "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "errors": errors,
         "requests": len(latencies),
+    }
+
+
+def _long_texts(sentences: list[str], count: int, chars: int = 1500) -> list[str]:
+    """`count` texts of STS-B sentences joined to about `chars` characters each."""
+    texts, index = [], 0
+    while len(texts) < count:
+        parts: list[str] = []
+        while sum(map(len, parts)) < chars:
+            parts.append(sentences[index % len(sentences)])
+            index += 1
+        texts.append(" ".join(parts))
+    return texts
+
+
+def _mixed_case(servers: list[Server], sentences: list[str], args: Any, repeats: int) -> list[dict[str, Any]]:
+    big_clients, small_clients = args.mixed
+    long_texts = _long_texts(sentences, args.big_texts)
+    measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
+    for round_no in range(repeats):
+        for server in servers[round_no % len(servers) :] + servers[: round_no % len(servers)]:
+            result = asyncio.run(_mixed_load(server, sentences, long_texts, big_clients, small_clients, args.seconds))
+            measured[server.name].append(result)
+    rows = []
+    for server in servers:
+        rounds = measured[server.name]
+        row: dict[str, Any] = {"server": server.name, "big_clients": big_clients, "small_clients": small_clients}
+        for key in ("small_p50_ms", "small_p99_ms", "small_requests_per_s", "long_texts_per_s"):
+            row[key] = statistics.median(r[key] for r in rounds)
+        row["errors"] = sum(r["errors"] for r in rounds)
+        row["rounds"] = rounds
+        rows.append(row)
+    return rows
+
+
+async def _mixed_load(
+    server: Server, sentences: list[str], long_texts: list[str], big_clients: int, small_clients: int, seconds: float
+) -> dict[str, float]:
+    """Big clients sending all of `long_texts` per request beside one-sentence clients, closed loop."""
+    big_payload = _request_bytes(server, long_texts)
+    small_payloads = [_request_bytes(server, [sentence]) for sentence in sentences[:1000]]
+    small: list[float] = []
+    big: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(payloads: list[bytes], latencies: list[float], index: int, step: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                writer.write(payloads[index % len(payloads)])
+                status, _ = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+                index += step
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(client([big_payload], big, 0, 1) for _ in range(big_clients)),
+        *(client(small_payloads, small, i, small_clients) for i in range(small_clients)),
+    )
+    wall = time.perf_counter() - started
+    small.sort()
+    return {
+        "small_p50_ms": 1e3 * small[len(small) // 2],
+        "small_p99_ms": 1e3 * small[min(len(small) - 1, int(len(small) * 0.99))],
+        "small_requests_per_s": len(small) / wall,
+        "long_texts_per_s": len(big) * len(long_texts) / wall,
+        "errors": errors,
     }
 
 

@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     ):
         serve.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: {default})")
     serve.add_argument(
+        "--max-queue-tokens",
+        type=_positive_int,
+        help="most tokens waiting for the encoder; a request that would pass it is answered 503 "
+        "(default: 64 x --max-batch-tokens)",
+    )
+    serve.add_argument(
         "--max-wait-ms",
         type=float,
         default=0.0,
@@ -252,6 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms must be at least 0, found {args.max_wait_ms}")
     logging.getLogger("bertnpu.serve").setLevel(logging.INFO)
+    logging.getLogger("bertnpu.serve.progress").setLevel(logging.INFO if args.verbose else logging.WARNING)
     settings = ServeSettings(
         bundle=args.bundle,
         model_name=args.model_name,
@@ -259,6 +266,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_queue_requests=args.max_queue_requests,
+        max_queue_tokens=args.max_queue_tokens,
         max_request_texts=args.max_request_texts,
         on_overflow=args.on_overflow,
         auto_truncate=args.auto_truncate,

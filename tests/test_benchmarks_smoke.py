@@ -292,3 +292,20 @@ def test_npu_pipeline_at_latency_zero_measures_the_host_alone(common_args):
     assert row["npu_rate"] is None and row["limited_by"] == "host" and row["bound"] == row["host_rate"]
     with pytest.raises(SystemExit):
         npu_pipeline.main([*common_args, "--latency-us", "-5"])
+
+
+def test_serve_benchmark_mixed_load_beside_a_baseline_checkout(common_args, tmp_path, monkeypatch):
+    """The mixed-load case, with this checkout also served as a "baseline" (the before/after setup)."""
+    from benchmarks import serve
+
+    monkeypatch.setattr(serve.shutil, "which", lambda name: None)
+    checkout = Path(serve.__file__).resolve().parents[1]
+    result = serve.main(
+        [*common_args, "--limit", "40", "--texts", "--mixed", "1", "2", "--big-texts", "4", "--seconds", "1"]
+        + ["--baseline", str(checkout), "--out", str(tmp_path / "serve.json")]
+    )
+    assert result["rows"] == []
+    assert {row["server"] for row in result["mixed"]} == {"bertnpu serve", "bertnpu serve (baseline)"}
+    for row in result["mixed"]:
+        assert row["errors"] == 0 and row["long_texts_per_s"] > 0 and row["small_requests_per_s"] > 0
+        assert row["small_p50_ms"] <= row["small_p99_ms"]

@@ -228,7 +228,7 @@ def test_progress_is_one_line_per_interval_however_many_requests():
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("bertnpu.serve")
+    logger = logging.getLogger("bertnpu.serve.progress")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:

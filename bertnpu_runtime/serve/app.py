@@ -83,6 +83,7 @@ class ServeSettings:
     max_batch_tokens: int = 16_384
     max_wait_ms: float = 0.0
     max_queue_requests: int = 1024
+    max_queue_tokens: int | None = None  # None: 64 batches' worth (64 x max_batch_tokens)
     max_request_texts: int = 2048
     max_body_bytes: int = 2_000_000  # TEI's default payload limit
     on_overflow: str = "truncate"
@@ -122,6 +123,8 @@ class ModelService:
             max_batch_tokens=self.settings.max_batch_tokens,
             max_wait_s=self.settings.max_wait_ms / 1000,
             max_queue_requests=self.settings.max_queue_requests,
+            max_queue_tokens=self.settings.max_queue_tokens,
+            on_dropped=self.metrics.cancelled_texts.inc,
             workers=encoder.pipeline.backend.hints.concurrent_calls,
         )
         self.state = "ok"
@@ -178,7 +181,7 @@ class ModelService:
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         return self.encoder
 
-    async def _unless_client_left(self, future: asyncio.Future, started: list[float], texts: int) -> np.ndarray:
+    async def _unless_client_left(self, future: asyncio.Future) -> np.ndarray:
         """The request's outputs; or, when its client closes the connection first, the request is
         cancelled (a batch that has not taken it never will: the batcher drops it) and ClientLeft."""
         gone = _CLIENT_GONE.get()
@@ -187,9 +190,7 @@ class ModelService:
         await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
         if future.done():
             return future.result()
-        future.cancel()
-        if not started:  # no batch took it: its texts are never encoded
-            self.metrics.cancelled_texts.inc(texts)
+        future.cancel()  # the batcher drops its queued texts (and counts them)
         raise ClientLeft
 
     def embedding_model(self) -> SentenceEncoder:
@@ -291,7 +292,7 @@ class ModelService:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
         try:
-            outputs = await self._unless_client_left(future, started, len(texts))
+            outputs = await self._unless_client_left(future)
         except (BackendCallError, BackendUnavailableError, NpuTimeoutError, EncoderClosedError) as exc:
             raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))

@@ -1,16 +1,18 @@
-"""One queue for every client's texts, run through the encoder as few, full batches.
+"""One queue for every client's texts, run through the encoder as few, full batches, fairly.
 
-Requests from the event loop join the queue; a worker thread takes everything queued, up to
-`max_batch_tokens` tokens (at least one request), waiting at most `max_wait_s` after the oldest
-request arrived for more to come, and runs them as one `encode()` while the next batch gathers.
+A request is split into pieces of at most `max_batch_tokens` tokens. A worker thread takes queued
+pieces up to that budget, waiting at most `max_wait_s` after the oldest request arrived for more to
+come, and runs them as one `encode()` while the next batch gathers. Requests take turns: each gives
+at most one piece to a batch, and one with pieces left goes to the back of the queue, so a
+one-sentence request waits about one batch behind a big one, not the whole of it.
 `workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
 always has one call's batches to run while another call embeds and pools.
-Each request's vectors go back to its asyncio future. When a batch of several requests fails with
-a transient device fault (BackendCallError), each request is run again alone, so one request fails
-only when its own texts cannot be encoded. The queue holds at most
-`max_queue_requests` requests: one more is refused at once (QueueFull), so overload never grows
-memory. A vector does not depend on which other requests shared its batch beyond float rounding.
-"""
+A request's vectors go back to its asyncio future once all its pieces ran. When a batch of several
+pieces fails with a transient device fault (BackendCallError), each piece is run again alone, so a
+request fails only when its own texts cannot be encoded. The queue holds at most
+`max_queue_requests` requests and `max_queue_tokens` tokens (the token rows, 8 bytes a token): one
+more is refused at once (QueueFull), so overload never grows memory. A vector does not depend on
+which other requests shared its batch beyond float rounding."""
 
 from __future__ import annotations
 
@@ -28,17 +30,48 @@ from ..tokenize import TokenRows
 
 
 class QueueFull(Exception):
-    """The batcher's queue holds max_queue_requests requests already."""
+    """The batcher's queue holds max_queue_requests requests, or max_queue_tokens tokens, already."""
 
 
-@dataclass
-class _Job:
-    rows: TokenRows  # the request's texts, tokenized
-    tokens: int
+@dataclass(eq=False)
+class _Request:
+    """One client's request: its pieces still queued, and the outputs of those that ran."""
+
+    pieces: deque[_Piece]
+    outputs: list[np.ndarray | None]
     future: asyncio.Future
-    on_start: Callable[[float], None]  # told the monotonic time its batch started
+    on_start: Callable[[float], None]  # told the monotonic time its first batch started
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
+    started: bool = False
+    failed: bool = False
+    unfinished: int = 0  # pieces without an output yet
+
+    @property
+    def queued_tokens(self) -> int:
+        return sum(piece.tokens for piece in self.pieces)
+
+
+@dataclass(eq=False)
+class _Piece:
+    """At most one batch's worth of a request's texts, in order."""
+
+    request: _Request
+    index: int  # its place among the request's pieces
+    rows: TokenRows
+    tokens: int
+
+
+def split_by_tokens(rows: TokenRows, max_tokens: int) -> list[TokenRows]:
+    """Consecutive runs of texts of at most `max_tokens` tokens each (a longer text alone)."""
+    pieces, first, tokens = [], 0, 0
+    for index, length in enumerate(rows.lengths.tolist()):
+        if index > first and tokens + length > max_tokens:
+            pieces.append(rows.slice(first, index))
+            first, tokens = index, 0
+        tokens += length
+    pieces.append(rows.slice(first, len(rows)))
+    return pieces
 
 
 class Batcher:
@@ -51,18 +84,22 @@ class Batcher:
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_requests: int,
+        max_queue_tokens: int | None = None,
         workers: int = 1,
+        on_dropped: Callable[[int], None] = lambda texts: None,
     ) -> None:
         self.workers = workers
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_requests = max_queue_requests
-        self._jobs: deque[_Job] = deque()
+        self.max_queue_tokens = max_queue_tokens if max_queue_tokens is not None else 64 * max_batch_tokens
+        self._on_dropped = on_dropped
+        self._requests: deque[_Request] = deque()  # those with pieces queued, in turn order
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._running = 0  # requests inside an encode()
+        self._running = 0  # pieces inside an encode()
         self._threads = [
             threading.Thread(target=self._run, name=f"bertnpu-batcher-{i}", daemon=True) for i in range(workers)
         ]
@@ -71,37 +108,49 @@ class Batcher:
 
     @property
     def queued_requests(self) -> int:
-        return len(self._jobs)
+        return len(self._requests)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
 
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing being encoded."""
         with self._cond:
-            return not self._jobs and not self._running
+            return not self._requests and not self._running
 
     def fail_queued(self, error: BaseException) -> int:
         """Fail every queued request with `error` (a stop that cannot wait); returns how many."""
         with self._cond:
-            jobs, self._jobs = list(self._jobs), deque()
+            requests, self._requests = list(self._requests), deque()
             self._queued_tokens = 0
-        _fail(jobs, error)
-        return len(jobs)
+            for request in requests:
+                request.pieces.clear()
+        for request in requests:
+            _fail(request, error)
+        return len(requests)
 
     def submit(self, rows: TokenRows, on_start: Callable[[float], None] = lambda started: None) -> asyncio.Future:
         """Queue one request's token rows; await the future for their vectors. `on_start` is told
-        when the batch that holds them starts (for timing). Call from the running event loop.
-        Raises QueueFull when the queue is full."""
+        when the first batch that holds some of them starts (for timing). Call from the running
+        event loop. Raises QueueFull when the queue is full."""
         loop = asyncio.get_running_loop()
-        job = _Job(rows, int(rows.lengths.sum()), loop.create_future(), on_start, loop)
+        parts = split_by_tokens(rows, self.max_batch_tokens)
+        request = _Request(deque(), [None] * len(parts), loop.create_future(), on_start, loop, unfinished=len(parts))
+        request.pieces.extend(_Piece(request, i, part, int(part.lengths.sum())) for i, part in enumerate(parts))
+        tokens = request.queued_tokens
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is closed")
-            if len(self._jobs) >= self.max_queue_requests:
-                raise QueueFull(f"{len(self._jobs)} requests are queued, this server's limit")
-            self._jobs.append(job)
-            self._queued_tokens += job.tokens
+            if len(self._requests) >= self.max_queue_requests:
+                raise QueueFull(f"{len(self._requests)} requests are queued, this server's limit")
+            if self._requests and self._queued_tokens + tokens > self.max_queue_tokens:
+                raise QueueFull(f"{self._queued_tokens} tokens are queued; this request's {tokens} pass the limit")
+            self._requests.append(request)
+            self._queued_tokens += tokens
             self._cond.notify()
-        return job.future
+        return request.future
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Run what is queued, then stop the worker (waiting at most `timeout_s`)."""
@@ -120,74 +169,111 @@ class Batcher:
                 with self._cond:
                     self._running -= len(batch)
 
+    def _drop(self, dropped: list[_Request]) -> None:
+        """Take these requests' pieces off the queue (holding self._cond)."""
+        if dropped:
+            self._requests = deque(request for request in self._requests if request not in dropped)
+            for request in dropped:
+                self._queued_tokens -= request.queued_tokens
+                request.pieces.clear()
+
     def _drop_abandoned(self) -> None:
         """Take the requests of clients that went away off the queue (holding self._cond): their
-        texts never reach the encoder."""
-        if any(map(_abandoned, self._jobs)):
-            dropped = [job for job in self._jobs if _abandoned(job)]
-            self._jobs = deque(job for job in self._jobs if not _abandoned(job))
-            self._queued_tokens -= sum(job.tokens for job in dropped)
+        queued texts never reach the encoder; pieces already running finish."""
+        abandoned = [request for request in self._requests if request.future.cancelled()]
+        if abandoned:
+            texts = sum(len(piece.rows) for request in abandoned for piece in request.pieces)
+            self._drop(abandoned)
+            self._on_dropped(texts)
 
-    def _encode_and_settle(self, batch: list[_Job]) -> None:
-        """Encode the batch's requests together and hand each its vectors, or the error."""
+    def _encode_and_settle(self, batch: list[_Piece]) -> None:
+        """Encode the batch's pieces together and hand each its vectors, or the error."""
         try:
-            vectors = self._encode(TokenRows.concatenate([job.rows for job in batch]))
+            vectors = self._encode(TokenRows.concatenate([piece.rows for piece in batch]))
         except BackendCallError as exc:
             if len(batch) == 1:
-                _fail(batch, exc)
+                self._fail_request(batch[0].request, exc)
             else:  # one faulty call must not fail the requests that shared its batch
-                for job in batch:
-                    self._encode_and_settle([job])
+                for piece in batch:
+                    self._encode_and_settle([piece])
             return
         except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-            _fail(batch, exc)
+            for request in {id(piece.request): piece.request for piece in batch}.values():
+                self._fail_request(request, exc)
             return
         start = 0
-        for job in batch:
-            end = start + len(job.rows)
-            job.loop.call_soon_threadsafe(_settle, job.future, vectors[start:end], None)
+        for piece in batch:
+            end = start + len(piece.rows)
+            self._piece_done(piece, vectors[start:end])
             start = end
 
-    def _next_batch(self) -> list[_Job] | None:
-        """The requests of the next encode(): all queued up to the token budget, once the budget is
-        met, the oldest has waited max_wait_s, or the batcher is closing. None when closed and empty."""
+    def _piece_done(self, piece: _Piece, vectors: np.ndarray) -> None:
+        request = piece.request
+        with self._cond:
+            request.outputs[piece.index] = vectors
+            request.unfinished -= 1
+            if request.unfinished or request.failed:
+                return
+        outputs = [output for output in request.outputs if output is not None]  # all, by now
+        result = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        request.loop.call_soon_threadsafe(_settle, request.future, result, None)
+
+    def _fail_request(self, request: _Request, error: BaseException) -> None:
+        """Its other queued pieces are dropped: the request has failed."""
+        with self._cond:
+            request.failed = True
+            self._drop([request])
+        _fail(request, error)
+
+    def _next_batch(self) -> list[_Piece] | None:
+        """The pieces of the next encode(): up to the token budget, once the budget is met, the
+        oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
+        Requests take turns: each gives at most one piece per batch, and a request with more
+        pieces goes to the back, so a small request waits about one batch behind a big one."""
         with self._cond:
             while True:
                 self._drop_abandoned()
-                while not self._jobs:
+                while not self._requests:
                     if self._closing:
                         return None
                     self._cond.wait()
                     self._drop_abandoned()
-                deadline = self._jobs[0].arrived + self.max_wait_s
+                deadline = self._requests[0].arrived + self.max_wait_s
                 while self._queued_tokens < self.max_batch_tokens and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 self._drop_abandoned()
-                if self._jobs:
+                if self._requests:
                     break
-            batch = [self._jobs.popleft()]
-            tokens = batch[0].tokens
-            while self._jobs and tokens + self._jobs[0].tokens <= self.max_batch_tokens:
-                tokens += self._jobs[0].tokens
-                batch.append(self._jobs.popleft())
+            batch: list[_Piece] = []
+            tokens = 0
+            again: list[_Request] = []
+            while self._requests:
+                request = self._requests[0]
+                piece = request.pieces[0]
+                if batch and tokens + piece.tokens > self.max_batch_tokens:
+                    break
+                self._requests.popleft()
+                request.pieces.popleft()
+                batch.append(piece)
+                tokens += piece.tokens
+                if request.pieces:
+                    again.append(request)
+            self._requests.extend(again)
             self._queued_tokens -= tokens
             self._running += len(batch)
             started = time.monotonic()
-            for job in batch:
-                job.on_start(started)
+            for piece in batch:
+                if not piece.request.started:
+                    piece.request.started = True
+                    piece.request.on_start(started)
             return batch
 
 
-def _abandoned(job: _Job) -> bool:
-    """Its request was cancelled (the client went away) before any batch took it."""
-    return job.future.cancelled()
-
-
 def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:
-    if future.done():  # the client went away and its request was cancelled
+    if future.done():  # the client went away and its request was cancelled, or a piece failed it
         return
     if error is not None:
         future.set_exception(error)
@@ -195,6 +281,5 @@ def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseExcept
         future.set_result(result)
 
 
-def _fail(jobs: list[_Job], error: BaseException) -> None:
-    for job in jobs:
-        job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+def _fail(request: _Request, error: BaseException) -> None:
+    request.loop.call_soon_threadsafe(_settle, request.future, None, error)

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-logger = logging.getLogger("bertnpu.serve")
+logger = logging.getLogger("bertnpu.serve.progress")  # INFO with -v only
 
 PROGRESS_INTERVAL_S = 10.0
 
