@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from bertnpu_runtime.serve.batcher import Batcher, QueueFull, split_by_tokens
+from bertnpu_runtime.serve.batcher import Batcher, QueueFull
 from bertnpu_runtime.tokenize import TokenRows
 
 
@@ -39,12 +39,24 @@ class Recorder:
 
 
 @pytest.mark.parametrize("lengths", [[10] * 12, [3, 40, 5, 5, 5, 60, 2], [100]])
-def test_pieces_cover_every_text_once_in_order_within_the_budget(lengths):
-    rows = TokenRows.from_lists([[1] * n for n in lengths], [False] * len(lengths))
-    pieces = split_by_tokens(rows, 32)
-    assert [n for piece in pieces for n in piece.lengths.tolist()] == lengths
-    for piece in pieces:
-        assert piece.lengths.sum() <= 32 or len(piece) == 1
+def test_a_request_runs_as_pieces_within_the_budget_covering_every_text_once(lengths):
+    """Each text i is [CLS] i+1 ... [SEP], `lengths[i]` tokens; the budget is 32 tokens a batch."""
+    rows = TokenRows.from_lists(
+        [[101, i + 1] + [7] * (n - 3) + [102] for i, n in enumerate(lengths)], [False] * len(lengths)
+    )
+    recorder = Recorder()
+
+    async def main() -> np.ndarray:
+        batcher = Batcher(recorder, max_batch_tokens=32, max_wait_s=0, max_queue_requests=10)
+        try:
+            return await batcher.submit(rows)
+        finally:
+            batcher.close()
+
+    assert asyncio.run(main())[:, 0].tolist() == list(range(1, len(lengths) + 1))
+    assert [i for call in recorder.calls for i in call] == list(range(1, len(lengths) + 1))
+    for call in recorder.calls:
+        assert sum(lengths[i - 1] for i in call) <= 32 or len(call) == 1
 
 
 async def _submit_while_held(batcher: Batcher, recorder: Recorder, first: TokenRows, then: list[TokenRows]) -> list:
@@ -56,28 +68,27 @@ async def _submit_while_held(batcher: Batcher, recorder: Recorder, first: TokenR
     return await asyncio.gather(*futures)
 
 
-def test_a_small_request_waits_one_batch_behind_a_big_one_not_all_of_it():
+def test_a_small_request_waits_for_the_next_batch_not_for_a_big_one():
     recorder = Recorder(hold_first=True)
 
     async def main() -> list:
         batcher = Batcher(recorder, max_batch_tokens=50, max_wait_s=0, max_queue_requests=10)
         try:
-            big = texts(1000, 40)  # 400 tokens: 8 pieces of 5 texts
+            big = texts(1000, 40)  # 400 tokens: 8 batches' worth
             return await _submit_while_held(batcher, recorder, big, [texts(1100, 5), texts(2000, 1)])
         finally:
             batcher.close()
 
     big, second_big, small = asyncio.run(main())
-    assert big[:, 0].tolist() == list(range(1000, 1040))  # whole and in order, from 8 pieces
+    assert big[:, 0].tolist() == list(range(1000, 1040))  # whole and in order, from its pieces
     assert second_big[:, 0].tolist() == list(range(1100, 1105))
     assert small[:, 0].tolist() == [2000]
     calls = recorder.calls
     assert all(len(call) <= 5 for call in calls)  # 50 tokens a batch
-    call_of = {second_id: i for i, call in enumerate(calls) for second_id in call}
-    # one turn per client ahead of it: the big request's next piece, the other request; then the
-    # small one, before the big request's other 6 pieces
-    assert call_of[2000] == 3, calls
-    assert call_of[1010] > call_of[2000] and call_of[1100] < call_of[2000]
+    # requests that have not started go first (the other one and the small one), each batch with
+    # room for one text of the big request
+    assert calls[1] == [1100, 1101, 1102, 1103, 1005], calls
+    assert calls[2][0] == 2000 and 1006 in calls[2], calls
 
 
 def test_the_queue_is_bounded_in_tokens():
@@ -135,3 +146,37 @@ def test_a_failing_piece_fails_its_request_only_and_its_other_pieces_never_run()
     (result,) = asyncio.run(main())
     assert isinstance(result, ValueError)
     assert len(calls) == 2  # the first piece, the failing one; the other 6 were dropped
+
+
+def test_two_big_requests_take_turns_and_end_together():
+    recorder = Recorder(hold_first=True)
+
+    async def main() -> None:
+        batcher = Batcher(recorder, max_batch_tokens=50, max_wait_s=0, max_queue_requests=10)
+        try:
+            await _submit_while_held(batcher, recorder, texts(1000, 20), [texts(5000, 20)])
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    last_call = {owner: i for i, call in enumerate(recorder.calls) for owner in {n // 1000 for n in call}}
+    assert len(recorder.calls) == 8, recorder.calls  # 40 texts, 5 a batch: every batch full
+    assert abs(last_call[1] - last_call[5]) <= 1, recorder.calls  # first come, first served: calls 3 and 7
+
+
+def test_a_big_request_progresses_under_a_stream_of_small_ones():
+    """Small requests that alone would fill every batch still leave room for one big text."""
+    recorder = Recorder(hold_first=True)
+
+    async def main() -> None:
+        batcher = Batcher(recorder, max_batch_tokens=50, max_wait_s=0, max_queue_requests=100)
+        try:
+            await _submit_while_held(batcher, recorder, texts(1000, 10), [texts(2000 + i, 1) for i in range(20)])
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    calls = recorder.calls
+    assert calls[0] == list(range(1000, 1005))  # held
+    for call in calls[1:5]:  # 20 small ones, 4 a batch, with one big text each
+        assert len(call) == 5 and sum(1000 <= i < 2000 for i in call) == 1, calls

@@ -1,10 +1,13 @@
 """One queue for every client's texts, run through the encoder as few, full batches, fairly.
 
-A request is split into pieces of at most `max_batch_tokens` tokens. A worker thread takes queued
-pieces up to that budget, waiting at most `max_wait_s` after the oldest request arrived for more to
-come, and runs them as one `encode()` while the next batch gathers. Requests take turns: each gives
-at most one piece to a batch, and one with pieces left goes to the back of the queue, so a
-one-sentence request waits about one batch behind a big one, not the whole of it.
+A worker thread takes queued texts up to `max_batch_tokens` tokens, waiting at most `max_wait_s`
+after the oldest request arrived for more to come, and runs them as one `encode()` while the next
+batch gathers. A request larger than a batch runs as several pieces. Requests take turns: the
+requests that have not started go first, then those that have, each giving one piece (the texts
+that fit in the batch's room left), and a request with texts left goes to the back of the queue.
+So a one-sentence request waits for the next batch, not for the whole of a big request; a big
+request fills the room the small ones leave, and at least one of its texts runs in every batch
+while it waits its turn: small ones slow it, never stop it.
 `workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
 always has one call's batches to run while another call embeds and pools.
 A request's vectors go back to its asyncio future once all its pieces ran. When a batch of several
@@ -35,43 +38,69 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class _Request:
-    """One client's request: its pieces still queued, and the outputs of those that ran."""
+    """One client's request: its texts not yet taken by a batch, and the outputs of those that ran."""
 
-    pieces: deque[_Piece]
-    outputs: list[np.ndarray | None]
+    rows: TokenRows
     future: asyncio.Future
     on_start: Callable[[float], None]  # told the monotonic time its first batch started
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
-    started: bool = False
+    next_text: int = 0  # the first text no batch has taken
+    outputs: dict[int, np.ndarray] = field(default_factory=dict)  # by a piece's first text
+    encoded: int = 0  # texts whose outputs are in
     failed: bool = False
-    unfinished: int = 0  # pieces without an output yet
+    token_ends: np.ndarray = field(init=False)  # int64 [texts], tokens up to and with each text
+
+    def __post_init__(self) -> None:
+        self.token_ends = np.cumsum(self.rows.lengths)
+
+    @property
+    def started(self) -> bool:
+        return self.next_text > 0
+
+    @property
+    def queued(self) -> bool:
+        return self.next_text < len(self.rows)
 
     @property
     def queued_tokens(self) -> int:
-        return sum(piece.tokens for piece in self.pieces)
+        return self._tokens_before(len(self.rows)) - self._tokens_before(self.next_text)
+
+    @property
+    def queued_texts(self) -> int:
+        return len(self.rows) - self.next_text
+
+    @property
+    def next_text_tokens(self) -> int:
+        return int(self.rows.lengths[self.next_text])
+
+    def _tokens_before(self, text: int) -> int:
+        return int(self.token_ends[text - 1]) if text else 0
+
+    def take(self, room: int, at_least_one: bool) -> _Piece | None:
+        """Its next texts that fit in `room` tokens (at least one text when `at_least_one`)."""
+        limit = self._tokens_before(self.next_text) + room
+        end = int(np.searchsorted(self.token_ends, limit, side="right"))
+        if end <= self.next_text:
+            if not at_least_one:
+                return None
+            end = self.next_text + 1
+        piece = _Piece(self, self.next_text, self.rows.slice(self.next_text, end))
+        self.next_text = end
+        return piece
 
 
 @dataclass(eq=False)
 class _Piece:
-    """At most one batch's worth of a request's texts, in order."""
+    """Some of a request's texts, in order, taken by one batch."""
 
     request: _Request
-    index: int  # its place among the request's pieces
+    first: int  # the request's index of its first text
     rows: TokenRows
-    tokens: int
 
-
-def split_by_tokens(rows: TokenRows, max_tokens: int) -> list[TokenRows]:
-    """Consecutive runs of texts of at most `max_tokens` tokens each (a longer text alone)."""
-    pieces, first, tokens = [], 0, 0
-    for index, length in enumerate(rows.lengths.tolist()):
-        if index > first and tokens + length > max_tokens:
-            pieces.append(rows.slice(first, index))
-            first, tokens = index, 0
-        tokens += length
-    pieces.append(rows.slice(first, len(rows)))
-    return pieces
+    @property
+    def tokens(self) -> int:
+        return int(self.rows.lengths.sum())
 
 
 class Batcher:
@@ -95,7 +124,7 @@ class Batcher:
         self.max_queue_requests = max_queue_requests
         self.max_queue_tokens = max_queue_tokens if max_queue_tokens is not None else 64 * max_batch_tokens
         self._on_dropped = on_dropped
-        self._requests: deque[_Request] = deque()  # those with pieces queued, in turn order
+        self._requests: deque[_Request] = deque()  # those with texts queued, in turn order
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -126,7 +155,7 @@ class Batcher:
             requests, self._requests = list(self._requests), deque()
             self._queued_tokens = 0
             for request in requests:
-                request.pieces.clear()
+                request.next_text = len(request.rows)
         for request in requests:
             _fail(request, error)
         return len(requests)
@@ -136,9 +165,7 @@ class Batcher:
         when the first batch that holds some of them starts (for timing). Call from the running
         event loop. Raises QueueFull when the queue is full."""
         loop = asyncio.get_running_loop()
-        parts = split_by_tokens(rows, self.max_batch_tokens)
-        request = _Request(deque(), [None] * len(parts), loop.create_future(), on_start, loop, unfinished=len(parts))
-        request.pieces.extend(_Piece(request, i, part, int(part.lengths.sum())) for i, part in enumerate(parts))
+        request = _Request(rows, loop.create_future(), on_start, loop)
         tokens = request.queued_tokens
         with self._cond:
             if self._closing:
@@ -170,19 +197,19 @@ class Batcher:
                     self._running -= len(batch)
 
     def _drop(self, dropped: list[_Request]) -> None:
-        """Take these requests' pieces off the queue (holding self._cond)."""
+        """Take these requests' queued texts off the queue (holding self._cond)."""
         if dropped:
             self._requests = deque(request for request in self._requests if request not in dropped)
             for request in dropped:
                 self._queued_tokens -= request.queued_tokens
-                request.pieces.clear()
+                request.next_text = len(request.rows)
 
     def _drop_abandoned(self) -> None:
         """Take the requests of clients that went away off the queue (holding self._cond): their
         queued texts never reach the encoder; pieces already running finish."""
         abandoned = [request for request in self._requests if request.future.cancelled()]
         if abandoned:
-            texts = sum(len(piece.rows) for request in abandoned for piece in request.pieces)
+            texts = sum(request.queued_texts for request in abandoned)
             self._drop(abandoned)
             self._on_dropped(texts)
 
@@ -210,11 +237,11 @@ class Batcher:
     def _piece_done(self, piece: _Piece, vectors: np.ndarray) -> None:
         request = piece.request
         with self._cond:
-            request.outputs[piece.index] = vectors
-            request.unfinished -= 1
-            if request.unfinished or request.failed:
+            request.outputs[piece.first] = vectors
+            request.encoded += len(piece.rows)
+            if request.encoded < len(request.rows) or request.failed:
                 return
-        outputs = [output for output in request.outputs if output is not None]  # all, by now
+        outputs = [request.outputs[first] for first in sorted(request.outputs)]
         result = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         request.loop.call_soon_threadsafe(_settle, request.future, result, None)
 
@@ -228,8 +255,8 @@ class Batcher:
     def _next_batch(self) -> list[_Piece] | None:
         """The pieces of the next encode(): up to the token budget, once the budget is met, the
         oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
-        Requests take turns: each gives at most one piece per batch, and a request with more
-        pieces goes to the back, so a small request waits about one batch behind a big one."""
+        Requests that have not started go first, leaving room for one text of the longest-waiting
+        started request; each gives one piece, the texts that fit."""
         with self._cond:
             while True:
                 self._drop_abandoned()
@@ -249,25 +276,28 @@ class Batcher:
                     break
             batch: list[_Piece] = []
             tokens = 0
-            again: list[_Request] = []
-            while self._requests:
-                request = self._requests[0]
-                piece = request.pieces[0]
-                if batch and tokens + piece.tokens > self.max_batch_tokens:
-                    break
-                self._requests.popleft()
-                request.pieces.popleft()
+            waiting = sorted(self._requests, key=lambda request: request.started)  # not started first
+            # room for one text of the longest-waiting started request, so small ones never stop it
+            longest_waiting = next((request for request in waiting if request.started), None)
+            reserve = longest_waiting.next_text_tokens if longest_waiting is not None else 0
+            for request in waiting:
+                room = self.max_batch_tokens - tokens - (0 if request.started else reserve)
+                piece = request.take(room, at_least_one=not batch)
+                if piece is None:
+                    continue
                 batch.append(piece)
                 tokens += piece.tokens
-                if request.pieces:
-                    again.append(request)
-            self._requests.extend(again)
+                if tokens >= self.max_batch_tokens:
+                    break
+            took = [piece.request for piece in batch]
+            self._requests = deque(
+                [request for request in waiting if request not in took] + [r for r in took if r.queued]
+            )
             self._queued_tokens -= tokens
             self._running += len(batch)
             started = time.monotonic()
             for piece in batch:
-                if not piece.request.started:
-                    piece.request.started = True
+                if piece.first == 0:  # the request's first batch
                     piece.request.on_start(started)
             return batch
 
