@@ -85,10 +85,10 @@ def test_a_small_request_waits_for_the_next_batch_not_for_a_big_one():
     assert small[:, 0].tolist() == [2000]
     calls = recorder.calls
     assert all(len(call) <= 5 for call in calls)  # 50 tokens a batch
-    # requests that have not started go first (the other one and the small one), each batch with
-    # room for one text of the big request
-    assert calls[1] == [1100, 1101, 1102, 1103, 1005], calls
-    assert calls[2][0] == 2000 and 1006 in calls[2], calls
+    # requests that have not started go first, fewest texts first, with one text of the started one
+    assert calls[1] == [2000, 1100, 1101, 1102, 1005], calls
+    # then the started ones take turns filling batches: the other one's last two texts, the big one
+    assert calls[2] == [1103, 1104, 1006, 1007, 1008], calls
 
 
 def test_the_queue_is_bounded_in_tokens():

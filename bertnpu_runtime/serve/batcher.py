@@ -2,12 +2,12 @@
 
 A worker thread takes queued texts up to `max_batch_tokens` tokens, waiting at most `max_wait_s`
 after the oldest request arrived for more to come, and runs them as one `encode()` while the next
-batch gathers. A request larger than a batch runs as several pieces. Requests take turns: the
-requests that have not started go first, then those that have, each giving one piece (the texts
-that fit in the batch's room left), and a request with texts left goes to the back of the queue.
-So a one-sentence request waits for the next batch, not for the whole of a big request; a big
-request fills the room the small ones leave, and at least one of its texts runs in every batch
-while it waits its turn: small ones slow it, never stop it.
+batch gathers. A request larger than a batch runs as several pieces. Requests take turns: while
+requests that have not started wait, the next batch is theirs (fewest texts first) but for one text of the
+longest-waiting started request; else the started requests fill it, each giving the texts that fit
+in the room left, and one with texts left goes to the back of the queue. So a one-sentence request
+waits for a batcher thread to come free and runs in a small batch, not behind the whole of a big
+request, and small requests slow a big one, never stop it.
 `workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
 always has one call's batches to run while another call embeds and pools.
 A request's vectors go back to its asyncio future once all its pieces ran. When a batch of several
@@ -255,8 +255,9 @@ class Batcher:
     def _next_batch(self) -> list[_Piece] | None:
         """The pieces of the next encode(): up to the token budget, once the budget is met, the
         oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
-        Requests that have not started go first, leaving room for one text of the longest-waiting
-        started request; each gives one piece, the texts that fit."""
+        While requests that have not started wait, the batch is theirs (fewest texts first), with
+        room for one text of the longest-waiting started request; else the started ones fill it
+        in turn."""
         with self._cond:
             while True:
                 self._drop_abandoned()
@@ -274,24 +275,19 @@ class Batcher:
                 self._drop_abandoned()
                 if self._requests:
                     break
-            batch: list[_Piece] = []
-            tokens = 0
-            waiting = sorted(self._requests, key=lambda request: request.started)  # not started first
-            # room for one text of the longest-waiting started request, so small ones never stop it
-            longest_waiting = next((request for request in waiting if request.started), None)
-            reserve = longest_waiting.next_text_tokens if longest_waiting is not None else 0
-            for request in waiting:
-                room = self.max_batch_tokens - tokens - (0 if request.started else reserve)
-                piece = request.take(room, at_least_one=not batch)
-                if piece is None:
-                    continue
-                batch.append(piece)
-                tokens += piece.tokens
-                if tokens >= self.max_batch_tokens:
-                    break
+            fresh = sorted((request for request in self._requests if not request.started), key=_size)
+            under_way = [request for request in self._requests if request.started]
+            if fresh:  # a quick batch for them, with one text of the longest-waiting started request
+                reserve = under_way[0].next_text_tokens if under_way else 0
+                batch = _take_in_turn(fresh, self.max_batch_tokens - reserve)
+                room = self.max_batch_tokens - sum(piece.tokens for piece in batch)
+                batch += _take_in_turn(under_way[:1], min(reserve, room), at_least_one=False)
+            else:
+                batch = _take_in_turn(under_way, self.max_batch_tokens)
+            tokens = sum(piece.tokens for piece in batch)
             took = [piece.request for piece in batch]
             self._requests = deque(
-                [request for request in waiting if request not in took] + [r for r in took if r.queued]
+                [request for request in self._requests if request not in took] + [r for r in took if r.queued]
             )
             self._queued_tokens -= tokens
             self._running += len(batch)
@@ -300,6 +296,25 @@ class Batcher:
                 if piece.first == 0:  # the request's first batch
                     piece.request.on_start(started)
             return batch
+
+
+def _size(request: _Request) -> int:
+    return len(request.rows)
+
+
+def _take_in_turn(requests: list[_Request], budget: int, at_least_one: bool = True) -> list[_Piece]:
+    """One piece from each request in turn, the texts that fit in what is left of `budget` tokens
+    (the first piece at least one text, when `at_least_one`)."""
+    pieces: list[_Piece] = []
+    tokens = 0
+    for request in requests:
+        piece = request.take(budget - tokens, at_least_one=at_least_one and not pieces)
+        if piece is not None:
+            pieces.append(piece)
+            tokens += piece.tokens
+            if tokens >= budget:
+                break
+    return pieces
 
 
 def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:
