@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,32 @@ async def _one_request(server: Server, texts: list[str]) -> tuple[int, bytes]:
         writer.close()
 
 
+async def _client(
+    server: Server,
+    payloads: list[bytes],
+    latencies: list[float],
+    index: int,
+    step: int,
+    another: Callable[[], bool],
+) -> int:
+    """One closed-loop client on one keep-alive connection: sends payloads[index], then
+    payloads[index + step], ... each when the last is answered, while `another()`; appends each
+    latency and returns how many answers were not 200."""
+    errors = 0
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        while another():
+            started = time.perf_counter()
+            writer.write(payloads[index % len(payloads)])
+            status, _ = await _read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+            index += step
+    finally:
+        writer.close()
+    return errors
+
+
 async def _load(
     server: Server, sentences: list[str], texts: int, concurrency: int, seconds: float, requests: int
 ) -> dict[str, float]:
@@ -301,38 +327,35 @@ async def _load(
     request budget is spent. Returns throughput and latency figures."""
     payloads = [_request_bytes(server, sentences[i : i + texts]) for i in range(0, len(sentences) - texts + 1, texts)]
     latencies: list[float] = []
-    errors = 0
     sent = 0
     deadline = time.perf_counter() + seconds
 
-    async def client(first: int) -> None:
-        nonlocal errors, sent
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        index = first
-        try:
-            while sent < requests and time.perf_counter() < deadline:
-                sent += 1
-                started = time.perf_counter()
-                writer.write(payloads[index % len(payloads)])
-                status, _ = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                errors += status != 200
-                index += concurrency
-        finally:
-            writer.close()
+    def another() -> bool:
+        nonlocal sent
+        sent += 1
+        return sent <= requests and time.perf_counter() < deadline
 
     started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    errors = sum(
+        await asyncio.gather(
+            *(_client(server, payloads, latencies, i, concurrency, another) for i in range(concurrency))
+        )
+    )
     wall = time.perf_counter() - started
-    latencies.sort()
     return {
         "requests_per_s": len(latencies) / wall,
         "sentences_per_s": len(latencies) * texts / wall,
-        "p50_ms": 1e3 * latencies[len(latencies) // 2],
-        "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "p50_ms": _percentile_ms(latencies, 0.5),
+        "p99_ms": _percentile_ms(latencies, 0.99),
         "errors": errors,
         "requests": len(latencies),
     }
+
+
+def _percentile_ms(latencies: list[float], fraction: float) -> float:
+    """The latency (seconds) below which `fraction` of them fall, in milliseconds."""
+    ordered = sorted(latencies)
+    return 1e3 * ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def _long_texts(sentences: list[str], count: int, chars: int = 1500) -> list[str]:
@@ -375,33 +398,22 @@ async def _mixed_load(
     small_payloads = [_request_bytes(server, [sentence]) for sentence in sentences[:1000]]
     small: list[float] = []
     big: list[float] = []
-    errors = 0
     deadline = time.perf_counter() + seconds
 
-    async def client(payloads: list[bytes], latencies: list[float], index: int, step: int) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                writer.write(payloads[index % len(payloads)])
-                status, _ = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                errors += status != 200
-                index += step
-        finally:
-            writer.close()
+    def another() -> bool:
+        return time.perf_counter() < deadline
 
     started = time.perf_counter()
-    await asyncio.gather(
-        *(client([big_payload], big, 0, 1) for _ in range(big_clients)),
-        *(client(small_payloads, small, i, small_clients) for i in range(small_clients)),
+    errors = sum(
+        await asyncio.gather(
+            *(_client(server, [big_payload], big, 0, 1, another) for _ in range(big_clients)),
+            *(_client(server, small_payloads, small, i, small_clients, another) for i in range(small_clients)),
+        )
     )
     wall = time.perf_counter() - started
-    small.sort()
     return {
-        "small_p50_ms": 1e3 * small[len(small) // 2],
-        "small_p99_ms": 1e3 * small[min(len(small) - 1, int(len(small) * 0.99))],
+        "small_p50_ms": _percentile_ms(small, 0.5),
+        "small_p99_ms": _percentile_ms(small, 0.99),
         "small_requests_per_s": len(small) / wall,
         "long_texts_per_s": len(big) * len(long_texts) / wall,
         "errors": errors,
