@@ -24,7 +24,9 @@ round before the servers take their turns: the rate serving is measured against.
 texts (STS-B sentences joined to about 1,500 characters, past the model's length), beside SMALL
 clients sending one sentence at a time, for `--seconds`; it reports the small requests' p50/p99
 (how long a one-sentence request waits behind big ones) and the long texts embedded per second.
-`--texts` with no value skips the closed-loop cases. `--baseline DIR` also serves from another
+`--small-rate R` sends the one-sentence requests open loop instead, R per second, each on a
+connection of its own: slow periods are then sampled as often as fast ones. `--texts` with no value
+skips the closed-loop cases. `--baseline DIR` also serves from another
 checkout (a git worktree of an earlier commit), taking turns with the others: a before/after in
 one run.
 """
@@ -63,6 +65,11 @@ def parse_args(argv: Sequence[str] | None):
         "--mixed", type=int, nargs=2, metavar=("BIG", "SMALL"), help="run the mixed-load case with these clients"
     )
     parser.add_argument("--big-texts", type=int, default=256, help="long texts per big request (default: 256)")
+    parser.add_argument(
+        "--small-rate",
+        type=float,
+        help="mixed case: send the one-sentence requests open loop, this many per second, instead of SMALL clients",
+    )
     parser.add_argument("--baseline", type=Path, help="also serve from this checkout (an earlier commit's worktree)")
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)"
@@ -320,6 +327,32 @@ async def _client(
     return errors
 
 
+async def _open_loop(
+    server: Server, payloads: list[bytes], latencies: list[float], rate: float, another: Callable[[], bool]
+) -> int:
+    """Requests sent at a fixed rate, each on a connection of its own, whether or not the earlier
+    ones were answered (so slow periods are sampled as often as fast ones); returns the non-200s."""
+
+    async def one(payload: bytes) -> bool:
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(payload)
+            status, _ = await _read_response(reader)
+        finally:
+            writer.close()
+        latencies.append(time.perf_counter() - started)
+        return status != 200
+
+    sends = []
+    next_send = time.perf_counter()
+    while another():
+        sends.append(asyncio.create_task(one(payloads[len(sends) % len(payloads)])))
+        next_send += 1 / rate
+        await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
+    return sum(await asyncio.gather(*sends))
+
+
 async def _load(
     server: Server, sentences: list[str], texts: int, concurrency: int, seconds: float, requests: int
 ) -> dict[str, float]:
@@ -376,7 +409,9 @@ def _mixed_case(servers: list[Server], sentences: list[str], args: Any, repeats:
     measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
     for round_no in range(repeats):
         for server in servers[round_no % len(servers) :] + servers[: round_no % len(servers)]:
-            result = asyncio.run(_mixed_load(server, sentences, long_texts, big_clients, small_clients, args.seconds))
+            result = asyncio.run(
+                _mixed_load(server, sentences, long_texts, big_clients, small_clients, args.seconds, args.small_rate)
+            )
             measured[server.name].append(result)
     rows = []
     for server in servers:
@@ -391,7 +426,13 @@ def _mixed_case(servers: list[Server], sentences: list[str], args: Any, repeats:
 
 
 async def _mixed_load(
-    server: Server, sentences: list[str], long_texts: list[str], big_clients: int, small_clients: int, seconds: float
+    server: Server,
+    sentences: list[str],
+    long_texts: list[str],
+    big_clients: int,
+    small_clients: int,
+    seconds: float,
+    small_rate: float | None = None,
 ) -> dict[str, float]:
     """Big clients sending all of `long_texts` per request beside one-sentence clients, closed loop."""
     big_payload = _request_bytes(server, long_texts)
@@ -407,7 +448,11 @@ async def _mixed_load(
     errors = sum(
         await asyncio.gather(
             *(_client(server, [big_payload], big, 0, 1, another) for _ in range(big_clients)),
-            *(_client(server, small_payloads, small, i, small_clients, another) for i in range(small_clients)),
+            *(
+                [_open_loop(server, small_payloads, small, small_rate, another)]
+                if small_rate
+                else (_client(server, small_payloads, small, i, small_clients, another) for i in range(small_clients))
+            ),
         )
     )
     wall = time.perf_counter() - started

@@ -309,3 +309,16 @@ def test_serve_benchmark_mixed_load_beside_a_baseline_checkout(common_args, tmp_
     for row in result["mixed"]:
         assert row["errors"] == 0 and row["long_texts_per_s"] > 0 and row["small_requests_per_s"] > 0
         assert row["small_p50_ms"] <= row["small_p99_ms"]
+
+
+def test_serve_benchmark_mixed_load_with_an_open_loop_small_stream(common_args, tmp_path, monkeypatch):
+    from benchmarks import serve
+
+    monkeypatch.setattr(serve.shutil, "which", lambda name: None)
+    result = serve.main(
+        [*common_args, "--limit", "40", "--texts", "--mixed", "1", "0", "--big-texts", "4", "--seconds", "1"]
+        + ["--small-rate", "20", "--out", str(tmp_path / "serve.json")]
+    )
+    (row,) = result["mixed"]
+    assert row["errors"] == 0 and row["long_texts_per_s"] > 0
+    assert 0 < row["small_requests_per_s"] <= 25  # about 20 a second were sent, never more
