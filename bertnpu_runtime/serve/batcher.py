@@ -286,8 +286,9 @@ class Batcher:
                 batch = _take_in_turn(under_way, self.max_batch_tokens)
             tokens = sum(piece.tokens for piece in batch)
             took = [piece.request for piece in batch]
+            took_ids = {id(request) for request in took}  # a set: the queue may hold 1,024 requests
             self._requests = deque(
-                [request for request in self._requests if request not in took] + [r for r in took if r.queued]
+                [request for request in self._requests if id(request) not in took_ids] + [r for r in took if r.queued]
             )
             self._queued_tokens -= tokens
             self._running += len(batch)
