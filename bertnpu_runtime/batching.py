@@ -6,7 +6,9 @@ batches while later ones are tokenized and memory stays bounded. Each chunk is p
 little padding, and cut where the backend's bucket changes (the NPU runs one length per call).
 Where any lengths share a batch (ONNX pads each to its longest), the sorted run is cut where the
 padding saved outweighs one more encoder call (`least_padding_bounds`): a server's batch of 32
-random sentences would otherwise carry 1.6 times its real tokens.
+random sentences would otherwise carry 1.6 times its real tokens. There a batch also holds at most
+the backend's `batch_tokens` padded tokens: long texts run no slower in small batches on a CPU,
+and a small batch frees its thread sooner for another caller's.
 
 A batch short of batch_size made only of the chunk's own texts is held back for the next chunk,
 where texts of the same length may fill it: fewer, fuller encoder calls, and on the NPU each call
@@ -55,18 +57,21 @@ def plan_chunk(
     carried: int,
     final: bool,
     call_cost_tokens: float | None = None,
+    batch_tokens: int | None = None,
 ) -> ChunkPlan:
     """Batches of a chunk's rows, given their token `lengths`; the first `carried` rows were held
     back by the previous chunk and are never held again. `final`: the last chunk, which holds nothing.
-    `call_cost_tokens`: see batch_bounds."""
+    A batch is held only while one more text of its length would fit it.
+    `call_cost_tokens`, `batch_tokens`: see batch_bounds."""
     order = np.argsort(-lengths, kind="stable")
-    bounds = list(batch_bounds(lengths[order], batch_size, bucket, call_cost_tokens))
+    bounds = list(batch_bounds(lengths[order], batch_size, bucket, call_cost_tokens, batch_tokens))
     if final:
         bounds.sort(key=lambda bound: bound[0] - bound[1])  # stable: equal sizes stay longest first
     batches, held = [], []
     for start, stop in bounds:
         rows = order[start:stop]
-        if not final and stop - start < batch_size and rows.min() >= carried:
+        room = batch_tokens is None or (stop - start + 1) * lengths[rows[0]] <= batch_tokens
+        if not final and stop - start < batch_size and room and rows.min() >= carried:
             held.append(rows)
         else:
             batches.append(rows)
@@ -74,18 +79,23 @@ def plan_chunk(
 
 
 def batch_bounds(
-    lengths_longest_first: np.ndarray, batch_size: int, bucket: Bucket, call_cost_tokens: float | None = None
+    lengths_longest_first: np.ndarray,
+    batch_size: int,
+    bucket: Bucket,
+    call_cost_tokens: float | None = None,
+    batch_tokens: int | None = None,
 ) -> Iterator[tuple[int, int]]:
     """(start, stop) of each batch over sentences sorted longest first: at most batch_size sentences,
     and only sentences of one bucket together. Sentences of no bucket (any lengths mix) are cut
-    by least_padding_bounds when `call_cost_tokens` is given, else every batch_size sentences."""
+    by least_padding_bounds when `call_cost_tokens` is given (at most `batch_tokens` padded tokens
+    a batch, when given), else every batch_size sentences."""
     buckets = {length: bucket(length) for length in np.unique(lengths_longest_first).tolist()}
     keys = [buckets[length] for length in lengths_longest_first.tolist()]
     run_starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
     for run_start, run_stop in zip(run_starts, run_starts[1:] + [len(keys)]):
         if keys[run_start] is None and call_cost_tokens is not None:
             run = lengths_longest_first[run_start:run_stop]
-            for start, stop in least_padding_bounds(run, batch_size, call_cost_tokens):
+            for start, stop in least_padding_bounds(run, batch_size, call_cost_tokens, batch_tokens):
                 yield run_start + start, run_start + stop
         else:
             for start in range(run_start, run_stop, batch_size):
@@ -93,11 +103,12 @@ def batch_bounds(
 
 
 def least_padding_bounds(
-    lengths_longest_first: np.ndarray, batch_size: int, call_cost_tokens: float
+    lengths_longest_first: np.ndarray, batch_size: int, call_cost_tokens: float, batch_tokens: int | None = None
 ) -> list[tuple[int, int]]:
     """(start, stop) of the batches of at most batch_size sentences, each padded to its first
-    (longest), that cost least in all: padded tokens plus `call_cost_tokens` per batch. Dynamic
-    programming over the cut points; ties go to the larger batch."""
+    (longest) and holding at most `batch_tokens` padded tokens (a sentence longer than that alone),
+    that cost least in all: padded tokens plus `call_cost_tokens` per batch. Dynamic programming
+    over the cut points; ties go to the larger batch."""
     lengths = np.asarray(lengths_longest_first, dtype=np.float64)
     count = len(lengths)
     least = np.zeros(count + 1)  # least[stop]: the cost of the first `stop` sentences
@@ -105,7 +116,10 @@ def least_padding_bounds(
     for stop in range(1, count + 1):
         low = max(0, stop - batch_size)
         starts = np.arange(low, stop)
-        costs = least[low:stop] + call_cost_tokens + (stop - starts) * lengths[low:stop]
+        padded = (stop - starts) * lengths[low:stop]
+        costs = least[low:stop] + call_cost_tokens + padded
+        if batch_tokens is not None:
+            costs[:-1][padded[:-1] > batch_tokens] = np.inf  # the last start, one sentence alone, always fits
         best = int(np.argmin(costs))
         least[stop], first_of_last[stop] = costs[best], low + best
     bounds, stop = [], count

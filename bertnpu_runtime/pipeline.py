@@ -106,7 +106,8 @@ class Pipeline:
         at most `batch_size` per encoder call: pooled without the first `skip_tokens` tokens (a
         prompt), normalized where the model is, then cut to `truncate_dim` and normalized when
         `normalize` (truncate_and_normalize). `progress` wraps the batches, if given: a progress
-        bar, or a server's count of encoder batches."""
+        bar, or a server's count of encoder batches. Token rows tell the backend the call's size,
+        so that a backend several callers share may run smaller calls' batches first."""
         vectors = np.empty((len(texts), truncate_dim or self.dim), dtype=np.float32)
         truncated: list[int] = []
         memory = self._take_batch_memory()
@@ -114,7 +115,12 @@ class Pipeline:
         if progress is not None:
             batches = progress(batches, len(texts))
         pooled = self.pooled_batches(
-            batches, memory, truncate_dim=truncate_dim, normalize=normalize, skip_tokens=skip_tokens
+            batches,
+            memory,
+            truncate_dim=truncate_dim,
+            normalize=normalize,
+            skip_tokens=skip_tokens,
+            call_tokens=int(texts.lengths.sum()) if isinstance(texts, TokenRows) else None,
         )
         with closing(pooled):  # on an error or an interrupt, closing withdraws the batches still queued
             for rows, batch_vectors in pooled:
@@ -141,6 +147,7 @@ class Pipeline:
                 carried=len(carried),
                 final=last == len(texts),
                 call_cost_tokens=hints.call_cost_tokens,
+                batch_tokens=hints.batch_tokens,
             )
             alone = first == 0 and last == len(texts) and len(plan.batches) == 1
             for rows in plan.batches:
@@ -193,13 +200,15 @@ class Pipeline:
         truncate_dim: int | None = None,
         normalize: bool = False,
         skip_tokens: int = 0,
+        call_tokens: int | None = None,
     ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
         """Yield (text indices, vectors) per batch. Batches are submitted as soon as they are
         embedded; the oldest is collected when it is done, or waited for once the encoder has
         `hints.queued_tokens` of work after it, so the host tokenizes, embeds and pools while the
         encoder runs. Each batch's hidden states go back to `memory`, if given, once it is pooled.
         When this stops early (an error, an interrupt, the generator closed), the batches still in
-        flight are cancelled: what has not reached the encoder never will."""
+        flight are cancelled: what has not reached the encoder never will. `call_tokens`: the
+        whole call's tokens, when known, for the backend (EncoderBackend.submit)."""
         backend = self.backend
         budget = backend.hints.queued_tokens
         in_flight: deque[_InFlight] = deque()
@@ -217,7 +226,7 @@ class Pipeline:
 
         try:
             for batch in host_batches:  # tokenizing and embedding here overlaps the encoder
-                in_flight.append(_InFlight(batch, self.submit(batch)))
+                in_flight.append(_InFlight(batch, self.submit(batch, call_tokens)))
                 queued += batch.mask.size if len(in_flight) > 1 else 0
                 while len(in_flight) > 1 and (queued >= budget or in_flight[0].pending.done()):
                     queued -= in_flight[
@@ -248,9 +257,9 @@ class Pipeline:
                 rows[text_index] = np.array(output[row, : int(batch.mask[row].sum())], dtype=np.float32)
         return rows, truncated  # type: ignore[return-value]
 
-    def submit(self, batch: HostBatch) -> PendingOutput:
-        """Hand the batch to the encoder backend."""
-        return self.backend.submit(batch.hidden, batch.mask, alone=batch.alone)
+    def submit(self, batch: HostBatch, call_tokens: int | None = None) -> PendingOutput:
+        """Hand the batch to the encoder backend (`call_tokens`: its call's, when known)."""
+        return self.backend.submit(batch.hidden, batch.mask, alone=batch.alone, call_tokens=call_tokens)
 
     @property
     def kept_batch_memory_bytes(self) -> int:

@@ -86,6 +86,30 @@ def test_least_padding_bounds_finds_the_cheapest_plan(seed):
     assert plan_cost(lengths, bounds, call_cost) == pytest.approx(best)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_least_padding_bounds_keeps_each_batch_within_batch_tokens_at_least_cost(seed):
+    rng = np.random.default_rng(seed)
+    count, batch_size, call_cost = int(rng.integers(1, 11)), int(rng.integers(1, 6)), float(rng.choice([0, 3, 20]))
+    lengths = np.sort(rng.integers(1, 60, size=count))[::-1]
+    batch_tokens = int(rng.integers(30, 150))
+
+    def fits(plan):  # a sentence longer than batch_tokens goes alone
+        return all(stop - start == 1 or (stop - start) * lengths[start] <= batch_tokens for start, stop in plan)
+
+    bounds = least_padding_bounds(lengths, batch_size, call_cost, batch_tokens)
+    assert [i for start, stop in bounds for i in range(start, stop)] == list(range(count))
+    assert fits(bounds) and all(stop - start <= batch_size for start, stop in bounds)
+    best = min(plan_cost(lengths, plan, call_cost) for plan in every_plan(count, batch_size) if fits(plan))
+    assert plan_cost(lengths, bounds, call_cost) == pytest.approx(best)
+
+
+def test_a_batch_full_in_tokens_is_not_held_for_the_next_chunk():
+    lengths = np.array([256] * 10 + [10] * 3)
+    plan = plan_chunk(lengths, 32, lambda n: None, carried=0, final=False, call_cost_tokens=20.0, batch_tokens=1024)
+    assert [len(rows) for rows in plan.batches] == [4, 4]  # 4 x 256 tokens fill a batch; submitted now
+    assert sorted(lengths[plan.held].tolist()) == [10, 10, 10, 256, 256]  # room left in these: held
+
+
 def test_free_calls_give_batches_of_one_length_and_dear_ones_the_fewest_batches():
     lengths = np.sort(np.random.default_rng(1).integers(1, 40, size=300))[::-1]
     free = least_padding_bounds(lengths, 32, 0.0)

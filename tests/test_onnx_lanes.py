@@ -20,10 +20,12 @@ class SpySession:
     def __init__(self, inner, overlap: dict, gate: threading.Event | None = None, pause_s: float = 0.0) -> None:
         self._inner, self._overlap, self._gate, self._pause_s = inner, overlap, gate, pause_s
         self.runs = 0
+        self.lengths: list[int] = []  # each run's padded length, in the order they started
 
     def run(self, names, feeds, run_options=None):
         with self._overlap["lock"]:
             self.runs += 1
+            self.lengths.append(next(iter(feeds.values())).shape[1])
             self._overlap["now"] += 1
             self._overlap["most"] = max(self._overlap["most"], self._overlap["now"])
         try:
@@ -39,7 +41,9 @@ class SpySession:
 def spied(backend: OnnxEncoder, pause_s: float = 0.0, gate: threading.Event | None = None):
     overlap = {"lock": threading.Lock(), "now": 0, "most": 0}
     whole = backend._session = SpySession(backend._session, overlap, gate, pause_s)
-    lane = backend._lane_session = SpySession(backend._lane_session, overlap, gate, pause_s)
+    lane = None
+    if backend._lane_session is not None:  # lanes=1: no second session
+        lane = backend._lane_session = SpySession(backend._lane_session, overlap, gate, pause_s)
     return whole, lane, overlap
 
 
@@ -83,6 +87,40 @@ def test_an_only_batch_takes_a_lane_while_others_run_and_a_whole_run_runs_by_its
     for output in outputs:
         np.testing.assert_allclose(output, reference.run(*batch(rng)), atol=1e-5)
     reference.close()
+
+
+def run_order(backend: OnnxEncoder, gate: threading.Event, session: SpySession, submits) -> list[int]:
+    """Submit (seq, call_tokens) batches while the first one is held at the gate; then the
+    padded lengths in the order the batches ran."""
+    rng = np.random.default_rng(4)
+    futures = []
+    for seq, call_tokens in submits:
+        futures.append(backend.submit(*batch(rng, seq=seq), call_tokens=call_tokens))
+        while not session.runs:  # the first batch is on the encoder before the others queue
+            time.sleep(0.001)
+    gate.set()
+    for future in futures:
+        future.result(30)
+    backend.close()
+    return session.lengths
+
+
+def test_batches_of_a_smaller_call_go_before_those_a_larger_call_queued(tiny_bundle):
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)  # one batch at a time
+    gate = threading.Event()
+    whole, _, _ = spied(backend, gate=gate)
+    big, small, unknown = [(6, 1000)] * 4, [(2, 4)], [(4, None)]
+    order = run_order(backend, gate, whole, big + unknown + small)
+    assert order == [6, 2, 6, 6, 6, 4]  # the unknown size waits behind every known one
+
+
+def test_a_waiting_batch_is_passed_at_most_most_overtaken_times(tiny_bundle, monkeypatch):
+    monkeypatch.setattr("bertnpu_runtime.backends.onnx.MOST_OVERTAKEN", 2)
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)
+    gate = threading.Event()
+    whole, _, _ = spied(backend, gate=gate)
+    order = run_order(backend, gate, whole, [(6, 1000), (6, 1000)] + [(2, 4), (3, 4), (4, 4)])
+    assert order == [6, 2, 3, 6, 4]  # the waiting big batch let two small ones by, not a third
 
 
 def test_close_withdraws_what_is_queued_stops_what_runs_then_refuses_work(tiny_bundle):

@@ -26,6 +26,8 @@ class BackendHints:
     call_cost_tokens: where any lengths share a batch, what one more call costs the backend, in
         padded tokens' worth of work: batches are cut where the padding saved is worth more.
         None: cut every batch_size sentences.
+    batch_tokens: where any lengths share a batch, the most padded tokens in one (None: no limit
+        beyond batch_size).
     concurrent_calls: how many encode() calls at once keep this backend busiest: a caller with
         many independent requests (the server) runs that many, so that one call's host stages
         (tokenize, embed, pool) overlap the other's encoder work.
@@ -35,6 +37,7 @@ class BackendHints:
     preferred_batch_size: int = DEFAULT_BATCH_SIZE
     bucket: Callable[[int], int | None] | None = None
     call_cost_tokens: float | None = None
+    batch_tokens: int | None = None
     concurrent_calls: int = 1
 
 
@@ -71,9 +74,14 @@ class EncoderBackend(Protocol):
 
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> PendingOutput:
+    def submit(
+        self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False, call_tokens: int | None = None
+    ) -> PendingOutput:
         """`alone`: the batch is its encode() call's only one (no other joins the backend before
-        it is done); a backend may run it differently (ONNX: on every thread at once)."""
+        it is done); a backend may run it differently (ONNX: on every thread at once).
+        `call_tokens`: the tokens of the whole call the batch belongs to, when its caller knows
+        them (None: unknown); a backend shared by several calls may run smaller calls' batches
+        first (ONNX does), so a server's one-sentence request does not queue behind a big one."""
         ...
 
     def health(self) -> str | None:
@@ -113,7 +121,9 @@ class _RunOnly:
     def run(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._backend.run(hidden, attention_mask)
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> Future:
+    def submit(
+        self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False, call_tokens: int | None = None
+    ) -> Future:
         done: Future = Future()
         try:
             done.set_result(self.run(hidden, attention_mask))

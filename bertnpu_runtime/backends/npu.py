@@ -245,9 +245,12 @@ class NpuEncoder:
         -> float32 [batch, seq, hidden]; padding rows of the output are zeros."""
         return self.submit(hidden, attention_mask).result()
 
-    def submit(self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False) -> PendingBatch:
+    def submit(
+        self, hidden: np.ndarray, attention_mask: np.ndarray, alone: bool = False, call_tokens: int | None = None
+    ) -> PendingBatch:
         """Queue a batch's calls on the cores and return at once; `.result()` waits for the output.
-        (`alone` changes nothing here: a lone batch's calls already spread over the idle cores.)
+        (`alone` changes nothing here: a lone batch's calls already spread over the idle cores.
+        Nor does `call_tokens`: calls run in the order they come.)
 
         The inputs are built here, so a core's worker thread does nothing but infer: between two
         calls it needs the GIL only briefly, and the NPU stays busy. Unpadded rows go to the NPU as
