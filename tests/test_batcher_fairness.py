@@ -180,3 +180,35 @@ def test_a_big_request_progresses_under_a_stream_of_small_ones():
     assert calls[0] == list(range(1000, 1005))  # held
     for call in calls[1:5]:  # 20 small ones, 4 a batch, with one big text each
         assert len(call) == 5 and sum(1000 <= i < 2000 for i in call) == 1, calls
+
+
+def test_a_worker_stays_free_for_new_requests_while_a_big_one_runs():
+    """Two workers: the pieces of a started request take only one, so a one-sentence request that
+    arrives runs at once on the other, while the big request's piece is still on the encoder."""
+    holding, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def encode(rows: TokenRows) -> np.ndarray:
+        second_ids = rows.ids[rows.starts + 1]
+        calls.append(second_ids.tolist())
+        if second_ids[0] < 2000 and len(calls) > 1:  # the big request's pieces after its first: held
+            holding.set()
+            assert release.wait(30)
+        return second_ids[:, None].astype(np.float32)
+
+    async def main() -> tuple[np.ndarray, np.ndarray]:
+        batcher = Batcher(encode, max_batch_tokens=50, max_wait_s=0, max_queue_requests=10, workers=2)
+        try:
+            big = batcher.submit(texts(1000, 40))  # 8 pieces of 5 texts
+            await asyncio.to_thread(holding.wait, 30)
+            small = await asyncio.wait_for(batcher.submit(texts(2000, 1)), 10)  # while a piece is held
+            release.set()
+            return small, await big
+        finally:
+            release.set()
+            batcher.close()
+
+    small, big = asyncio.run(main())
+    assert small[:, 0].tolist() == [2000]
+    assert big[:, 0].tolist() == list(range(1000, 1040))
+    assert calls[2][0] == 2000  # the third call, beside the held piece, with one text of the big request

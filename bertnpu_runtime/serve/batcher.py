@@ -3,13 +3,16 @@
 A worker thread takes queued texts up to `max_batch_tokens` tokens, waiting at most `max_wait_s`
 after the oldest request arrived for more to come, and runs them as one `encode()` while the next
 batch gathers. A request larger than a batch runs as several pieces. Requests take turns: while
-requests that have not started wait, the next batch is theirs (fewest texts first) but for one text of the
-longest-waiting started request; else the started requests fill it, each giving the texts that fit
-in the room left, and one with texts left goes to the back of the queue. So a one-sentence request
-waits for a batcher thread to come free and runs in a small batch, not behind the whole of a big
-request, and small requests slow a big one, never stop it.
-`workers` such calls run at once (the backend's hint `concurrent_calls`), so that the encoder
-always has one call's batches to run while another call embeds and pools.
+requests that have not started wait, the next batch is theirs (fewest texts first), with one text of
+the longest-waiting started request when no batch of started requests is running; else the started
+requests fill it, each giving the texts that fit in the room left, and one with texts left goes to
+the back of the queue. So a one-sentence request runs in a small batch, not behind the whole of a
+big request, and small requests slow a big one, never stop it.
+`workers - 1` such calls run at once (the backend's hint `concurrent_calls`, so that the encoder
+always has one call's batches to run while another call embeds and pools); the last worker is kept
+for requests that have not started, and runs only while a call of started requests' pieces does: so
+a request that arrives under a big one finds a worker free, and its call goes before the batches the
+big one queued on the encoder (call_tokens).
 A request's vectors go back to its asyncio future once all its pieces ran. When a batch of several
 pieces fails with a transient device fault (BackendCallError), each piece is run again alone, so a
 request fails only when its own texts cannot be encoded. The queue holds at most
@@ -129,6 +132,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._running = 0  # pieces inside an encode()
+        self._calls = 0  # encode() calls running
+        self._started_only_calls = 0  # of which, those that hold only started requests' texts
         self._threads = [
             threading.Thread(target=self._run, name=f"bertnpu-batcher-{i}", daemon=True) for i in range(workers)
         ]
@@ -190,11 +195,23 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
+            started_only = _started_only(batch)
             try:
                 self._encode_and_settle(batch)
             finally:
                 with self._cond:
                     self._running -= len(batch)
+                    self._calls -= 1
+                    self._started_only_calls -= started_only
+                    self._cond.notify_all()  # a worker that had to wait may take work now
+
+    def _may_take(self) -> bool:
+        """Whether this worker may form a batch now (holding self._cond): while fewer than
+        workers - 1 calls run; else only for requests that have not started, while a call of
+        started requests' pieces runs (the worker kept for them)."""
+        if self.workers == 1 or self._calls < self.workers - 1:
+            return True
+        return self._started_only_calls > 0 and any(not request.started for request in self._requests)
 
     def _drop(self, dropped: list[_Request]) -> None:
         """Take these requests' queued texts off the queue (holding self._cond)."""
@@ -256,13 +273,13 @@ class Batcher:
         """The pieces of the next encode(): up to the token budget, once the budget is met, the
         oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
         While requests that have not started wait, the batch is theirs (fewest texts first), with
-        room for one text of the longest-waiting started request; else the started ones fill it
-        in turn."""
+        room for one text of the longest-waiting started request if none of theirs is running;
+        else the started ones fill it in turn."""
         with self._cond:
             while True:
                 self._drop_abandoned()
-                while not self._requests:
-                    if self._closing:
+                while not self._requests or not self._may_take():
+                    if self._closing and not self._requests:
                         return None
                     self._cond.wait()
                     self._drop_abandoned()
@@ -273,12 +290,13 @@ class Batcher:
                         break
                     self._cond.wait(remaining)
                 self._drop_abandoned()
-                if self._requests:
+                if self._requests and self._may_take():  # other workers may have taken work meanwhile
                     break
             fresh = sorted((request for request in self._requests if not request.started), key=_size)
             under_way = [request for request in self._requests if request.started]
             if fresh:  # a quick batch for them, with one text of the longest-waiting started request
-                reserve = under_way[0].next_text_tokens if under_way else 0
+                # Started requests need a text of theirs here only while none of theirs is running.
+                reserve = under_way[0].next_text_tokens if under_way and not self._started_only_calls else 0
                 batch = _take_in_turn(fresh, self.max_batch_tokens - reserve)
                 room = self.max_batch_tokens - sum(piece.tokens for piece in batch)
                 batch += _take_in_turn(under_way[:1], min(reserve, room), at_least_one=False)
@@ -292,11 +310,18 @@ class Batcher:
             )
             self._queued_tokens -= tokens
             self._running += len(batch)
+            self._calls += 1
+            self._started_only_calls += _started_only(batch)
             started = time.monotonic()
             for piece in batch:
                 if piece.first == 0:  # the request's first batch
                     piece.request.on_start(started)
             return batch
+
+
+def _started_only(batch: list[_Piece]) -> bool:
+    """Whether the batch holds only texts of requests that had started before it."""
+    return all(piece.first > 0 for piece in batch)
 
 
 def _size(request: _Request) -> int:
