@@ -65,6 +65,20 @@ def test_the_openai_client_gets_the_vectors_of_encode(server, reference, encodin
     )
 
 
+def test_langchains_openai_embeddings(server, reference):
+    """LangChain's OpenAIEmbeddings, sending strings (check_embedding_ctx_length=False: by
+    default it sends tiktoken ids, which the server refuses with that hint; tiktoken would also
+    fetch its vocabulary from the network)."""
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(
+        model="tiny", base_url=f"{server.url}/v1", api_key="unused", max_retries=0, check_embedding_ctx_length=False
+    )
+    expected = reference.encode(TEXTS[:5])
+    assert cosine_rows(embeddings.embed_documents(TEXTS[:5]), expected).min() >= 0.99999
+    assert cosine_rows([embeddings.embed_query(TEXTS[0])], expected[:1]).min() >= 0.99999
+
+
 def test_a_single_string_and_matryoshka_dimensions(server, reference):
     response = client(server).embeddings.create(model="tiny", input=TEXTS[0], dimensions=8, encoding_format="float")
     (item,) = response.data

@@ -40,6 +40,29 @@ def test_post_to_the_root_is_teis_embed(server, tiny_bundle):
     np.testing.assert_allclose(np.array(answer.json()), expected, atol=1e-5)
 
 
+def test_huggingface_hubs_inference_client(server, tiny_bundle, monkeypatch):
+    """The client as users call it on a TEI URL: feature_extraction (with TEI's options) and
+    sentence_similarity, both POSTed to /."""
+    from huggingface_hub import InferenceClient
+
+    # The tests run with HF_HUB_OFFLINE=1, which blocks the client's every request; this one only
+    # reaches the loopback server.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    client = InferenceClient(model=server.url, token="s3cret", timeout=30)
+    long_text = "the dog runs in the park " * 40 + "and the cat sleeps"  # past the model's 48 tokens
+    with SentenceEncoder(tiny_bundle, backend="onnx") as reference:
+        expected = reference.encode([*TEXTS, long_text], normalize_embeddings=True)
+        cosines = expected[1:3] @ expected[0]
+    vectors = client.feature_extraction(TEXTS, normalize=True)
+    np.testing.assert_allclose(vectors, expected[:3], atol=1e-5)
+    first = client.feature_extraction(long_text, truncate=True, truncation_direction="right")
+    last = client.feature_extraction(long_text, truncate=True, truncation_direction="left")
+    np.testing.assert_allclose(first, expected[3:], atol=1e-5)
+    assert not np.allclose(last, first, atol=1e-3)  # the text's last tokens, not its first
+    np.testing.assert_allclose(client.sentence_similarity(TEXTS[0], TEXTS[1:]), cosines, atol=1e-5)
+
+
 def test_tokenize_and_decode(server, tiny_bundle):
     library = HfTokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
     tokens = post(server, "/tokenize", {"inputs": TEXTS[0]}).json()
@@ -132,9 +155,9 @@ def test_prompt_name_is_applied_and_an_unknown_one_is_422(configured):
     np.testing.assert_allclose(np.array(answer.json()), expected, atol=1e-5)
     unknown = httpx.post(f"{process.url}/embed", json={"inputs": "a", "prompt_name": "nope"})
     assert unknown.status_code == 422 and "'prompt_name' 'nope' is not one of this model's prompts" in unknown.text
-    left = httpx.post(f"{process.url}/embed", json={"inputs": "a", "truncation_direction": "Left"})
-    assert left.status_code == 422 and "truncation_direction" in left.text
-    assert httpx.post(f"{process.url}/embed", json={"inputs": "a", "truncation_direction": "Right"}).status_code == 200
+    for direction, status in (("Left", 200), ("Right", 200), ("middle", 422), (1, 422)):
+        answer = httpx.post(f"{process.url}/embed", json={"inputs": "a", "truncation_direction": direction})
+        assert answer.status_code == status and (status == 200 or "truncation_direction" in answer.text)
 
 
 def test_auto_truncate_payload_limit_and_cors(configured):
@@ -186,7 +209,7 @@ def test_an_abandoned_request_never_reaches_the_encoder(tiny_bundle):
     gate = threading.Event()
 
     class Gated:
-        """A run-only backend (one batcher worker) whose calls wait for `gate`; counts sentences."""
+        """A run-only backend (one batcher worker for new requests, as no big one runs) whose calls wait for `gate`; counts sentences."""
 
         def __init__(self) -> None:
             self.onnx, self.sentences = OnnxEncoder(tiny_bundle / "encoder.onnx"), 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -55,6 +56,7 @@ from .requests import (
     parse_decode_request,
     parse_embed_request,
     parse_embeddings_request,
+    parse_json_object,
     parse_rerank_request,
     parse_similarity_request,
     parse_tei_rerank_request,
@@ -125,7 +127,7 @@ class ModelService:
             max_queue_requests=self.settings.max_queue_requests,
             max_queue_tokens=self.settings.max_queue_tokens,
             on_dropped=self.metrics.cancelled_texts.inc,
-            workers=encoder.pipeline.backend.hints.concurrent_calls,
+            workers=encoder.pipeline.backend.hints.concurrent_calls + 1,  # and one kept for new requests
         )
         self.state = "ok"
         self.ready.set()
@@ -241,10 +243,12 @@ class ModelService:
         normalize: bool,
         fail_on_overflow: str | None,
         overflow_status: int = 400,
+        truncation_direction: str = "right",
     ) -> tuple[np.ndarray, int]:
-        """Vectors of `texts` (cut to `dimensions` and normalized when asked) and their token count."""
+        """Vectors of `texts` (cut to `dimensions` and normalized when asked) and their token count;
+        a text past the model's length keeps its first tokens, or its last with `truncation_direction` "left"."""
         self.embedding_model()
-        vectors, tokens = await self._run(texts, fail_on_overflow, overflow_status)
+        vectors, tokens = await self._run(texts, fail_on_overflow, overflow_status, truncation_direction)
         return truncate_and_normalize(vectors, dimensions, normalize), tokens
 
     async def rerank(
@@ -258,7 +262,11 @@ class ModelService:
         return activate(logits, "identity" if request.raw_scores else model.activation_fn), tokens
 
     async def _run(
-        self, texts: list[str] | TextPairs, fail_on_overflow: str | None, overflow_status: int
+        self,
+        texts: list[str] | TextPairs,
+        fail_on_overflow: str | None,
+        overflow_status: int,
+        truncation_direction: str = "right",
     ) -> tuple[np.ndarray, int]:
         """The model's rows for texts or pairs, and their token count. They are tokenized once,
         here (off the event loop when they are long), and their token rows queued.
@@ -273,7 +281,10 @@ class ModelService:
             tokenize: Callable[[Any], TokenRows] = tokenizer.encode_pairs
             chars = sum(len(a) + len(b) for a, b in texts)
         else:
-            tokenize, chars = tokenizer.encode_unpadded, sum(map(len, texts))
+            tokenize, chars = (
+                functools.partial(tokenizer.encode_unpadded, truncation_direction=truncation_direction),
+                sum(map(len, texts)),
+            )
         rows = await asyncio.to_thread(tokenize, texts) if chars > TOKENIZE_IN_LOOP_CHARS else tokenize(texts)
         if fail_on_overflow is not None and rows.truncated.any():
             index = int(np.flatnonzero(rows.truncated)[0])
@@ -385,8 +396,18 @@ def create_app(
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json({"object": "list", "data": data, "model": service.model_name, "usage": usage})
 
-    async def tei_embed(request: Request) -> Response:
+    async def tei_root(request: Request) -> Response:
+        """TEI's POST /, where huggingface_hub's InferenceClient posts: a similarity request when
+        `inputs` is an object ({source_sentence, sentences}), else an embed request."""
         body = await _read_body(request, settings.max_body_bytes)
+        if isinstance(parse_json_object(body).get("inputs"), dict):
+            return await similarity_of(body)
+        return await embed_of(body)
+
+    async def tei_embed(request: Request) -> Response:
+        return await embed_of(await _read_body(request, settings.max_body_bytes))
+
+    async def embed_of(body: bytes) -> Response:
         parsed = parse_embed_request(body, service.embedding_model().dim, settings.max_request_texts)
         non_blank(parsed.texts, "inputs")
         overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
@@ -396,6 +417,7 @@ def create_app(
             normalize=parsed.normalize,
             fail_on_overflow=overflow,
             overflow_status=413,
+            truncation_direction=parsed.truncation_direction,
         )
         return _json(vectors)
 
@@ -470,13 +492,19 @@ def create_app(
         return _json(service.opened().pipeline.tokenizer.decode(parsed.ids, parsed.skip_special_tokens))
 
     async def similarity(request: Request) -> Response:
-        parsed = parse_similarity_request(
-            await _read_body(request, settings.max_body_bytes), settings.max_request_texts
-        )
+        return await similarity_of(await _read_body(request, settings.max_body_bytes))
+
+    async def similarity_of(body: bytes) -> Response:
+        parsed = parse_similarity_request(body, settings.max_request_texts)
         texts = with_prompt(parsed.prompt_name, non_blank([parsed.source, *parsed.sentences], "inputs"))
         overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
         vectors, _ = await service.embed(
-            texts, dimensions=None, normalize=True, fail_on_overflow=overflow, overflow_status=413
+            texts,
+            dimensions=None,
+            normalize=True,
+            fail_on_overflow=overflow,
+            overflow_status=413,
+            truncation_direction=parsed.truncation_direction,
         )
         return _json((vectors[1:] @ vectors[0]).astype(float).tolist())  # cosines: the vectors are unit length
 
@@ -556,7 +584,7 @@ def create_app(
     routes = [
         Route("/v1/embeddings", openai_route, methods=["POST"]),
         Route("/embeddings", openai_route, methods=["POST"]),
-        Route("/", authorized(tei_embed, "/", _tei_error), methods=["POST"]),
+        Route("/", authorized(tei_root, "/", _tei_error), methods=["POST"]),
         Route("/embed", authorized(tei_embed, "/embed", _tei_error), methods=["POST"]),
         Route("/tokenize", authorized(tokenize, "/tokenize", _tei_error), methods=["POST"]),
         Route("/decode", authorized(decode, "/decode", _tei_error), methods=["POST"]),

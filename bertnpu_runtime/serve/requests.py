@@ -47,6 +47,7 @@ class EmbedRequest:
     truncate: bool
     dimensions: int | None
     prompt_name: str | None = None
+    truncation_direction: str = "right"  # "left": a long text keeps its last tokens
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,13 @@ def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
         raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
     texts = _texts(data["inputs"], "inputs", max_texts, status=422)
     flags = _flags(data, {"normalize": True, "truncate": False}, status=422)
-    check_truncation_direction(data)
     return EmbedRequest(
         texts,
         flags["normalize"],
         flags["truncate"],
         _dimensions(data.get("dimensions"), dim, status=422),
         prompt_name(data),
+        truncation_direction(data),
     )
 
 
@@ -115,15 +116,15 @@ def prompt_name(data: dict[str, Any]) -> str | None:
     return name
 
 
-def check_truncation_direction(data: dict[str, Any]) -> None:
-    """TEI's truncation_direction: "right" (a text keeps its first tokens, the only way bertnpu cuts)."""
-    direction = data.get("truncation_direction")
-    if direction is not None and (not isinstance(direction, str) or direction.lower() != "right"):
+def truncation_direction(data: dict[str, Any]) -> str:
+    """TEI's truncation_direction, "right" (a long text keeps its first tokens, the default) or
+    "left" (its last), in any case, as TEI's enum takes "Right" and "Left"."""
+    direction = data.get("truncation_direction", "right")
+    if not isinstance(direction, str) or direction.lower() not in ("right", "left"):
         raise RequestError(
-            422,
-            f"'truncation_direction' {direction!r:.20} is not supported: texts keep their first tokens (\"right\")",
-            "truncation_direction",
+            422, f'\'truncation_direction\' must be "right" or "left", found {direction!r:.20}', "truncation_direction"
         )
+    return direction.lower()
 
 
 def parse_tei_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
@@ -188,6 +189,7 @@ class SimilarityRequest:
     sentences: list[str]
     truncate: bool
     prompt_name: str | None = None
+    truncation_direction: str = "right"
 
 
 def parse_tokenize_request(body: bytes, max_texts: int) -> TokenizeRequest:
@@ -232,8 +234,7 @@ def parse_similarity_request(body: bytes, max_texts: int) -> SimilarityRequest:
     if not isinstance(parameters, dict):
         raise RequestError(422, f"'parameters' must be an object, found {_kind(parameters)}", "parameters")
     truncate = _flags(parameters, {"truncate": False}, status=422)["truncate"]
-    check_truncation_direction(parameters)
-    return SimilarityRequest(source, sentences, truncate, prompt_name(parameters))
+    return SimilarityRequest(source, sentences, truncate, prompt_name(parameters), truncation_direction(parameters))
 
 
 def _query(data: dict[str, Any], status: int) -> str:

@@ -65,6 +65,7 @@ class Tokenizer:
         self._largest_id = _largest_id(self._tokenizer, config)
         self._char_bound = max_seq_length * _CHARS_PER_TOKEN_BOUND
         self._char_cap = max_seq_length * _CHARS_PER_TOKEN_CAP
+        self._left: _HfTokenizer | None = None  # truncating on the left, for TEI's truncation_direction
 
     def largest_id(self) -> int:
         """The largest token id this tokenizer can produce: its vocabulary, added tokens and the
@@ -99,12 +100,15 @@ class Tokenizer:
         """Tokenize already-validated texts, padded. An empty list gives arrays with zero rows."""
         return self.encode_unpadded(texts).padded()
 
-    def encode_unpadded(self, texts: list[str]) -> TokenRows:
+    def encode_unpadded(self, texts: list[str], truncation_direction: str = "right") -> TokenRows:
         """Tokenize already-validated texts, without padding them to a common length.
 
         Plain texts (see wordpiece.py) take the fast path many at a time; the others, one by one
-        or through `tokenizers`.
+        or through `tokenizers`. `truncation_direction` "left" keeps a long text's last tokens
+        instead of its first (TEI's option; always through `tokenizers`).
         """
+        if truncation_direction == "left":
+            return _token_rows(self._library_ids(texts, keep_end=True))
         fast = self._fast
         if fast is None:
             return _token_rows(self._library_ids(texts))
@@ -172,22 +176,34 @@ class Tokenizer:
                 row = (row[0], True)
         return row
 
-    def _library_ids(self, texts: list[str]) -> list[tuple[list[int], bool]]:
-        bounded = [self._bounded(t) for t in texts]
+    def _library_ids(self, texts: list[str], keep_end: bool = False) -> list[tuple[list[int], bool]]:
+        """Through `tokenizers`: each text's first max_seq_length tokens, or its last (`keep_end`)."""
+        if keep_end:
+            tokenizer, bound, cap = self._end_keeping(), self._bounded_suffix, self._capped_suffix
+        else:
+            tokenizer, bound, cap = self._tokenizer, self._bounded, self._capped
+        bounded = [bound(t) for t in texts]
         try:
-            encodings = self._tokenizer.encode_batch_fast(bounded)
+            encodings = tokenizer.encode_batch_fast(bounded)
         except TypeError:  # a lone surrogate ("\ud800") cannot cross into Rust; it is not valid Unicode text
             texts = [_replace_surrogates(t) for t in texts]
-            bounded = [self._bounded(t) for t in texts]
-            encodings = self._tokenizer.encode_batch_fast(bounded)
+            bounded = [bound(t) for t in texts]
+            encodings = tokenizer.encode_batch_fast(bounded)
         rows = []
-        for encoding, text, prefix in zip(encodings, texts, bounded):
+        for encoding, text, part in zip(encodings, texts, bounded):
             capped = text
-            if prefix is not text and not encoding.overflowing:  # the prefix did not fill max_seq_length
-                capped = self._capped(text)
-                encoding = self._tokenizer.encode(capped)
+            if part is not text and not encoding.overflowing:  # the part did not fill max_seq_length
+                capped = cap(text)
+                encoding = tokenizer.encode(capped)
             rows.append((encoding.ids, bool(encoding.overflowing) or capped is not text))
         return rows
+
+    def _end_keeping(self) -> _HfTokenizer:
+        """A copy of the tokenizer that truncates on the left (made on first use)."""
+        if self._left is None:
+            self._left = _HfTokenizer.from_str(self._tokenizer.to_str())
+            self._left.enable_truncation(max_length=self.max_seq_length, direction="left")
+        return self._left
 
     def _bounded(self, text: str) -> str:
         """A prefix of a very long text, cut where a BERT word starts, so its tokens are a prefix of
@@ -199,6 +215,29 @@ class Tokenizer:
             cut = text.rfind(" ", 0, self._char_bound)
             return text[:cut] if cut > 0 else self._capped(text)
         return text[: _word_start_before(text, self._char_bound)]
+
+    def _bounded_suffix(self, text: str) -> str:
+        """_bounded's mirror: a suffix of a very long text that starts where a word starts, so its
+        last max_seq_length tokens are the text's whenever it still overflows."""
+        if len(text) <= self._char_bound:
+            return text
+        return text[self._word_start_from(text, len(text) - self._char_bound) :]
+
+    def _capped_suffix(self, text: str) -> str:
+        """_capped's mirror: the text, or at most _CHARS_PER_TOKEN_CAP characters per allowed token
+        of its end, starting where a word starts. A cut text is reported truncated."""
+        if len(text) <= self._char_cap:
+            return text
+        return text[self._word_start_from(text, len(text) - self._char_cap) :]
+
+    def _word_start_from(self, text: str, index: int) -> int:
+        """The first index >= `index` where a word starts (a space for other tokenizers than
+        BERT's), when one is near; else `index` itself."""
+        end = min(len(text), index + _WORD_START_SEARCH)
+        if not self._bert_words:
+            space = text.find(" ", index, end)
+            return space if space >= 0 else index
+        return next((i for i in range(index, end) if _starts_word(text[i])), index)
 
     def _capped(self, text: str) -> str:
         """The text itself, or at most _CHARS_PER_TOKEN_CAP characters per allowed token of it, cut
