@@ -52,6 +52,8 @@ import orjson
 from .common import base_parser, print_table, reference_model_folder, run_metadata, start_run, write_json
 
 MODEL_NAME = "bench-model"
+TIMING_HEADERS = ("tokenization", "queue", "inference", "total")  # TEI's x-NAME-time headers
+SERVER_TIMES = tuple(f"small_{name}_p50_ms" for name in TIMING_HEADERS)
 START_TIMEOUT_S = 180
 
 
@@ -171,7 +173,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"Mixed load: {args.mixed[0]} clients sending {args.big_texts} long texts per request beside "
             f"{args.mixed[1]} one-sentence clients, {args.seconds} s, medians of {run.repeats} rounds",
             mixed_rows,
-            ("server", "small_p50_ms", "small_p99_ms", "small_requests_per_s", "long_texts_per_s", "errors"),
+            (
+                "server",
+                "small_p50_ms",
+                "small_p99_ms",
+                "small_requests_per_s",
+                "long_texts_per_s",
+                *SERVER_TIMES,
+                "errors",
+            ),
         )
     result = {"benchmark": "serve", "meta": run_metadata(args), "rows": rows, "mixed": mixed_rows}
     write_json(args.out, result)
@@ -284,12 +294,18 @@ def _request_bytes(server: Server, texts: list[str]) -> bytes:
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _read_response(
+    reader: asyncio.StreamReader, timings: list[dict[str, float]] | None = None
+) -> tuple[int, bytes]:
+    """The status and body of one response; its TEI timing headers (x-*-time, ms) appended to
+    `timings` when given and sent (bertnpu sends them, infinity does not)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
-    length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
-    return status, await reader.readexactly(length)
+    fields = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    if timings is not None and "x-total-time" in fields:
+        timings.append({name: float(fields[f"x-{name}-time"]) for name in TIMING_HEADERS})
+    return status, await reader.readexactly(int(fields["content-length"]))
 
 
 async def _one_request(server: Server, texts: list[str]) -> tuple[int, bytes]:
@@ -308,17 +324,18 @@ async def _client(
     index: int,
     step: int,
     another: Callable[[], bool],
+    timings: list[dict[str, float]] | None = None,
 ) -> int:
     """One closed-loop client on one keep-alive connection: sends payloads[index], then
     payloads[index + step], ... each when the last is answered, while `another()`; appends each
-    latency and returns how many answers were not 200."""
+    latency (and the server's timing headers to `timings`) and returns how many answers were not 200."""
     errors = 0
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         while another():
             started = time.perf_counter()
             writer.write(payloads[index % len(payloads)])
-            status, _ = await _read_response(reader)
+            status, _ = await _read_response(reader, timings)
             latencies.append(time.perf_counter() - started)
             errors += status != 200
             index += step
@@ -328,7 +345,12 @@ async def _client(
 
 
 async def _open_loop(
-    server: Server, payloads: list[bytes], latencies: list[float], rate: float, another: Callable[[], bool]
+    server: Server,
+    payloads: list[bytes],
+    latencies: list[float],
+    rate: float,
+    another: Callable[[], bool],
+    timings: list[dict[str, float]] | None = None,
 ) -> int:
     """Requests sent at a fixed rate, each on a connection of its own, whether or not the earlier
     ones were answered (so slow periods are sampled as often as fast ones); returns the non-200s."""
@@ -338,7 +360,7 @@ async def _open_loop(
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
             writer.write(payload)
-            status, _ = await _read_response(reader)
+            status, _ = await _read_response(reader, timings)
         finally:
             writer.close()
         latencies.append(time.perf_counter() - started)
@@ -391,7 +413,7 @@ def _percentile_ms(latencies: list[float], fraction: float) -> float:
     return 1e3 * ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def _long_texts(sentences: list[str], count: int, chars: int = 1500) -> list[str]:
+def long_texts(sentences: list[str], count: int, chars: int = 1500) -> list[str]:
     """`count` texts of STS-B sentences joined to about `chars` characters each."""
     texts, index = [], 0
     while len(texts) < count:
@@ -405,20 +427,20 @@ def _long_texts(sentences: list[str], count: int, chars: int = 1500) -> list[str
 
 def _mixed_case(servers: list[Server], sentences: list[str], args: Any, repeats: int) -> list[dict[str, Any]]:
     big_clients, small_clients = args.mixed
-    long_texts = _long_texts(sentences, args.big_texts)
+    texts = long_texts(sentences, args.big_texts)
     measured: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
     for round_no in range(repeats):
         for server in servers[round_no % len(servers) :] + servers[: round_no % len(servers)]:
             result = asyncio.run(
-                _mixed_load(server, sentences, long_texts, big_clients, small_clients, args.seconds, args.small_rate)
+                _mixed_load(server, sentences, texts, big_clients, small_clients, args.seconds, args.small_rate)
             )
             measured[server.name].append(result)
     rows = []
     for server in servers:
         rounds = measured[server.name]
         row: dict[str, Any] = {"server": server.name, "big_clients": big_clients, "small_clients": small_clients}
-        for key in ("small_p50_ms", "small_p99_ms", "small_requests_per_s", "long_texts_per_s"):
-            row[key] = statistics.median(r[key] for r in rounds)
+        for key in ("small_p50_ms", "small_p99_ms", "small_requests_per_s", "long_texts_per_s", *SERVER_TIMES):
+            row[key] = statistics.median(r[key] for r in rounds) if key in rounds[0] else None
         row["errors"] = sum(r["errors"] for r in rounds)
         row["rounds"] = rounds
         rows.append(row)
@@ -438,6 +460,7 @@ async def _mixed_load(
     big_payload = _request_bytes(server, long_texts)
     small_payloads = [_request_bytes(server, [sentence]) for sentence in sentences[:1000]]
     small: list[float] = []
+    small_timings: list[dict[str, float]] = []
     big: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -449,20 +472,27 @@ async def _mixed_load(
         await asyncio.gather(
             *(_client(server, [big_payload], big, 0, 1, another) for _ in range(big_clients)),
             *(
-                [_open_loop(server, small_payloads, small, small_rate, another)]
+                [_open_loop(server, small_payloads, small, small_rate, another, small_timings)]
                 if small_rate
-                else (_client(server, small_payloads, small, i, small_clients, another) for i in range(small_clients))
+                else (
+                    _client(server, small_payloads, small, i, small_clients, another, small_timings)
+                    for i in range(small_clients)
+                )
             ),
         )
     )
     wall = time.perf_counter() - started
-    return {
+    result = {
         "small_p50_ms": _percentile_ms(small, 0.5),
         "small_p99_ms": _percentile_ms(small, 0.99),
         "small_requests_per_s": len(small) / wall,
         "long_texts_per_s": len(big) * len(long_texts) / wall,
         "errors": errors,
     }
+    for name in TIMING_HEADERS:  # where the small requests' time went, by the server's own account
+        if small_timings:
+            result[f"small_{name}_p50_ms"] = statistics.median(t[name] for t in small_timings)
+    return result
 
 
 def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]]) -> dict[str, Any]:

@@ -309,6 +309,7 @@ def test_serve_benchmark_mixed_load_beside_a_baseline_checkout(common_args, tmp_
     for row in result["mixed"]:
         assert row["errors"] == 0 and row["long_texts_per_s"] > 0 and row["small_requests_per_s"] > 0
         assert row["small_p50_ms"] <= row["small_p99_ms"]
+        assert 0 <= row["small_queue_p50_ms"] <= row["small_total_p50_ms"]  # from the server's timing headers
 
 
 def test_serve_benchmark_mixed_load_with_an_open_loop_small_stream(common_args, tmp_path, monkeypatch):
@@ -322,3 +323,18 @@ def test_serve_benchmark_mixed_load_with_an_open_loop_small_stream(common_args, 
     (row,) = result["mixed"]
     assert row["errors"] == 0 and row["long_texts_per_s"] > 0
     assert 0 < row["small_requests_per_s"] <= 25  # about 20 a second were sent, never more
+
+
+def test_batch_tokens_measures_encode_with_and_without_the_limit(common_args, tmp_path):
+    from benchmarks import batch_tokens
+    from bertnpu_runtime.backends.onnx import BATCH_TOKENS
+
+    out = tmp_path / "batch_tokens.json"
+    result = batch_tokens.main([*common_args, "--chars", "100", "400", "--out", str(out)])
+    assert [row["chars"] for row in result["rows"]] == [100, 400]
+    for row in result["rows"]:
+        assert row["mean_tokens"] > 0 and row["texts_per_s_32_texts"] > 0
+        assert row["ratio"] == pytest.approx(
+            row[f"texts_per_s_batch_tokens_{BATCH_TOKENS}"] / row["texts_per_s_32_texts"]
+        )
+    assert json.loads(out.read_text())["benchmark"] == "batch_tokens"
