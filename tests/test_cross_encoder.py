@@ -140,3 +140,12 @@ def test_wrong_arguments_and_the_wrong_class_are_clear_errors(rerankers, tiny_bu
         SentenceEncoder(one_label, backend="onnx")
     with pytest.raises(BundleError, match="is an embedding bundle .*open it with SentenceEncoder"):
         CrossEncoder(tiny_bundle, backend="onnx")
+
+
+def test_the_bert_rerankers_tokenizer_knows_the_words(rerankers):
+    """The fixture's reranker has the tiny WordPiece vocabulary, not only the special tokens (with
+    transformers 5, the builder's `vocab_file=` had left 5 tokens: every word was [UNK])."""
+    _, bundle = rerankers["bert-1"]
+    with CrossEncoder(bundle, backend="onnx") as model:
+        rows = model.pipeline.tokenizer.encode_pairs([("a man plays", "the guitar in the park")])
+    assert 1 not in rows.ids.tolist()  # [UNK]

@@ -173,16 +173,17 @@ def write_cross_encoder(
     None), or XLMRobertaForSequenceClassification with `tokenizer`, as the folders
     sentence-transformers' CrossEncoder loads (like cross-encoder/ms-marco-MiniLM-L6-v2)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertTokenizerFast
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     if family == "bert":
         assert vocab is not None, "a BERT reranker needs its WordPiece vocab"
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        fast = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
-        fast.model_max_length = MAX_SEQ_LENGTH
-        fast.save_pretrained(str(directory))
+        # transformers 5 takes the vocabulary as `vocab`; given `vocab_file` it kept only the 5 special tokens
+        tokenizer_files = BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True)
+        tokenizer_files.model_max_length = MAX_SEQ_LENGTH
+        tokenizer_files.save_pretrained(str(directory))
         config = BertConfig(
             vocab_size=len(vocab),
             hidden_size=HIDDEN,
