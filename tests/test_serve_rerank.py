@@ -105,6 +105,31 @@ def test_truncate_accepts_a_long_text(reranker):
     assert answer.status_code == 200 and len(answer.json()) == 1
 
 
+def test_truncation_direction_left_cuts_the_long_text_of_a_pair_at_its_start(reranker, rerankers):
+    from tokenizers import Tokenizer as HfTokenizer
+
+    from bertnpu_runtime.heads import activate
+    from bertnpu_runtime.tokenize import TokenRows
+
+    _, bundle = rerankers["bert-1"]
+    document = TOO_LONG + " and at last the man played his guitar"
+    with CrossEncoder(bundle, backend="onnx") as model:
+        library = HfTokenizer.from_file(str(bundle / "tokenizer.json"))
+        library.no_padding()
+        library.enable_truncation(max_length=model.max_seq_length, direction="left")
+        encoding = library.encode(QUERY, document)
+        rows = TokenRows.from_lists([encoding.ids], [True], [encoding.type_ids])
+        logits = model.pipeline.encode(rows, 8).vectors
+        expected = float(np.ravel(activate(logits, model.activation_fn))[0])
+        first_tokens = float(model.predict([(QUERY, document)])[0])
+    body = {"query": QUERY, "texts": [document], "truncate": True, "truncation_direction": "left"}
+    [result] = httpx.post(f"{reranker.url}/rerank", json=body, timeout=30).json()
+    assert result["score"] == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - first_tokens) > 1e-4  # the document's end, not its start
+    wrong = httpx.post(f"{reranker.url}/rerank", json={**body, "truncation_direction": "both"}, timeout=30)
+    assert wrong.status_code == 422 and "truncation_direction" in wrong.text
+
+
 def test_concurrent_requests_each_get_their_own_scores(reranker, expected):
     """16 clients at once through the shared batcher (whose batching across requests test_serve
     checks with a gated backend): every answer is its own request's, and every pair is counted."""

@@ -58,6 +58,15 @@ def test_left_truncation_keeps_the_last_tokens_as_tokenizers_does(kind, tiny_bun
     assert rows_of(right)[1] != rows_of(tokens)[1]  # the long text: its first tokens, not its last
 
 
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_pairs_cut_on_the_left_as_tokenizers_does(kind, tiny_bundle, family_models):
+    path = tokenizer_files(tiny_bundle, family_models)[kind]
+    pairs = [("a query", text) for text in TEXTS.values()] + [(TEXTS["long"], "a short answer")]
+    tokens = Tokenizer(path, MAX_LENGTH).encode_pairs(pairs, truncation_direction="left")
+    expected = keeping_the_end(path).encode_batch(pairs)
+    assert rows_of(tokens) == [encoding.ids for encoding in expected]
+
+
 def test_a_huge_text_is_bounded_and_one_cut_at_the_cap_is_reported_truncated(tiny_bundle):
     tokenizer = Tokenizer(tiny_bundle / "tokenizer.json", MAX_LENGTH)
     seen: list[int] = []

@@ -185,15 +185,27 @@ class ModelService:
 
     async def _unless_client_left(self, future: asyncio.Future) -> np.ndarray:
         """The request's outputs; or, when its client closes the connection first, the request is
-        cancelled (a batch that has not taken it never will: the batcher drops it) and ClientLeft."""
-        gone = _CLIENT_GONE.get()
-        if gone is None:
+        cancelled (a batch that has not taken it never will: the batcher drops it) and ClientLeft.
+        The connection is watched only once the request has waited WATCH_AFTER_S: a watch costs
+        a task, more than a quick request could save."""
+        request = _BODY_READ.get()
+        if request is None:
             return await future
-        await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if future.done():
-            return future.result()
-        future.cancel()  # the batcher drops its queued texts (and counts them)
-        raise ClientLeft
+        loop = asyncio.get_running_loop()
+        watching: list[asyncio.Task] = []
+        timer = loop.call_later(
+            WATCH_AFTER_S, lambda: watching.append(loop.create_task(_cancel_when_gone(request, future)))
+        )
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if watching and watching[0].done() and not watching[0].cancelled():  # it cancelled the future
+                raise ClientLeft from None
+            raise
+        finally:
+            timer.cancel()
+            for watch in watching:
+                watch.cancel()
 
     def embedding_model(self) -> SentenceEncoder:
         """The model, when it is an embedding model; else a 400 saying what this server serves."""
@@ -258,7 +270,7 @@ class ModelService:
         raw_scores, else through the model's activation), and their token count."""
         model = self.reranker()
         pairs = TextPairs((request.query, document) for document in request.documents)
-        logits, tokens = await self._run(pairs, fail_on_overflow, overflow_status)
+        logits, tokens = await self._run(pairs, fail_on_overflow, overflow_status, request.truncation_direction)
         return activate(logits, "identity" if request.raw_scores else model.activation_fn), tokens
 
     async def _run(
@@ -277,14 +289,13 @@ class ModelService:
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         arrived = time.monotonic()
         tokenizer = encoder.pipeline.tokenizer
+        tokenize: Callable[[Any], TokenRows]
         if isinstance(texts, TextPairs):
-            tokenize: Callable[[Any], TokenRows] = tokenizer.encode_pairs
+            tokenize = functools.partial(tokenizer.encode_pairs, truncation_direction=truncation_direction)
             chars = sum(len(a) + len(b) for a, b in texts)
         else:
-            tokenize, chars = (
-                functools.partial(tokenizer.encode_unpadded, truncation_direction=truncation_direction),
-                sum(map(len, texts)),
-            )
+            tokenize = functools.partial(tokenizer.encode_unpadded, truncation_direction=truncation_direction)
+            chars = sum(map(len, texts))
         rows = await asyncio.to_thread(tokenize, texts) if chars > TOKENIZE_IN_LOOP_CHARS else tokenize(texts)
         if fail_on_overflow is not None and rows.truncated.any():
             index = int(np.flatnonzero(rows.truncated)[0])
@@ -339,8 +350,10 @@ class Timing(NamedTuple):
         }
 
 
-# A task that ends when the client of the request this task serves disconnects (set once the body is read).
-_CLIENT_GONE: ContextVar[asyncio.Task | None] = ContextVar("bertnpu_client_gone", default=None)
+# The request this task serves, once its body is read (what its connection receives next is a disconnect).
+_BODY_READ: ContextVar[Request | None] = ContextVar("bertnpu_body_read", default=None)
+# A request still unanswered after this long has its connection watched, to drop it if the client leaves.
+WATCH_AFTER_S = 0.05
 # The timing of the request this task serves, set by ModelService._run for the route's headers.
 _TIMING: ContextVar[Timing | None] = ContextVar("bertnpu_timing", default=None)
 
@@ -543,7 +556,7 @@ def create_app(
                 if not service.ready.is_set() and endpoint != "/v1/models":
                     raise RequestError(503, f"the server is {service.state}; retry shortly", code="not_ready")
                 _TIMING.set(None)
-                _CLIENT_GONE.set(None)
+                _BODY_READ.set(None)
                 response = await handler(request)
                 if (timing := _TIMING.get()) is not None:
                     response.headers.update(timing.headers())
@@ -556,8 +569,6 @@ def create_app(
                 response = errors(
                     RequestError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
                 )
-            if (gone := _CLIENT_GONE.get()) is not None:
-                gone.cancel()  # the answer is out: stop watching for the client to leave
             metrics.requests.labels(endpoint, str(response.status_code)).inc()
             metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
             if service.batcher is not None:
@@ -644,14 +655,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(413, f"the request body is larger than this server's limit of {limit} bytes")
         chunks.append(chunk)
-    _CLIENT_GONE.set(asyncio.ensure_future(_disconnected(request)))
+    _BODY_READ.set(request)
     return b"".join(chunks)
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client disconnects (the body is read: what is left to receive is that)."""
+async def _cancel_when_gone(request: Request, future: asyncio.Future) -> None:
+    """Cancel `future` when the client disconnects (the body is read: what is left to receive is that)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    future.cancel()  # the batcher drops the request's queued texts (and counts them)
 
 
 def _json(content: Any, status: int = 200, *, retry: bool = False) -> Response:

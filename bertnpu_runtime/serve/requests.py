@@ -61,6 +61,7 @@ class RerankRequest:
     return_documents: bool = False
     raw_scores: bool = False  # TEI: the logits, without the model's activation
     truncate: bool = False
+    truncation_direction: str = "right"  # TEI: "left" cuts the longer text of a pair at its start
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -128,7 +129,8 @@ def truncation_direction(data: dict[str, Any]) -> str:
 
 
 def parse_tei_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
-    """TEI's /rerank: {query, texts, raw_scores, return_text, truncate}; problems are 422, as TEI's."""
+    """TEI's /rerank: {query, texts, raw_scores, return_text, truncate, truncation_direction}; problems
+    are 422, as TEI's."""
     data = parse_json_object(body)
     query = _query(data, status=422)
     if "texts" not in data:
@@ -141,6 +143,7 @@ def parse_tei_rerank_request(body: bytes, max_texts: int) -> RerankRequest:
         return_documents=flags["return_text"],
         raw_scores=flags["raw_scores"],
         truncate=flags["truncate"],
+        truncation_direction=truncation_direction(data),
     )
 
 

@@ -123,24 +123,29 @@ class Tokenizer:
         odd_tokens = _token_rows(self._odd_rows(fast, [texts[i] for i in odd]))
         return TokenRows.interleave(len(texts), [(plain, plain_tokens), (np.array(odd, dtype=np.intp), odd_tokens)])
 
-    def encode_pairs(self, pairs: list[tuple[str, str]]) -> TokenRows:
+    def encode_pairs(self, pairs: list[tuple[str, str]], truncation_direction: str = "right") -> TokenRows:
         """Tokenize already-validated text pairs as the model's tokenizer joins them (its pair
         template: [CLS] a [SEP] b [SEP] with token types 0 then 1 for BERT, <s> a </s></s> b </s>
         for RoBERTa), cutting the longer text first to fit max_seq_length (`tokenizers`'
-        longest_first, as transformers truncates pairs). Each text is bounded first, as encode's are."""
-        bounded = [(self._bounded(a), self._bounded(b)) for a, b in pairs]
+        longest_first, as transformers truncates pairs): at its end, or at its start with
+        `truncation_direction` "left". Each text is bounded first, as encode's are."""
+        if truncation_direction == "left":
+            tokenizer, bound, cap = self._end_keeping(), self._bounded_suffix, self._capped_suffix
+        else:
+            tokenizer, bound, cap = self._tokenizer, self._bounded, self._capped
+        bounded = [(bound(a), bound(b)) for a, b in pairs]
         try:
-            encodings = self._tokenizer.encode_batch_fast(bounded)
+            encodings = tokenizer.encode_batch_fast(bounded)
         except TypeError:  # a lone surrogate cannot cross into Rust
             pairs = [(_replace_surrogates(a), _replace_surrogates(b)) for a, b in pairs]
-            bounded = [(self._bounded(a), self._bounded(b)) for a, b in pairs]
-            encodings = self._tokenizer.encode_batch_fast(bounded)
+            bounded = [(bound(a), bound(b)) for a, b in pairs]
+            encodings = tokenizer.encode_batch_fast(bounded)
         ids, types, cut = [], [], []
-        for encoding, pair, prefixes in zip(encodings, pairs, bounded):
+        for encoding, pair, parts in zip(encodings, pairs, bounded):
             capped = pair
-            if prefixes != pair and not encoding.overflowing:  # a cut text turned out to fit after all
-                capped = (self._capped(pair[0]), self._capped(pair[1]))
-                encoding = self._tokenizer.encode(*capped)
+            if parts != pair and not encoding.overflowing:  # a cut text turned out to fit after all
+                capped = (cap(pair[0]), cap(pair[1]))
+                encoding = tokenizer.encode(*capped)
             ids.append(encoding.ids)
             types.append(encoding.type_ids)
             cut.append(bool(encoding.overflowing) or capped != pair)
