@@ -227,7 +227,7 @@ def _start_bertnpu(bundle: Path, args: Any, checkout: Path | None = None) -> Ser
         "bertnpu_runtime",
         "serve",
         "--bundle",
-        str(bundle),
+        str(bundle.resolve()),
         "--backend",
         "onnx",
         "--threads",
@@ -239,10 +239,19 @@ def _start_bertnpu(bundle: Path, args: Any, checkout: Path | None = None) -> Ser
         "--max-wait-ms",
         str(args.max_wait_ms),
     ]
-    env, name = None, "bertnpu serve"
-    if checkout is not None:
-        env, name = dict(os.environ, PYTHONPATH=str(checkout.resolve())), "bertnpu serve (baseline)"
-    return _started(Server(name, subprocess.Popen(command, stderr=subprocess.DEVNULL, env=env), port))
+    where, name = _code_from(checkout), "bertnpu serve" if checkout is None else "bertnpu serve (baseline)"
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, **where)
+    return _started(Server(name, process, port))
+
+
+def _code_from(checkout: Path | None) -> dict[str, Any]:
+    """Popen's cwd and env that make `python -m bertnpu_runtime` import `checkout`'s code (None:
+    this process's own). `-m` puts the working directory first on sys.path, ahead of PYTHONPATH:
+    run from this checkout, a baseline would run this checkout's code."""
+    if checkout is None:
+        return {}
+    root = str(checkout.resolve())
+    return {"cwd": root, "env": dict(os.environ, PYTHONPATH=root)}
 
 
 def _start_infinity(executable: str, model_folder: Path, threads: int) -> Server:

@@ -338,3 +338,25 @@ def test_batch_tokens_measures_encode_with_and_without_the_limit(common_args, tm
             row[f"texts_per_s_batch_tokens_{BATCH_TOKENS}"] / row["texts_per_s_32_texts"]
         )
     assert json.loads(out.read_text())["benchmark"] == "batch_tokens"
+
+
+def test_a_baseline_server_imports_the_baseline_checkouts_code(tmp_path):
+    """`--baseline DIR` runs DIR's bertnpu_runtime, not this checkout's (run from here, `-m` put the
+    working directory first on sys.path and every baseline ran this checkout's code)."""
+    import subprocess
+    import sys
+
+    from benchmarks import serve
+
+    package = tmp_path / "bertnpu_runtime"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    where = serve._code_from(tmp_path)
+    found = subprocess.run(
+        [sys.executable, "-c", "import bertnpu_runtime; print(bertnpu_runtime.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        **where,
+    ).stdout.strip()
+    assert Path(found).resolve() == (package / "__init__.py").resolve()
