@@ -28,7 +28,7 @@ logger = logging.getLogger("bertnpu")
 LANE_QUEUED_TOKENS = 2048
 # The most padded tokens in one batch: all-MiniLM-L6-v2 encodes 256-token texts 1.10x as fast in
 # batches of 8 as of 32 (benchmarks.batch_tokens), and a shorter run frees its lane sooner for another
-# call's batch. A lower limit cut ordinary sentences' batches too: the server lost 4% at 64 clients.
+# call's batch. 1,024 would also cut ordinary sentences' batches (32 of over 32 tokens).
 BATCH_TOKENS = 2048
 # A waiting batch lets at most this many batches of smaller calls go before it.
 MOST_OVERTAKEN = 16

@@ -181,7 +181,8 @@ class Batcher:
                 raise QueueFull(f"{self._queued_tokens} tokens are queued; this request's {tokens} pass the limit")
             self._requests.append(request)
             self._queued_tokens += tokens
-            self._cond.notify()
+            if self._may_take():  # else no waiting worker could take it: a running one will, when done
+                self._cond.notify()
         return request.future
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -203,7 +204,8 @@ class Batcher:
                     self._running -= len(batch)
                     self._calls -= 1
                     self._started_only_calls -= started_only
-                    self._cond.notify_all()  # a worker that had to wait may take work now
+                    if self._requests:  # a worker that had to wait may take them now
+                        self._cond.notify()
 
     def _may_take(self) -> bool:
         """Whether this worker may form a batch now (holding self._cond): while fewer than
