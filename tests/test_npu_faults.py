@@ -23,7 +23,9 @@ def npu_bundle(tiny_bundle, tmp_path_factory):
 
 
 def test_a_hung_core_makes_encode_raise_in_time_and_close_return(npu_bundle):
-    fake = FakeNpu(npu_bundle / "encoder.onnx")
+    # 5 ms a sentence: without it, core (0, 0) could run every call before core (0, 1)'s thread woke
+    # to take one, and nothing would hang (it happened once in CI)
+    fake = FakeNpu(npu_bundle / "encoder.onnx", latency_s=0.005)
     fake.hang_core((0, 1))
     encoder = SentenceEncoder(npu_bundle, backend="npu", npu_cores=2, npu_timeout_s=1.0, qbruntime_module=fake)
     try:
