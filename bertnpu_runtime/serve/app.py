@@ -353,7 +353,7 @@ class Timing(NamedTuple):
 # The request this task serves, once its body is read (what its connection receives next is a disconnect).
 _BODY_READ: ContextVar[Request | None] = ContextVar("bertnpu_body_read", default=None)
 # A request still unanswered after this long has its connection watched, to drop it if the client leaves.
-WATCH_AFTER_S = 0.05
+WATCH_AFTER_S = 0.25
 # The timing of the request this task serves, set by ModelService._run for the route's headers.
 _TIMING: ContextVar[Timing | None] = ContextVar("bertnpu_timing", default=None)
 
