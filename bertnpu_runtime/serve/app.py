@@ -397,7 +397,7 @@ def create_app(
         parsed = parse_embeddings_request(body, service.embedding_model().dim, settings.max_request_texts)
         non_blank(parsed.texts, "input")
         check_model_name(parsed.model)
-        overflow = "input" if settings.on_overflow == "error" and not settings.auto_truncate else None
+        overflow = openai_overflow("input")
         vectors, tokens = await service.embed(
             parsed.texts, dimensions=parsed.dimensions, normalize=True, fail_on_overflow=overflow
         )
@@ -423,7 +423,7 @@ def create_app(
     async def embed_of(body: bytes) -> Response:
         parsed = parse_embed_request(body, service.embedding_model().dim, settings.max_request_texts)
         non_blank(parsed.texts, "inputs")
-        overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
+        overflow = tei_overflow(parsed.truncate, "inputs")
         vectors, _ = await service.embed(
             with_prompt(parsed.prompt_name, parsed.texts),
             dimensions=parsed.dimensions,
@@ -437,7 +437,7 @@ def create_app(
     async def tei_rerank(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_tei_rerank_request(body, settings.max_request_texts)
-        overflow = None if parsed.truncate or settings.auto_truncate else "texts"
+        overflow = tei_overflow(parsed.truncate, "texts")
         scores, _ = await service.rerank(parsed, fail_on_overflow=overflow, overflow_status=413)
         text = (lambda i: {"text": parsed.documents[i]}) if parsed.return_documents else (lambda i: {})
         return _json([{"index": i, "score": float(scores[i]), **text(i)} for i in _best_first(scores)])
@@ -446,7 +446,7 @@ def create_app(
         body = await _read_body(request, settings.max_body_bytes)
         parsed = parse_rerank_request(body, settings.max_request_texts)
         check_model_name(parsed.model)
-        overflow = "documents" if settings.on_overflow == "error" and not settings.auto_truncate else None
+        overflow = openai_overflow("documents")
         scores, tokens = await service.rerank(parsed, fail_on_overflow=overflow)
         document = (
             (lambda i: {"document": {"text": parsed.documents[i]}}) if parsed.return_documents else (lambda i: {})
@@ -457,6 +457,15 @@ def create_app(
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json({"object": "list", "results": results, "model": service.model_name, "usage": usage})
+
+    def tei_overflow(truncate: bool, field: str) -> str | None:
+        """The field a too-long text is refused under on TEI's routes (413), or None to truncate:
+        the request's `truncate`, or --auto-truncate."""
+        return None if truncate or settings.auto_truncate else field
+
+    def openai_overflow(field: str) -> str | None:
+        """The same on the OpenAI-style routes: refused (400) only with --on-overflow error."""
+        return field if settings.on_overflow == "error" and not settings.auto_truncate else None
 
     def with_prompt(name: str | None, texts: list[str]) -> list[str]:
         """The texts with the model's prompt `name` before each, as encode(prompt_name=) puts it."""
@@ -510,7 +519,7 @@ def create_app(
     async def similarity_of(body: bytes) -> Response:
         parsed = parse_similarity_request(body, settings.max_request_texts)
         texts = with_prompt(parsed.prompt_name, non_blank([parsed.source, *parsed.sentences], "inputs"))
-        overflow = None if parsed.truncate or settings.auto_truncate else "inputs"
+        overflow = tei_overflow(parsed.truncate, "inputs")
         vectors, _ = await service.embed(
             texts,
             dimensions=None,
