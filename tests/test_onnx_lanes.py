@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertnpu_runtime import EncoderClosedError, SentenceEncoder
-from bertnpu_runtime.backends.onnx import OnnxEncoder
+from bertnpu_runtime.backends.onnx import BATCH_TOKENS, OnnxEncoder
 
 TEXTS = [f"sentence number {i} says {'more ' * (i % 7)}about the weather." for i in range(120)]
 
@@ -105,13 +105,21 @@ def run_order(backend: OnnxEncoder, gate: threading.Event, session: SpySession, 
     return session.lengths
 
 
-def test_batches_of_a_smaller_call_go_before_those_a_larger_call_queued(tiny_bundle):
+def test_batches_of_a_small_call_go_before_those_a_larger_call_queued(tiny_bundle):
     backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)  # one batch at a time
     gate = threading.Event()
     whole, _, _ = spied(backend, gate=gate)
-    big, small, unknown = [(6, 1000)] * 4, [(2, 4)], [(4, None)]
+    big, small, unknown = [(6, BATCH_TOKENS + 1)] * 4, [(2, 4)], [(4, None)]
     order = run_order(backend, gate, whole, big + unknown + small)
-    assert order == [6, 2, 6, 6, 6, 4]  # the unknown size waits behind every known one
+    assert order == [6, 2, 6, 6, 6, 4]  # an unknown size is a large call's: it keeps its place
+
+
+def test_small_calls_keep_their_order_among_themselves(tiny_bundle):
+    backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)
+    gate = threading.Event()
+    whole, _, _ = spied(backend, gate=gate)
+    order = run_order(backend, gate, whole, [(6, 4), (5, BATCH_TOKENS), (2, 4), (3, 1)])
+    assert order == [6, 5, 2, 3]  # a one-batch call, however small, does not pass another
 
 
 def test_a_waiting_batch_is_passed_at_most_most_overtaken_times(tiny_bundle, monkeypatch):
@@ -119,7 +127,7 @@ def test_a_waiting_batch_is_passed_at_most_most_overtaken_times(tiny_bundle, mon
     backend = OnnxEncoder(tiny_bundle / "encoder.onnx", num_threads=1, lanes=1)
     gate = threading.Event()
     whole, _, _ = spied(backend, gate=gate)
-    order = run_order(backend, gate, whole, [(6, 1000), (6, 1000)] + [(2, 4), (3, 4), (4, 4)])
+    order = run_order(backend, gate, whole, [(6, BATCH_TOKENS + 1)] * 2 + [(2, 4), (3, 4), (4, 4)])
     assert order == [6, 2, 3, 6, 4]  # the waiting big batch let two small ones by, not a third
 
 

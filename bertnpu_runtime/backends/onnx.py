@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import threading
 from collections import deque
@@ -42,10 +41,11 @@ class OnnxEncoder:
     `lanes` at a time, each on one thread (a second, single-threaded session): single-threaded runs
     never wait for each other between operators, and on two cores two of them encode 1.1-1.3x the
     sentences of one two-threaded run. `run` always uses every thread.
-    Waiting batches start in the order they came, except that a batch of a smaller call (fewer
-    `call_tokens`) goes before those of larger ones, each of which it passes at most
-    MOST_OVERTAKEN times: a server's one-sentence request waits for a lane, not for the batches a
-    big request queued.
+    Waiting batches start in the order they came, except that a batch of a small call (at most
+    BATCH_TOKENS `call_tokens`: one batch's worth) goes before those of larger calls, each of which
+    it passes at most MOST_OVERTAKEN times: a server's one-sentence request waits for a lane, not
+    for the batches a big request queued. Small calls keep their order among themselves: were a
+    call of 1 sentence to pass one of 40, the 40 would wait while single sentences ran one by one.
     """
 
     name = "onnx"
@@ -114,21 +114,23 @@ class OnnxEncoder:
         and its `cancel()` withdraws the batch until a thread takes it.
         alone: the batch is its call's only one: it gets every thread if nothing else is queued or
         running (else it takes a lane, as concurrent encode() calls' batches do).
-        call_tokens: its call's size, when known: it goes before waiting batches of larger calls."""
+        call_tokens: its call's size, when known: a small call's batch goes before waiting batches
+        of larger calls."""
         future: Future = Future()
         with self._state:
             if self._closed:
                 raise EncoderClosedError("the encoder is closed: OnnxEncoder.submit() called after close()")
             whole = self._lane_session is None or (alone and self._idle())
-            self._queue(_Waiting(hidden, attention_mask, whole, future, _size(call_tokens)))
+            small = call_tokens is not None and call_tokens <= BATCH_TOKENS
+            self._queue(_Waiting(hidden, attention_mask, whole, future, small))
             self._start_waiting()
         return future
 
     def _queue(self, batch: _Waiting) -> None:
-        """Put the batch behind the last waiting batch of a call no larger than its own, or that
-        has been passed MOST_OVERTAKEN times (holding self._state)."""
+        """Put the batch behind the last waiting batch of a small call, if it is one, or that has
+        been passed MOST_OVERTAKEN times (holding self._state)."""
         place = len(self._waiting)
-        while place and self._waiting[place - 1].call_size > batch.call_size:
+        while place and batch.small_call and not self._waiting[place - 1].small_call:
             if self._waiting[place - 1].overtaken >= MOST_OVERTAKEN:
                 break
             place -= 1
@@ -222,12 +224,8 @@ class _Waiting:
     mask: np.ndarray
     whole: bool  # runs on every thread
     future: Future
-    call_size: float  # its call's tokens (infinite when unknown)
+    small_call: bool  # its call has at most BATCH_TOKENS tokens
     overtaken: int = 0  # how many later batches went before it
-
-
-def _size(call_tokens: int | None) -> float:
-    return math.inf if call_tokens is None else float(call_tokens)
 
 
 def _open_session(model_path: str | Path, num_threads: int | None) -> Any:
