@@ -47,6 +47,7 @@ from ..pipeline import HostBatch, TextPairs
 from ..pooling import truncate_and_normalize
 from ..tokenize import TokenRows
 from .batcher import Batcher, QueueFull
+from .disconnects import ClientLeft, DisconnectWatch
 from .metrics import Metrics
 from .progress import ProgressLine
 from .requests import (
@@ -110,6 +111,7 @@ class ModelService:
         self.failure: str | None = None
         self.ready = threading.Event()
         self.progress = ProgressLine()
+        self.disconnects = DisconnectWatch()
 
     def open(self, on_ready: Callable[[ModelService], None], on_failure: Callable[[str], None]) -> None:
         try:
@@ -182,30 +184,6 @@ class ModelService:
         if self.encoder is None:
             raise RequestError(503, f"the server is {self.state}; retry shortly", code="not_ready")
         return self.encoder
-
-    async def _unless_client_left(self, future: asyncio.Future) -> np.ndarray:
-        """The request's outputs; or, when its client closes the connection first, the request is
-        cancelled (a batch that has not taken it never will: the batcher drops it) and ClientLeft.
-        The connection is watched only once the request has waited WATCH_AFTER_S: a watch costs
-        a task, more than a quick request could save."""
-        request = _BODY_READ.get()
-        if request is None:
-            return await future
-        loop = asyncio.get_running_loop()
-        watching: list[asyncio.Task] = []
-        timer = loop.call_later(
-            WATCH_AFTER_S, lambda: watching.append(loop.create_task(_cancel_when_gone(request, future)))
-        )
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if watching and watching[0].done() and not watching[0].cancelled():  # it cancelled the future
-                raise ClientLeft from None
-            raise
-        finally:
-            timer.cancel()
-            for watch in watching:
-                watch.cancel()
 
     def embedding_model(self) -> SentenceEncoder:
         """The model, when it is an embedding model; else a 400 saying what this server serves."""
@@ -314,7 +292,8 @@ class ModelService:
             raise RequestError(503, f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
         self.metrics.queue_requests.set(batcher.queued_requests)
         try:
-            outputs = await self._unless_client_left(future)
+            request = _BODY_READ.get()
+            outputs = await (future if request is None else self.disconnects.result(future, request))
         except (BackendCallError, BackendUnavailableError, NpuTimeoutError, EncoderClosedError) as exc:
             raise RequestError(503, first_line(exc), code="backend_unavailable") from exc
         self.metrics.sentences.inc(len(texts))
@@ -336,30 +315,25 @@ class Timing(NamedTuple):
     tokens: int
     characters: int
 
-    def headers(self) -> dict[str, str]:
-        """TEI's x-*-time headers, in whole milliseconds as TEI writes them, and the request's size."""
-        ms = {name: str(int(seconds * 1000)) for name, seconds in zip(self._fields[:4], self[:4])}
-        return {
-            "x-compute-time": ms["total_s"],
-            "x-total-time": ms["total_s"],
-            "x-tokenization-time": ms["tokenization_s"],
-            "x-queue-time": ms["queue_s"],
-            "x-inference-time": ms["inference_s"],
-            "x-compute-tokens": str(self.tokens),
-            "x-compute-characters": str(self.characters),
-        }
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """TEI's x-*-time headers, in whole milliseconds as TEI writes them, and the request's size,
+        encoded for Response.raw_headers (Response.headers.update scans every header per name)."""
+        total = b"%d" % (self.total_s * 1000)
+        return [
+            (b"x-compute-time", total),
+            (b"x-total-time", total),
+            (b"x-tokenization-time", b"%d" % (self.tokenization_s * 1000)),
+            (b"x-queue-time", b"%d" % (self.queue_s * 1000)),
+            (b"x-inference-time", b"%d" % (self.inference_s * 1000)),
+            (b"x-compute-tokens", b"%d" % self.tokens),
+            (b"x-compute-characters", b"%d" % self.characters),
+        ]
 
 
 # The request this task serves, once its body is read (what its connection receives next is a disconnect).
 _BODY_READ: ContextVar[Request | None] = ContextVar("bertnpu_body_read", default=None)
-# A request still unanswered after this long has its connection watched, to drop it if the client leaves.
-WATCH_AFTER_S = 0.25
 # The timing of the request this task serves, set by ModelService._run for the route's headers.
 _TIMING: ContextVar[Timing | None] = ContextVar("bertnpu_timing", default=None)
-
-
-class ClientLeft(Exception):
-    """The client closed its connection before its answer was ready."""
 
 
 def served_model_name(encoder: Model) -> str:
@@ -568,7 +542,7 @@ def create_app(
                 _BODY_READ.set(None)
                 response = await handler(request)
                 if (timing := _TIMING.get()) is not None:
-                    response.headers.update(timing.headers())
+                    response.raw_headers.extend(timing.raw_headers())
             except ClientLeft:
                 response = Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             except RequestError as exc:
@@ -666,13 +640,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     _BODY_READ.set(request)
     return b"".join(chunks)
-
-
-async def _cancel_when_gone(request: Request, future: asyncio.Future) -> None:
-    """Cancel `future` when the client disconnects (the body is read: what is left to receive is that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    future.cancel()  # the batcher drops the request's queued texts (and counts them)
 
 
 def _json(content: Any, status: int = 200, *, retry: bool = False) -> Response:
