@@ -23,6 +23,8 @@ which other requests shared its batch beyond float rounding."""
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import threading
 import time
 from collections import deque
@@ -52,10 +54,10 @@ class _Request:
     outputs: dict[int, np.ndarray] = field(default_factory=dict)  # by a piece's first text
     encoded: int = 0  # texts whose outputs are in
     failed: bool = False
-    token_ends: np.ndarray = field(init=False)  # int64 [texts], tokens up to and with each text
+    token_ends: list[int] = field(init=False)  # tokens up to and with each text (Python ints: cheaper here)
 
     def __post_init__(self) -> None:
-        self.token_ends = np.cumsum(self.rows.lengths)
+        self.token_ends = list(itertools.accumulate(self.rows.lengths.tolist()))
 
     @property
     def started(self) -> bool:
@@ -78,17 +80,19 @@ class _Request:
         return int(self.rows.lengths[self.next_text])
 
     def _tokens_before(self, text: int) -> int:
-        return int(self.token_ends[text - 1]) if text else 0
+        return self.token_ends[text - 1] if text else 0
 
     def take(self, room: int, at_least_one: bool) -> _Piece | None:
         """Its next texts that fit in `room` tokens (at least one text when `at_least_one`)."""
         limit = self._tokens_before(self.next_text) + room
-        end = int(np.searchsorted(self.token_ends, limit, side="right"))
+        end = bisect.bisect_right(self.token_ends, limit)
         if end <= self.next_text:
             if not at_least_one:
                 return None
             end = self.next_text + 1
-        piece = _Piece(self, self.next_text, self.rows.slice(self.next_text, end))
+        whole = self.next_text == 0 and end == len(self.rows)
+        rows = self.rows if whole else self.rows.slice(self.next_text, end)
+        piece = _Piece(self, self.next_text, rows, self._tokens_before(end) - self._tokens_before(self.next_text))
         self.next_text = end
         return piece
 
@@ -100,10 +104,7 @@ class _Piece:
     request: _Request
     first: int  # the request's index of its first text
     rows: TokenRows
-
-    @property
-    def tokens(self) -> int:
-        return int(self.rows.lengths.sum())
+    tokens: int
 
 
 class Batcher:
@@ -247,22 +248,29 @@ class Batcher:
             for request in {id(piece.request): piece.request for piece in batch}.values():
                 self._fail_request(request, exc)
             return
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, np.ndarray]]] = {}
         start = 0
         for piece in batch:
             end = start + len(piece.rows)
-            self._piece_done(piece, vectors[start:end])
+            result = self._piece_done(piece, vectors[start:end])
+            if result is not None:
+                answers.setdefault(piece.request.loop, []).append((piece.request.future, result))
             start = end
+        for loop, settled in answers.items():  # one wake-up of the event loop for the whole batch
+            loop.call_soon_threadsafe(_settle_all, settled)
 
-    def _piece_done(self, piece: _Piece, vectors: np.ndarray) -> None:
+    def _piece_done(self, piece: _Piece, vectors: np.ndarray) -> np.ndarray | None:
+        """Keep a piece's vectors; the request's outputs once all its pieces are in, else None."""
         request = piece.request
+        if len(piece.rows) == len(request.rows):  # the whole request, in one piece
+            return vectors
         with self._cond:
             request.outputs[piece.first] = vectors
             request.encoded += len(piece.rows)
             if request.encoded < len(request.rows) or request.failed:
-                return
+                return None
         outputs = [request.outputs[first] for first in sorted(request.outputs)]
-        result = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-        request.loop.call_soon_threadsafe(_settle, request.future, result, None)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _fail_request(self, request: _Request, error: BaseException) -> None:
         """Its other queued pieces are dropped: the request has failed."""
@@ -352,6 +360,11 @@ def _settle(future: asyncio.Future, result: np.ndarray | None, error: BaseExcept
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future, np.ndarray]]) -> None:
+    for future, result in settled:
+        _settle(future, result, None)
 
 
 def _fail(request: _Request, error: BaseException) -> None:
