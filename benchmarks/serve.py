@@ -9,7 +9,8 @@ Each case (texts per request x concurrent clients) runs every server in turn, `-
 (medians reported). A client keeps one keep-alive connection and sends its next request as soon as
 the last is answered (closed loop), for `--seconds` or `--requests` per case, whichever ends first;
 requests carry STS-B dev sentences in file order, to the OpenAI route (`/embeddings`,
-encoding_format float). The load generator is a minimal asyncio HTTP/1.1 client, so that as little
+encoding_format float). `server_cpu_ms_per_request`: the CPU time of the server's process (all its
+threads) per answered request, on Linux: what a request costs the machine the clients share. The load generator is a minimal asyncio HTTP/1.1 client, so that as little
 of the machine as possible goes to the clients; it shares the machine with the servers all the same.
 
 infinity-emb runs only where it is installed (this benchmark installs nothing): give its
@@ -98,6 +99,14 @@ class Server:
     port: int
     path: str = "/embeddings"
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used so far, every thread's (Linux; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -160,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "vs_in_process",
         "vs_encode_of_in_flight",
         "vs_infinity",
+        "server_cpu_ms_per_request",
         "errors",
     )
     print_table(
@@ -399,14 +409,18 @@ async def _load(
         sent += 1
         return sent <= requests and time.perf_counter() < deadline
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), server.cpu_seconds()
     errors = sum(
         await asyncio.gather(
             *(_client(server, payloads, latencies, i, concurrency, another) for i in range(concurrency))
         )
     )
-    wall = time.perf_counter() - started
+    wall, cpu_after = time.perf_counter() - started, server.cpu_seconds()
+    cpu_ms = None
+    if cpu_before is not None and cpu_after is not None and latencies:
+        cpu_ms = (cpu_after - cpu_before) / len(latencies) * 1000
     return {
+        "server_cpu_ms_per_request": cpu_ms,
         "requests_per_s": len(latencies) / wall,
         "sentences_per_s": len(latencies) * texts / wall,
         "p50_ms": _percentile_ms(latencies, 0.5),
@@ -512,6 +526,8 @@ def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]]
     row["vs_encode_of_in_flight"] = statistics.median(
         r["sentences_per_s"] / r["encode_of_in_flight_sentences_per_s"] for r in rounds
     )
+    cpu = [r["server_cpu_ms_per_request"] for r in rounds if r.get("server_cpu_ms_per_request") is not None]
+    row["server_cpu_ms_per_request"] = statistics.median(cpu) if cpu else None
     row["errors"] = sum(r["errors"] for r in rounds)
     row["requests"] = sum(r["requests"] for r in rounds)
     row["rounds"] = rounds

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,8 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
         assert row["server"] == "bertnpu serve" and row["errors"] == 0 and row["requests"] > 0
         assert row["sentences_per_s"] == pytest.approx(row["requests_per_s"] * texts)
         assert row["p50_ms"] <= row["p99_ms"] and row["vs_infinity"] is None
+        if sys.platform == "linux":  # the server's CPU time, from /proc in 10 ms ticks: a round's may be 0
+            assert row["server_cpu_ms_per_request"] > 0
         ceilings = [r["in_process_sentences_per_s"] for r in row["rounds"]]  # measured in every round
         assert len(ceilings) == len(row["rounds"]) and min(ceilings) > 0
         assert row["vs_in_process"] == pytest.approx(
