@@ -201,12 +201,10 @@ class Batcher:
             try:
                 self._encode_and_settle(batch)
             finally:
-                with self._cond:
+                with self._cond:  # this worker goes back for queued work itself: no other to wake
                     self._running -= len(batch)
                     self._calls -= 1
                     self._started_only_calls -= started_only
-                    if self._requests:  # a worker that had to wait may take them now
-                        self._cond.notify()
 
     def _may_take(self) -> bool:
         """Whether this worker may form a batch now (holding self._cond): while fewer than
@@ -322,6 +320,8 @@ class Batcher:
             self._running += len(batch)
             self._calls += 1
             self._started_only_calls += _started_only(batch)
+            if self._requests and self._may_take():  # work this worker left that another may take now
+                self._cond.notify()
             started = time.monotonic()
             for piece in batch:
                 if piece.first == 0:  # the request's first batch
