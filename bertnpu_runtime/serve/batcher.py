@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -197,14 +198,13 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            started_only = _started_only(batch)
             try:
-                self._encode_and_settle(batch)
+                self._encode_and_settle(batch.pieces)
             finally:
                 with self._cond:  # this worker goes back for queued work itself: no other to wake
-                    self._running -= len(batch)
+                    self._running -= len(batch.pieces)
                     self._calls -= 1
-                    self._started_only_calls -= started_only
+                    self._started_only_calls -= batch.started_only
 
     def _may_take(self) -> bool:
         """Whether this worker may form a batch now (holding self._cond): while fewer than
@@ -277,7 +277,7 @@ class Batcher:
             self._drop([request])
         _fail(request, error)
 
-    def _next_batch(self) -> list[_Piece] | None:
+    def _next_batch(self) -> _Batch | None:
         """The pieces of the next encode(): up to the token budget, once the budget is met, the
         oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
         While requests that have not started wait, the batch is theirs (fewest texts first), with
@@ -285,7 +285,6 @@ class Batcher:
         else the started ones fill it in turn."""
         with self._cond:
             while True:
-                self._drop_abandoned()
                 while not self._requests or not self._may_take():
                     if self._closing and not self._requests:
                         return None
@@ -300,8 +299,11 @@ class Batcher:
                 self._drop_abandoned()
                 if self._requests and self._may_take():  # other workers may have taken work meanwhile
                     break
-            fresh = sorted((request for request in self._requests if not request.started), key=_size)
-            under_way = [request for request in self._requests if request.started]
+            fresh: list[_Request] = []
+            under_way: list[_Request] = []
+            for request in self._requests:
+                (under_way if request.started else fresh).append(request)
+            fresh.sort(key=_size)
             if fresh:  # a quick batch for them, with one text of the longest-waiting started request
                 # Started requests need a text of theirs here only while none of theirs is running.
                 reserve = under_way[0].next_text_tokens if under_way and not self._started_only_calls else 0
@@ -319,19 +321,22 @@ class Batcher:
             self._queued_tokens -= tokens
             self._running += len(batch)
             self._calls += 1
-            self._started_only_calls += _started_only(batch)
+            started_only = all(piece.first > 0 for piece in batch)  # of requests that had started before it
+            self._started_only_calls += started_only
             if self._requests and self._may_take():  # work this worker left that another may take now
                 self._cond.notify()
             started = time.monotonic()
             for piece in batch:
                 if piece.first == 0:  # the request's first batch
                     piece.request.on_start(started)
-            return batch
+            return _Batch(batch, started_only)
 
 
-def _started_only(batch: list[_Piece]) -> bool:
-    """Whether the batch holds only texts of requests that had started before it."""
-    return all(piece.first > 0 for piece in batch)
+class _Batch(NamedTuple):
+    """The pieces of one encode() call."""
+
+    pieces: list[_Piece]
+    started_only: bool  # it holds only texts of requests that had started before it
 
 
 def _size(request: _Request) -> int:
