@@ -386,16 +386,16 @@ def create_app(
     async def tei_root(request: Request) -> Response:
         """TEI's POST /, where huggingface_hub's InferenceClient posts: a similarity request when
         `inputs` is an object ({source_sentence, sentences}), else an embed request."""
-        body = await _read_body(request, settings.max_body_bytes)
-        if isinstance(parse_json_object(body).get("inputs"), dict):
-            return await similarity_of(body)
-        return await embed_of(body)
+        data = parse_json_object(await _read_body(request, settings.max_body_bytes))
+        if isinstance(data.get("inputs"), dict):
+            return await similarity_of(data)
+        return await embed_of(data)
 
     async def tei_embed(request: Request) -> Response:
-        return await embed_of(await _read_body(request, settings.max_body_bytes))
+        return await embed_of(parse_json_object(await _read_body(request, settings.max_body_bytes)))
 
-    async def embed_of(body: bytes) -> Response:
-        parsed = parse_embed_request(body, service.embedding_model().dim, settings.max_request_texts)
+    async def embed_of(data: dict[str, Any]) -> Response:
+        parsed = parse_embed_request(data, service.embedding_model().dim, settings.max_request_texts)
         non_blank(parsed.texts, "inputs")
         overflow = tei_overflow(parsed.truncate, "inputs")
         vectors, _ = await service.embed(
@@ -488,10 +488,10 @@ def create_app(
         return _json(service.opened().pipeline.tokenizer.decode(parsed.ids, parsed.skip_special_tokens))
 
     async def similarity(request: Request) -> Response:
-        return await similarity_of(await _read_body(request, settings.max_body_bytes))
+        return await similarity_of(parse_json_object(await _read_body(request, settings.max_body_bytes)))
 
-    async def similarity_of(body: bytes) -> Response:
-        parsed = parse_similarity_request(body, settings.max_request_texts)
+    async def similarity_of(data: dict[str, Any]) -> Response:
+        parsed = parse_similarity_request(data, settings.max_request_texts)
         texts = with_prompt(parsed.prompt_name, non_blank([parsed.source, *parsed.sentences], "inputs"))
         overflow = tei_overflow(parsed.truncate, "inputs")
         vectors, _ = await service.embed(

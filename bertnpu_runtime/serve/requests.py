@@ -93,8 +93,8 @@ def parse_embeddings_request(body: bytes, dim: int, max_texts: int) -> Embedding
     return EmbeddingsRequest(texts, model, encoding_format, _dimensions(data.get("dimensions"), dim))
 
 
-def parse_embed_request(body: bytes, dim: int, max_texts: int) -> EmbedRequest:
-    data = parse_json_object(body)
+def parse_embed_request(data: dict[str, Any], dim: int, max_texts: int) -> EmbedRequest:
+    """TEI's /embed, from its body parsed by parse_json_object (POST / looks at it first)."""
     if "inputs" not in data:
         raise RequestError(422, "'inputs' is required: a string or a list of strings", "inputs")
     texts = _texts(data["inputs"], "inputs", max_texts, status=422)
@@ -218,8 +218,8 @@ def parse_decode_request(body: bytes, max_texts: int) -> DecodeRequest:
     return DecodeRequest(ids, _flags(data, {"skip_special_tokens": True}, status=422)["skip_special_tokens"])
 
 
-def parse_similarity_request(body: bytes, max_texts: int) -> SimilarityRequest:
-    data = parse_json_object(body)
+def parse_similarity_request(data: dict[str, Any], max_texts: int) -> SimilarityRequest:
+    """TEI's /similarity, from its body parsed by parse_json_object (POST / looks at it first)."""
     inputs = data.get("inputs")
     if not isinstance(inputs, dict):
         raise RequestError(
