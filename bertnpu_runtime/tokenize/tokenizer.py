@@ -7,7 +7,7 @@ import json
 import os
 import time
 import unicodedata
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +129,7 @@ class Tokenizer:
         for RoBERTa), cutting the longer text first to fit max_seq_length (`tokenizers`'
         longest_first, as transformers truncates pairs): at its end, or at its start with
         `truncation_direction` "left". Each text is bounded first, as encode's are."""
-        if truncation_direction == "left":
-            tokenizer, bound, cap = self._end_keeping(), self._bounded_suffix, self._capped_suffix
-        else:
-            tokenizer, bound, cap = self._tokenizer, self._bounded, self._capped
+        tokenizer, bound, cap = self._cutting(keep_end=truncation_direction == "left")
         bounded = [(bound(a), bound(b)) for a, b in pairs]
         try:
             encodings = tokenizer.encode_batch_fast(bounded)
@@ -183,10 +180,7 @@ class Tokenizer:
 
     def _library_ids(self, texts: list[str], keep_end: bool = False) -> list[tuple[list[int], bool]]:
         """Through `tokenizers`: each text's first max_seq_length tokens, or its last (`keep_end`)."""
-        if keep_end:
-            tokenizer, bound, cap = self._end_keeping(), self._bounded_suffix, self._capped_suffix
-        else:
-            tokenizer, bound, cap = self._tokenizer, self._bounded, self._capped
+        tokenizer, bound, cap = self._cutting(keep_end)
         bounded = [bound(t) for t in texts]
         try:
             encodings = tokenizer.encode_batch_fast(bounded)
@@ -202,6 +196,13 @@ class Tokenizer:
                 encoding = tokenizer.encode(capped)
             rows.append((encoding.ids, bool(encoding.overflowing) or capped is not text))
         return rows
+
+    def _cutting(self, keep_end: bool) -> tuple[_HfTokenizer, Callable[[str], str], Callable[[str], str]]:
+        """The tokenizer that keeps a long text's first tokens (or its last, `keep_end`), and the
+        matching bound and cap of a very long text (_bounded and _capped, or their mirrors)."""
+        if keep_end:
+            return self._end_keeping(), self._bounded_suffix, self._capped_suffix
+        return self._tokenizer, self._bounded, self._capped
 
     def _end_keeping(self) -> _HfTokenizer:
         """A copy of the tokenizer that truncates on the left (made on first use)."""
