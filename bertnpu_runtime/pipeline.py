@@ -107,7 +107,7 @@ class Pipeline:
         prompt), normalized where the model is, then cut to `truncate_dim` and normalized when
         `normalize` (truncate_and_normalize). `progress` wraps the batches, if given: a progress
         bar, or a server's count of encoder batches. Token rows tell the backend the call's size,
-        so that a backend several callers share may run smaller calls' batches first."""
+        so that a backend several callers share may run small calls' batches first."""
         vectors = np.empty((len(texts), truncate_dim or self.dim), dtype=np.float32)
         truncated: list[int] = []
         memory = self._take_batch_memory()

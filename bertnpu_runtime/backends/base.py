@@ -80,8 +80,9 @@ class EncoderBackend(Protocol):
         """`alone`: the batch is its encode() call's only one (no other joins the backend before
         it is done); a backend may run it differently (ONNX: on every thread at once).
         `call_tokens`: the tokens of the whole call the batch belongs to, when its caller knows
-        them (None: unknown); a backend shared by several calls may run smaller calls' batches
-        first (ONNX does), so a server's one-sentence request does not queue behind a big one."""
+        them (None: unknown); a backend shared by several calls may run small calls' batches first
+        (ONNX does, for calls of one batch's tokens), so a server's one-sentence request does not
+        queue behind a big one."""
         ...
 
     def health(self) -> str | None:
