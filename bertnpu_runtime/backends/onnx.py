@@ -29,7 +29,7 @@ LANE_QUEUED_TOKENS = 2048
 # batches of 8 as of 32 (benchmarks.batch_tokens), and a shorter run frees its lane sooner for another
 # call's batch. 1,024 would also cut ordinary sentences' batches (32 of over 32 tokens).
 BATCH_TOKENS = 2048
-# A waiting batch lets at most this many batches of smaller calls go before it.
+# A waiting batch lets at most this many batches of small calls go before it.
 MOST_OVERTAKEN = 16
 
 
