@@ -10,8 +10,9 @@ Each case (texts per request x concurrent clients) runs every server in turn, `-
 the last is answered (closed loop), for `--seconds` or `--requests` per case, whichever ends first;
 requests carry STS-B dev sentences in file order, to the OpenAI route (`/embeddings`,
 encoding_format float). `server_cpu_ms_per_request`: the CPU time of the server's process (all its
-threads) per answered request, on Linux: what a request costs the machine the clients share. The load generator is a minimal asyncio HTTP/1.1 client, so that as little
-of the machine as possible goes to the clients; it shares the machine with the servers all the same.
+threads) per answered request, on Linux: what a request costs the machine the clients share. The
+load generator is a minimal asyncio HTTP/1.1 client, so that as little of the machine as possible
+goes to the clients; it shares the machine with the servers all the same.
 
 infinity-emb runs only where it is installed (this benchmark installs nothing): give its
 `infinity_emb` executable with `--infinity`, or have it on PATH. It serves the bundle's source
