@@ -10,7 +10,10 @@ Each case (texts per request x concurrent clients) runs every server in turn, `-
 the last is answered (closed loop), for `--seconds` or `--requests` per case, whichever ends first;
 requests carry STS-B dev sentences in file order, to the OpenAI route (`/embeddings`,
 encoding_format float). `server_cpu_ms_per_request`: the CPU time of the server's process (all its
-threads) per answered request, on Linux: what a request costs the machine the clients share. The
+threads) per answered request, on Linux: what a request costs the machine the clients share;
+`server_loop_cpu_ms_per_request`, its main thread's (uvicorn's event loop: HTTP, parsing,
+tokenizing one-sentence requests, answers), a steadier figure than the whole when comparing two
+versions of the request path, since the encoder's share drifts with the machine. The
 load generator is a minimal asyncio HTTP/1.1 client, so that as little of the machine as possible
 goes to the clients; it shares the machine with the servers all the same.
 
@@ -100,13 +103,14 @@ class Server:
     port: int
     path: str = "/embeddings"
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time the server process has used so far, every thread's (Linux; None elsewhere)."""
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """CPU time the server process has used so far: every thread's, and its main thread's (the
+        event loop, for uvicorn); Linux only, else None."""
+        pid = self.process.pid
         try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return _proc_cpu_seconds(f"/proc/{pid}/stat"), _proc_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -171,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "vs_encode_of_in_flight",
         "vs_infinity",
         "server_cpu_ms_per_request",
+        "server_loop_cpu_ms_per_request",
         "errors",
     )
     print_table(
@@ -221,6 +226,12 @@ class _InProcess:
         for start in range(0, len(sentences), step):
             self._encoder.encode(sentences[start : start + step], batch_size=32)
         return len(sentences) / (time.perf_counter() - started)
+
+
+def _proc_cpu_seconds(stat_file: str) -> float:
+    """utime + stime of a /proc stat file (a process's or a thread's), in seconds."""
+    fields = Path(stat_file).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -417,11 +428,12 @@ async def _load(
         )
     )
     wall, cpu_after = time.perf_counter() - started, server.cpu_seconds()
-    cpu_ms = None
+    cpu_ms = loop_cpu_ms = None
     if cpu_before is not None and cpu_after is not None and latencies:
-        cpu_ms = (cpu_after - cpu_before) / len(latencies) * 1000
+        cpu_ms, loop_cpu_ms = ((after - before) / len(latencies) * 1000 for before, after in zip(cpu_before, cpu_after))
     return {
         "server_cpu_ms_per_request": cpu_ms,
+        "server_loop_cpu_ms_per_request": loop_cpu_ms,
         "requests_per_s": len(latencies) / wall,
         "sentences_per_s": len(latencies) * texts / wall,
         "p50_ms": _percentile_ms(latencies, 0.5),
@@ -527,8 +539,9 @@ def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]]
     row["vs_encode_of_in_flight"] = statistics.median(
         r["sentences_per_s"] / r["encode_of_in_flight_sentences_per_s"] for r in rounds
     )
-    cpu = [r["server_cpu_ms_per_request"] for r in rounds if r.get("server_cpu_ms_per_request") is not None]
-    row["server_cpu_ms_per_request"] = statistics.median(cpu) if cpu else None
+    for key in ("server_cpu_ms_per_request", "server_loop_cpu_ms_per_request"):
+        cpu = [r[key] for r in rounds if r.get(key) is not None]
+        row[key] = statistics.median(cpu) if cpu else None
     row["errors"] = sum(r["errors"] for r in rounds)
     row["requests"] = sum(r["requests"] for r in rounds)
     row["rounds"] = rounds

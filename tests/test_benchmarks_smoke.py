@@ -266,11 +266,14 @@ def test_serve_benchmark_runs_a_live_server(common_args, tmp_path, monkeypatch):
         assert row["p50_ms"] <= row["p99_ms"] and row["vs_infinity"] is None
         if sys.platform == "linux":  # the server's CPU time, from /proc in 10 ms ticks: a round's may be 0
             assert row["server_cpu_ms_per_request"] > 0
+            assert 0 <= row["server_loop_cpu_ms_per_request"] <= row["server_cpu_ms_per_request"]
         ceilings = [r["in_process_sentences_per_s"] for r in row["rounds"]]  # measured in every round
         assert len(ceilings) == len(row["rounds"]) and min(ceilings) > 0
         assert row["vs_in_process"] == pytest.approx(
             statistics.median(r["sentences_per_s"] / c for r, c in zip(row["rounds"], ceilings))
         )
+    if sys.platform == "linux":  # the event loop's share, in ticks too: over all cases, some
+        assert sum(row["server_loop_cpu_ms_per_request"] for row in rows.values()) > 0
     assert len(json.loads(out.read_text())["rows"]) == 4
 
 
