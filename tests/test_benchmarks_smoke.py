@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -349,9 +350,6 @@ def test_batch_tokens_measures_encode_with_and_without_the_limit(common_args, tm
 def test_a_baseline_server_imports_the_baseline_checkouts_code(tmp_path):
     """`--baseline DIR` runs DIR's bertnpu_runtime, not this checkout's (run from here, `-m` put the
     working directory first on sys.path and every baseline ran this checkout's code)."""
-    import subprocess
-    import sys
-
     from benchmarks import serve
 
     package = tmp_path / "bertnpu_runtime"
