@@ -57,6 +57,7 @@ import orjson
 from .common import base_parser, print_table, reference_model_folder, run_metadata, start_run, write_json
 
 MODEL_NAME = "bench-model"
+BERTNPU_NAME, BASELINE_NAME = "bertnpu serve", "bertnpu serve (baseline)"  # the servers' names in the tables
 TIMING_HEADERS = ("tokenization", "queue", "inference", "total")  # TEI's x-NAME-time headers
 SERVER_TIMES = tuple(f"small_{name}_p50_ms" for name in TIMING_HEADERS)
 START_TIMEOUT_S = 180
@@ -174,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "vs_in_process",
         "vs_encode_of_in_flight",
         "vs_infinity",
+        "vs_baseline",
         "server_cpu_ms_per_request",
         "server_loop_cpu_ms_per_request",
         "errors",
@@ -261,7 +263,7 @@ def _start_bertnpu(bundle: Path, args: Any, checkout: Path | None = None) -> Ser
         "--max-wait-ms",
         str(args.max_wait_ms),
     ]
-    where, name = _code_from(checkout), "bertnpu serve" if checkout is None else "bertnpu serve (baseline)"
+    where, name = _code_from(checkout), BERTNPU_NAME if checkout is None else BASELINE_NAME
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, **where)
     return _started(Server(name, process, port))
 
@@ -549,13 +551,29 @@ def _row(name: str, texts: int, concurrency: int, rounds: list[dict[str, float]]
 
 
 def _compare(rows: list[dict[str, Any]]) -> None:
-    """bertnpu's throughput over infinity's in the same case, where both ran."""
-    infinity = {(r["texts"], r["concurrency"]): r for r in rows if r["server"] == "infinity"}
+    """bertnpu's throughput over infinity's (`vs_infinity`), and this checkout's over the baseline's
+    (`vs_baseline`), in the same case, where both ran: the median of the rounds' own ratios. The
+    servers of a round ran within a minute of each other, so their ratio carries less of the
+    machine's drift than a ratio of medians; the rounds' ratios are kept beside it (`*_rounds`)."""
+    by_case = {(r["server"], r["texts"], r["concurrency"]): r for r in rows}
     for row in rows:
-        other = infinity.get((row["texts"], row["concurrency"]))
-        row["vs_infinity"] = (
-            row["sentences_per_s"] / other["sentences_per_s"] if other and row["server"] != "infinity" else None
-        )
+        for column, other_name, compared in (
+            ("vs_infinity", "infinity", row["server"] != "infinity"),
+            ("vs_baseline", BASELINE_NAME, row["server"] == BERTNPU_NAME),
+        ):
+            other = by_case.get((other_name, row["texts"], row["concurrency"]))
+            ratios = _round_ratios(row, other) if other is not None and compared else None
+            row[column] = statistics.median(ratios) if ratios else None
+            row[f"{column}_rounds"] = ratios
+
+
+def _round_ratios(row: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """Sentences/s of `row`'s server over `other`'s, round by round."""
+    return [
+        mine["sentences_per_s"] / theirs["sentences_per_s"]
+        for mine, theirs in zip(row["rounds"], other["rounds"])
+        if theirs["sentences_per_s"] > 0
+    ]
 
 
 if __name__ == "__main__":

@@ -301,17 +301,24 @@ def test_npu_pipeline_at_latency_zero_measures_the_host_alone(common_args):
         npu_pipeline.main([*common_args, "--latency-us", "-5"])
 
 
-def test_serve_benchmark_mixed_load_beside_a_baseline_checkout(common_args, tmp_path, monkeypatch):
-    """The mixed-load case, with this checkout also served as a "baseline" (the before/after setup)."""
+def test_serve_benchmark_beside_a_baseline_checkout(common_args, tmp_path, monkeypatch):
+    """A closed-loop case and the mixed-load case, with this checkout also served as a "baseline"
+    (the before/after setup): vs_baseline pairs the two servers' rates round by round."""
     from benchmarks import serve
 
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
     checkout = Path(serve.__file__).resolve().parents[1]
     result = serve.main(
-        [*common_args, "--limit", "40", "--texts", "--mixed", "1", "2", "--big-texts", "4", "--seconds", "1"]
+        [*common_args, "--limit", "40", "--texts", "1", "--concurrency", "2", "--repeats", "3"]
+        + ["--mixed", "1", "2", "--big-texts", "4", "--seconds", "1"]
         + ["--baseline", str(checkout), "--out", str(tmp_path / "serve.json")]
     )
-    assert result["rows"] == []
+    head, baseline = result["rows"]
+    assert (head["server"], baseline["server"]) == ("bertnpu serve", "bertnpu serve (baseline)")
+    paired = [a["sentences_per_s"] / b["sentences_per_s"] for a, b in zip(head["rounds"], baseline["rounds"])]
+    assert len(paired) == 3 and head["vs_baseline_rounds"] == pytest.approx(paired)
+    assert head["vs_baseline"] == pytest.approx(statistics.median(paired))
+    assert baseline["vs_baseline"] is None and head["vs_infinity"] is None
     assert {row["server"] for row in result["mixed"]} == {"bertnpu serve", "bertnpu serve (baseline)"}
     for row in result["mixed"]:
         assert row["errors"] == 0 and row["long_texts_per_s"] > 0 and row["small_requests_per_s"] > 0
