@@ -19,6 +19,7 @@ from serving import free_port, server_in_thread, wait_healthy
 
 from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.serve.app import STOP_DRAIN_S, ServeSettings, create_app
+from bertnpu_runtime.serve.server import GC_THRESHOLDS
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 
 TEXTS = [f"client {i} asks about a dog in the park" for i in range(40)]
@@ -134,6 +135,36 @@ def test_a_hung_core_makes_health_503_until_it_answers(npu_bundle):
         while httpx.get(f"{url}/health").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_serve_collects_garbage_less_often_while_serving_and_undoes_it_on_return(tiny_bundle):
+    """While `serve` runs, the collector's thresholds are GC_THRESHOLDS and what was loaded before
+    the first request is frozen; when it returns, both are as before."""
+    port = free_port()
+    script = textwrap.dedent(f"""
+        import gc, os, signal, threading, time, httpx
+        from bertnpu_runtime.serve.app import ServeSettings
+        from bertnpu_runtime.serve.server import serve
+
+        def report_then_stop():
+            while True:
+                try:
+                    if httpx.get("http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            print("serving", gc.get_threshold(), gc.get_freeze_count() > 0, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        before = gc.get_threshold()
+        threading.Thread(target=report_then_stop, daemon=True).start()
+        code = serve(ServeSettings(bundle={str(tiny_bundle)!r}), port={port})
+        print("after", gc.get_threshold() == before, gc.get_freeze_count(), code, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"serving {GC_THRESHOLDS} True", "after True 0 0"]
 
 
 def test_a_stop_with_a_hung_core_is_bounded_and_answers_503(npu_bundle):
