@@ -63,7 +63,8 @@ def serve(
         while not server.started and not server.should_exit:  # the socket is bound once started
             time.sleep(0.01)
         encoder = service.opened()
-        gc.freeze()  # what is loaded by now lives as long as the server: older collections skip it
+        if not server.should_exit:  # else serve() may have returned, and undone the collector's settings
+            gc.freeze()  # what is loaded by now lives as long as the server: older collections skip it
         logger.info(
             "bertnpu serve: ready on http://%s:%d (model %s, backend %s: %s)",
             host,
