@@ -212,3 +212,122 @@ def test_a_worker_stays_free_for_new_requests_while_a_big_one_runs():
     assert small[:, 0].tolist() == [2000]
     assert big[:, 0].tolist() == list(range(1000, 1040))
     assert calls[2][0] == 2000  # the third call, beside the held piece, with one text of the big request
+
+
+class Gate:
+    """An encoder whose calls each wait until the test ends them (`end`), or until `open()`."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.started = threading.Semaphore(0)
+        self._ends: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._open = False
+
+    def __call__(self, rows: TokenRows) -> np.ndarray:
+        end = threading.Event()
+        with self._lock:
+            self.calls.append(rows.ids[rows.starts + 1].tolist())
+            self._ends.append(end)
+            if self._open:
+                end.set()
+        self.started.release()
+        assert end.wait(30)
+        return rows.ids[rows.starts + 1][:, None].astype(np.float32)
+
+    def end(self, call: int) -> None:
+        self._ends[call].set()
+
+    def open(self) -> None:
+        """End every call, and let those to come run through."""
+        with self._lock:
+            self._open = True
+            for end in self._ends:
+                end.set()
+
+
+async def _started(gate: Gate, calls: int = 1, within_s: float = 30) -> None:
+    for _ in range(calls):
+        assert await asyncio.to_thread(gate.started.acquire, True, within_s), "no call started"
+
+
+def test_a_freed_worker_waits_for_its_clients_while_another_call_runs():
+    """Calls 1 and 2 run; request 3 gathers. Call 1 ends: its worker waits (hold_s) for as many
+    tokens as call 1 held, so request 4, sent after call 1's answer, shares a call with request 3."""
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=3, hold_s=5.0)
+        try:
+            first = batcher.submit(texts(1, 1))
+            await _started(gate)
+            second = batcher.submit(texts(2, 1))
+            await _started(gate)
+            third = batcher.submit(texts(3, 1))
+            gate.end(0)
+            await first
+            await asyncio.sleep(0.2)  # a client's round trip
+            fourth = batcher.submit(texts(4, 1))
+            await _started(gate)
+            gate.open()
+            await asyncio.gather(second, third, fourth)
+        finally:
+            gate.open()
+            batcher.close()
+
+    asyncio.run(main())
+    assert gate.calls == [[1], [2], [3, 4]]
+
+
+def test_a_freed_worker_does_not_wait_when_no_other_call_runs():
+    """One call at a time (two workers, the second kept for new requests under a big one): nothing
+    else feeds the encoder, so the freed worker takes request 3 at once, without request 4."""
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=2, hold_s=5.0)
+        try:
+            first = batcher.submit(texts(1, 1))
+            await _started(gate)
+            third = batcher.submit(texts(3, 1))
+            gate.end(0)
+            await first
+            await _started(gate, within_s=1)  # request 3's call, well within hold_s
+            fourth = batcher.submit(texts(4, 1))
+            gate.open()
+            await asyncio.gather(third, fourth)
+        finally:
+            gate.open()
+            batcher.close()
+
+    asyncio.run(main())
+    assert gate.calls == [[1], [3], [4]]
+
+
+def test_a_held_call_starts_once_no_other_call_feeds_the_encoder():
+    """Call 1 ends while call 2 runs, so the next call is held for call 1's clients; when call 2
+    ends too, nothing would keep the encoder busy: request 3 runs at once, without waiting."""
+    gate = Gate()
+
+    async def main() -> None:
+        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=3, hold_s=5.0)
+        try:
+            first = batcher.submit(texts(1, 1))
+            await _started(gate)
+            second = batcher.submit(texts(2, 1))
+            await _started(gate)
+            third = batcher.submit(texts(3, 1))
+            gate.end(0)
+            await first
+            gate.end(1)
+            await second
+            await _started(gate, within_s=1)
+            fourth = batcher.submit(texts(4, 1))
+            gate.open()
+            await asyncio.gather(third, fourth)
+        finally:
+            gate.open()
+            batcher.close()
+
+    asyncio.run(main())
+    assert gate.calls == [[1], [2], [3], [4]]

@@ -13,6 +13,11 @@ always has one call's batches to run while another call embeds and pools); the l
 for requests that have not started, and runs only while a call of started requests' pieces does: so
 a request that arrives under a big one finds a worker free, and its call goes before the batches the
 big one queued on the encoder (call_tokens).
+When a call that answered requests ends while another runs, the next call waits at most `hold_s`
+for their clients to send as many tokens again: a closed loop of clients comes back within a few milliseconds, and their
+texts join the queued ones in one larger call, whose batches hold more sentences of like length
+(64 one-sentence clients: calls of 29 texts instead of 20). The other call's batches keep the
+encoder busy meanwhile; with no other call running, nothing waits.
 A request's vectors go back to its asyncio future once all its pieces ran. When a batch of several
 pieces fails with a transient device fault (BackendCallError), each piece is run again alone, so a
 request fails only when its own texts cannot be encoded. The queue holds at most
@@ -107,6 +112,11 @@ class _Piece:
     rows: TokenRows
     tokens: int
 
+    @property
+    def last(self) -> bool:
+        """It holds the request's last texts: its answer goes out when it ends."""
+        return self.first + len(self.rows) == len(self.request.rows)
+
 
 class Batcher:
     """Batches requests across clients for `encode` (token rows -> float32 [n, dim]). Thread-safe."""
@@ -120,12 +130,14 @@ class Batcher:
         max_queue_requests: int,
         max_queue_tokens: int | None = None,
         workers: int = 1,
+        hold_s: float = 0.0,
         on_dropped: Callable[[int], None] = lambda texts: None,
     ) -> None:
         self.workers = workers
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
+        self.hold_s = hold_s
         self.max_queue_requests = max_queue_requests
         self.max_queue_tokens = max_queue_tokens if max_queue_tokens is not None else 64 * max_batch_tokens
         self._on_dropped = on_dropped
@@ -136,6 +148,8 @@ class Batcher:
         self._running = 0  # pieces inside an encode()
         self._calls = 0  # encode() calls running
         self._started_only_calls = 0  # of which, those that hold only started requests' texts
+        self._held_until = 0.0  # after a call ended while another runs: the next waits until then,
+        self._awaited_tokens = 0  # or until this many tokens are queued
         self._threads = [
             threading.Thread(target=self._run, name=f"bertnpu-batcher-{i}", daemon=True) for i in range(workers)
         ]
@@ -205,6 +219,10 @@ class Batcher:
                     self._running -= len(batch.pieces)
                     self._calls -= 1
                     self._started_only_calls -= batch.started_only
+                    answered = sum(piece.tokens for piece in batch.pieces if piece.last)
+                    if self.hold_s and self._calls and answered:  # their clients' next requests may join
+                        self._held_until = time.monotonic() + self.hold_s
+                        self._awaited_tokens = self._queued_tokens + answered
 
     def _may_take(self) -> bool:
         """Whether this worker may form a batch now (holding self._cond): while fewer than
@@ -279,7 +297,9 @@ class Batcher:
 
     def _next_batch(self) -> _Batch | None:
         """The pieces of the next encode(): up to the token budget, once the budget is met, the
-        oldest request has waited max_wait_s, or the batcher is closing. None when closed and empty.
+        oldest request has waited max_wait_s, or the batcher is closing; after a call ended while
+        another runs, not before as many tokens as it held are queued again or hold_s has passed
+        (see the module's docstring). None when closed and empty.
         While requests that have not started wait, the batch is theirs (fewest texts first), with
         room for one text of the longest-waiting started request if none of theirs is running;
         else the started ones fill it in turn."""
@@ -292,7 +312,10 @@ class Batcher:
                     self._drop_abandoned()
                 deadline = self._requests[0].arrived + self.max_wait_s
                 while self._queued_tokens < self.max_batch_tokens and not self._closing:
-                    remaining = deadline - time.monotonic()
+                    until = deadline
+                    if self._calls and self._queued_tokens < self._awaited_tokens:
+                        until = max(deadline, self._held_until)
+                    remaining = until - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
@@ -319,6 +342,7 @@ class Batcher:
                 [request for request in self._requests if id(request) not in took_ids] + [r for r in took if r.queued]
             )
             self._queued_tokens -= tokens
+            self._awaited_tokens = 0  # the hold, if any, ends with this call
             self._running += len(batch)
             self._calls += 1
             started_only = all(piece.first > 0 for piece in batch)  # of requests that had started before it
