@@ -6,7 +6,8 @@ Layout (format version 1):
     bundle.json         manifest: model facts, pooling, eps, and a SHA-256 for every file below
     embeddings.npz      word/position/token-type tables + embedding LayerNorm (float32), eps
     tokenizer.json      Hugging Face `tokenizers` file
-    encoder.onnx        encoder only: hidden_states [b, s, h] f32 + attention_mask [b, s] i64 -> last_hidden_state
+    encoder.onnx        encoder only: hidden_states f32, packed [tokens, h] or padded [b, s, h] (encoder_graph.py),
+                        + attention_mask [b, s] i64 -> last_hidden_state [b, s, h]
     encoder.int8.onnx   optional: int8 (QDQ) encoder, same interface
     calib/NNNN.npy      calibration inputs for the qb Compiler: [1, seq, hidden] float32, unpadded
     model.mxq           optional: the encoder compiled for a Mobilint NPU

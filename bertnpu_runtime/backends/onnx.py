@@ -1,4 +1,5 @@
-"""ONNX Runtime encoder backend (CPU): runs the bundle's encoder.onnx on padded batches."""
+"""ONNX Runtime encoder backend (CPU): runs the bundle's encoder.onnx (either form of encoder_graph.py)
+on padded batches."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
+from ..encoder_graph import encoder_feed, takes_packed
 from ..errors import BackendUnavailableError, BundleError, EncoderClosedError
 from ..options import check_num_threads
 from .base import BackendHints
@@ -81,6 +83,7 @@ class OnnxEncoder:
         if hidden_size is not None:
             _check_width(model_path, self._session, hidden_size)
         width = hidden_size if hidden_size is not None else _graph_width(self._session)
+        self._packed = takes_packed(self._session)
         self.lanes = lanes if lanes is not None else (num_threads or _usable_cores())
         self._lane_session = _open_session(model_path, 1) if self.lanes > 1 else None
         # Enough queued for every lane; any lengths share a batch, cut where padding costs more than a call.
@@ -110,7 +113,7 @@ class OnnxEncoder:
         if session is None:
             raise EncoderClosedError("the encoder is closed: OnnxEncoder.run() called after close()")
         try:
-            return _run(session, hidden, attention_mask, self._run_options)
+            return _run(session, hidden, attention_mask, self._packed, self._run_options)
         except Exception as exc:
             raise self._closed_error(exc) from exc
 
@@ -186,7 +189,7 @@ class OnnxEncoder:
 
     def _run_waiting(self, session: object, batch: _Waiting) -> None:
         try:
-            output, error = _run(session, batch.hidden, batch.mask, self._run_options), None
+            output, error = _run(session, batch.hidden, batch.mask, self._packed, self._run_options), None
         except BaseException as exc:  # noqa: BLE001 - the batch's owner gets it from result()
             output, error = None, self._closed_error(exc)
         with self._state:
@@ -259,9 +262,8 @@ def _open_session(model_path: str | Path, num_threads: int | None) -> Any:
         raise BundleError(model_path, f"ONNX Runtime cannot load it ({exc})") from exc
 
 
-def _run(session: Any, hidden: np.ndarray, attention_mask: np.ndarray, run_options: Any) -> np.ndarray:
-    feed = {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: attention_mask}
-    (output,) = session.run([ONNX_OUTPUT], feed, run_options)
+def _run(session: Any, hidden: np.ndarray, attention_mask: np.ndarray, packed: bool, run_options: Any) -> np.ndarray:
+    (output,) = session.run([ONNX_OUTPUT], encoder_feed(hidden, attention_mask, packed), run_options)
     return output
 
 
@@ -294,18 +296,17 @@ def _graph_width(session: Any) -> int | None:
 
 
 def _check_width(model_path: str | Path, session: Any, hidden_size: int) -> None:
-    """The graph's hidden-state input and output end in hidden_size where their shapes say so."""
+    """The graph's hidden-state input and output have the ranks of encoder_graph's forms and end in
+    hidden_size where their shapes say so."""
     hidden_input = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
     outputs = {o.name: o for o in session.get_outputs()}
     if ONNX_OUTPUT not in outputs:
         raise BundleError(model_path, f"expected an output {ONNX_OUTPUT!r}, found {sorted(outputs)}")
-    for what, shape in (
-        (f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape),
-        (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape),
+    for what, shape, forms in (
+        (f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape, {2: "[tokens, H]", 3: "[batch, seq, H]"}),
+        (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape, {3: "[batch, seq, H]"}),
     ):
         width = shape[-1] if shape else None
-        if len(shape or ()) != 3 or (isinstance(width, int) and width != hidden_size):
-            raise BundleError(
-                model_path,
-                f"{what} has shape {shape}; expected [batch, seq, {hidden_size}] (bundle.json's hidden_size)",
-            )
+        if len(shape or ()) not in forms or (isinstance(width, int) and width != hidden_size):
+            expected = " or ".join(forms.values()).replace("H", str(hidden_size))
+            raise BundleError(model_path, f"{what} has shape {shape}; expected {expected} (bundle.json's hidden_size)")

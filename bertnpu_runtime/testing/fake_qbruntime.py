@@ -42,6 +42,8 @@ from enum import Enum
 
 import numpy as np
 
+from ..encoder_graph import encoder_feed, takes_packed
+
 _DOCS = "Please visit https://docs.mobilint.com/v1.5/doxygen/html_en/group__CPPAPI.html for more details."
 _DEVICE_NAMES = (
     "auto",
@@ -317,8 +319,10 @@ class FakeNpu:
         if not variants or any(v == 0 for v in variants):
             raise ValueError(f"variants must be non-zero widths, found {list(variants)}")
         self._session = None
+        self._packed = False
         if encoder_onnx_path is not None:
             self._session = _open_onnx(encoder_onnx_path)
+            self._packed = takes_packed(self._session)
             if hidden_size is None:
                 (hidden_input,) = [i for i in self._session.get_inputs() if i.name == "hidden_states"]
                 hidden_size = hidden_input.shape[-1]
@@ -500,7 +504,7 @@ class FakeNpu:
             mask = (inputs[1][:, 0, :, 0] > 0.5).astype(np.int64)
         else:
             mask = (inputs[1][:, 0, :, 0] > _ADDITIVE_KEEP_THRESHOLD).astype(np.int64)
-        (output,) = self._session.run(None, {"hidden_states": hidden, "attention_mask": mask})
+        (output,) = self._session.run(None, encoder_feed(hidden, mask, self._packed))
         return output[:, None]  # [n, 1, W, C]
 
 
