@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT
+from bertnpu_runtime.encoder_graph import encoder_feed, takes_packed
 
 from .calibration import checked_calibration_files, load_calibration_sample
 
@@ -100,12 +100,15 @@ def quantize_encoder(
     onnx_path, calib_dir, out_path = Path(onnx_path), Path(calib_dir), Path(out_path)
     calib_files = checked_calibration_files(calib_dir)
     _check_options(options)
+    packed = takes_packed(onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
 
     with tempfile.TemporaryDirectory(prefix="bertnpu-int8-") as tmp:
         # Symbolic shape inference + ORT's basic graph optimizations (constant folding), as ORT
         # recommends before quantization: it folds weight transposes into plain initializers.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=False)
+        # auto_merge: the packed graph's token count comes both from its input and from NonZero of
+        # the mask; they are the same dim, which shape inference cannot tell unless told to merge.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
         model = onnx.load(str(prepared))
         _name_unnamed_nodes(model)  # node selection below is by name
         roles = matmul_roles(model)
@@ -128,7 +131,7 @@ def quantize_encoder(
             quantize_static(
                 model_input=str(prepared),
                 model_output=str(out_path),
-                calibration_data_reader=_CalibrationReader(calib_files),
+                calibration_data_reader=_CalibrationReader(calib_files, packed),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 nodes_to_quantize=chosen + other_nodes,
@@ -192,8 +195,9 @@ class _CalibrationReader:
     for sentences of different lengths, so each sentence is collected on its own.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], packed: bool) -> None:
         self._files = files
+        self._packed = packed  # the graph's form (bertnpu_runtime/encoder_graph.py)
         self._iter: Iterator[Path] = iter(files)
 
     def __len__(self) -> int:
@@ -207,7 +211,7 @@ class _CalibrationReader:
         if path is None:
             return None
         hidden = load_calibration_sample(path)  # [1, seq, hidden]
-        return {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones(hidden.shape[:2], dtype=np.int64)}
+        return encoder_feed(hidden, np.ones(hidden.shape[:2], dtype=np.int64), self._packed)
 
     def rewind(self) -> None:
         self._iter = iter(self._files)

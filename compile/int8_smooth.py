@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bertnpu_runtime.bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT
+from bertnpu_runtime.encoder_graph import encoder_feed, takes_packed
 
 from .calibration import load_calibration_sample
 
@@ -64,7 +64,7 @@ def _channel_abs_max(model: onnx.ModelProto, tensors: list[str], calib_files: li
     result: dict[str, np.ndarray] = {}
     for path in calib_files:
         hidden = load_calibration_sample(path)  # [1, seq, hidden]
-        feed = {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones(hidden.shape[:2], dtype=np.int64)}
+        feed = encoder_feed(hidden, np.ones(hidden.shape[:2], dtype=np.int64), takes_packed(session))
         for name, value in zip(tensors, session.run(tensors, feed)):
             channel_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             result[name] = np.maximum(result[name], channel_max) if name in result else channel_max

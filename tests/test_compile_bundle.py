@@ -10,9 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from bundle_edits import rehash
 from conftest import TINY_HIDDEN, TINY_LAYERS, TINY_MAX_POSITIONS, TINY_MAX_SEQ_LENGTH, tiny_vocab
 from transformers import BertModel, BertTokenizer
 
+from bertnpu_runtime import SentenceEncoder
 from bertnpu_runtime.bundle import (
     CALIB_DIR,
     EMBEDDING_KEYS,
@@ -31,9 +33,11 @@ from bertnpu_runtime.bundle import (
 )
 from bertnpu_runtime.data import STSB_TRAIN_FILE
 from bertnpu_runtime.embedding import EmbeddingLayer
+from bertnpu_runtime.encoder_graph import encoder_feed, takes_packed
 from bertnpu_runtime.tokenize import Tokenizer
 from compile import build_bundle
 from compile.calibration import sample_sentences
+from compile.onnx_export import export_encoder
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -160,9 +164,8 @@ def _onnx_vs_torch(bundle: Path, model_dir: Path, bert: BertModel, max_seq_lengt
     batch = tokenizer.encode(SENTENCES)
     embedding = EmbeddingLayer(load_embedding_tables(bundle / EMBEDDINGS_FILE))
     session = ort.InferenceSession(str(bundle / ONNX_ENCODER_FILE), providers=["CPUExecutionProvider"])
-    (ours,) = session.run(
-        [ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: embedding(batch.input_ids), ONNX_MASK_INPUT: batch.attention_mask}
-    )
+    feed = encoder_feed(embedding(batch.input_ids), batch.attention_mask, takes_packed(session))
+    (ours,) = session.run([ONNX_OUTPUT], feed)
     with torch.no_grad():
         reference = bert(
             input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask)
@@ -185,19 +188,44 @@ def test_onnx_encoder_reproduces_torch_default(default_bundle: Path):
     assert np.all(np.abs(1 - cosines) < 1e-5), cosines
 
 
-def test_onnx_encoder_has_dynamic_batch_and_seq(tiny_bundle: Path):
+def test_onnx_encoder_is_packed_with_dynamic_tokens_batch_and_seq(tiny_bundle: Path):
+    """A BERT bundle's graph takes the batch's real tokens only (encoder_graph's packed form) and
+    gives them back laid out [batch, seq, hidden], zero where the mask is 0."""
     session = ort.InferenceSession(str(tiny_bundle / ONNX_ENCODER_FILE), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     assert set(inputs) == {ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT}
     assert inputs[ONNX_HIDDEN_INPUT].type == "tensor(float)" and inputs[ONNX_MASK_INPUT].type == "tensor(int64)"
     hidden_shape = inputs[ONNX_HIDDEN_INPUT].shape
-    assert all(isinstance(d, str) for d in hidden_shape[:2]) and hidden_shape[2] == TINY_HIDDEN
+    assert isinstance(hidden_shape[0], str) and hidden_shape[1:] == [TINY_HIDDEN]
+    assert takes_packed(session)
     for batch, seq in [(1, 1), (5, 40)]:
-        hidden = np.random.default_rng(0).standard_normal((batch, seq, TINY_HIDDEN)).astype(np.float32)
-        (out,) = session.run(
-            [ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: np.ones((batch, seq), np.int64)}
-        )
+        mask = np.ones((batch, seq), np.int64)
+        mask[-1, seq // 2 + 1 :] = 0
+        hidden = np.random.default_rng(0).standard_normal((int(mask.sum()), TINY_HIDDEN)).astype(np.float32)
+        (out,) = session.run([ONNX_OUTPUT], {ONNX_HIDDEN_INPUT: hidden, ONNX_MASK_INPUT: mask})
         assert out.shape == (batch, seq, TINY_HIDDEN) and out.dtype == np.float32
+        assert not out[mask == 0].any() and out[mask == 1].any(axis=1).all()
+
+
+def test_the_padded_graph_of_the_same_model_gives_the_same_vectors(tiny_bundle: Path, tiny_bert: BertModel, tmp_path):
+    """Bundles written before the packed form (and MPNet's) hold the padded graph; the runtime
+    reads either, and both give the same vectors, in batches of mixed lengths."""
+    padded = tmp_path / "padded"
+    shutil.copytree(tiny_bundle, padded)
+    export_encoder(tiny_bert, padded / ONNX_ENCODER_FILE, packed=False)
+    rehash(padded, ONNX_ENCODER_FILE)
+    forms = [
+        ort.InferenceSession(str(b / ONNX_ENCODER_FILE), providers=["CPUExecutionProvider"])
+        for b in (tiny_bundle, padded)
+    ]
+    assert [takes_packed(session) for session in forms] == [True, False]
+    with (
+        SentenceEncoder(tiny_bundle, backend="onnx") as packed_encoder,
+        SentenceEncoder(padded, backend="onnx") as padded_encoder,
+    ):
+        np.testing.assert_allclose(
+            packed_encoder.encode(SENTENCES, batch_size=4), padded_encoder.encode(SENTENCES, batch_size=4), atol=1e-6
+        )
 
 
 def test_bundle_folder_is_readable_by_others(tiny_bundle: Path):

@@ -15,6 +15,7 @@ from conftest import EMBEDDING_FAMILIES as FAMILIES
 from vectors import cosine_rows
 
 from bertnpu_runtime import SentenceEncoder
+from bertnpu_runtime.encoder_graph import takes_packed
 from bertnpu_runtime.testing import FakeNpu, bundle_with_placeholder_mxq
 from compile import CompileError, build_bundle
 
@@ -56,6 +57,17 @@ def test_token_ids_and_vectors_match_sentence_transformers(family, family_models
         theirs = features["input_ids"][row][features["attention_mask"][row].bool()].tolist()
         assert tokens.input_ids[row][: tokens.lengths[row]].tolist() == theirs, text
     assert cosine_rows(vectors, expected).min() >= 0.99999
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_encoder_graph_is_packed_but_for_mpnet(family, family_models):
+    """BERT's and RoBERTa's layers run on the real tokens only (encoder_graph's packed form); MPNet's
+    attention adds a relative position bias, so its graph stays padded. Vectors: the test above."""
+    import onnxruntime as ort
+
+    _, bundle = family_models[family]
+    session = ort.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert takes_packed(session) == (family != "mpnet")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

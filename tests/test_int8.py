@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from bertnpu_runtime.backends.onnx import OnnxEncoder
 from bertnpu_runtime.bundle import CALIB_DIR, ONNX_ENCODER_FILE, TOKENIZER_FILE, Bundle
 from bertnpu_runtime.embedding import EmbeddingLayer
+from bertnpu_runtime.encoder_graph import encoder_feed, takes_packed
 from bertnpu_runtime.pooling import l2_normalize, pool
 from bertnpu_runtime.tokenize import Tokenizer
 from compile.calibration import calibration_files
@@ -131,7 +132,7 @@ def test_smoothing_keeps_the_float_function(tiny_bundle: Path):
 
     def run(m: onnx.ModelProto) -> np.ndarray:
         session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {"hidden_states": hidden, "attention_mask": mask})[0]
+        return session.run(None, encoder_feed(hidden, mask, takes_packed(session)))[0]
 
     before, after = run(model), run(smoothed)
     np.testing.assert_allclose(after[mask == 1], before[mask == 1], rtol=1e-4, atol=1e-4)
