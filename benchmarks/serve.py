@@ -33,7 +33,7 @@ clients sending one sentence at a time, for `--seconds`; it reports the small re
 connection of its own: slow periods are then sampled as often as fast ones. `--texts` with no value
 skips the closed-loop cases. `--baseline DIR` also serves from another
 checkout (a git worktree of an earlier commit), taking turns with the others: a before/after in
-one run.
+one run; `--baseline-bundle` gives it a bundle of its own (one built by that commit's compile/).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from .common import base_parser, print_table, reference_model_folder, run_metadata, start_run, write_json
+from .common import base_parser, check_bundle, print_table, reference_model_folder, run_metadata, start_run, write_json
 
 MODEL_NAME = "bench-model"
 BERTNPU_NAME, BASELINE_NAME = "bertnpu serve", "bertnpu serve (baseline)"  # the servers' names in the tables
@@ -79,6 +79,9 @@ def parse_args(argv: Sequence[str] | None):
         help="mixed case: send the one-sentence requests open loop, this many per second, instead of SMALL clients",
     )
     parser.add_argument("--baseline", type=Path, help="also serve from this checkout (an earlier commit's worktree)")
+    parser.add_argument(
+        "--baseline-bundle", type=Path, help="the bundle the baseline serves (default: --bundle), one its code reads"
+    )
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="longest a case runs per server and round (default: 8)"
     )
@@ -131,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mixed_rows: list[dict[str, Any]] = []
     try:
         if args.baseline:
-            servers.append(_start_bertnpu(run.bundle, args, checkout=args.baseline))
+            baseline_bundle = check_bundle(args.baseline_bundle) if args.baseline_bundle else run.bundle
+            servers.append(_start_bertnpu(baseline_bundle, args, checkout=args.baseline))
         if infinity:
             servers.append(_start_infinity(infinity, reference_model_folder(run.bundle, args.model), args.threads))
         else:
