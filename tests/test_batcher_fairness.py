@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
@@ -251,83 +252,79 @@ async def _started(gate: Gate, calls: int = 1, within_s: float = 30) -> None:
         assert await asyncio.to_thread(gate.started.acquire, True, within_s), "no call started"
 
 
-def test_a_freed_worker_waits_for_its_clients_while_another_call_runs():
-    """Calls 1 and 2 run; request 3 gathers. Call 1 ends: its worker waits (hold_s) for as many
-    tokens as call 1 held, so request 4, sent after call 1's answer, shares a call with request 3."""
+def _calls_with_hold(workers: int, scenario: Callable[[Batcher, Gate], Awaitable[None]]) -> list[list[int]]:
+    """The calls a held batcher (hold_s 5 s) made on a Gate while `scenario` ran."""
     gate = Gate()
 
     async def main() -> None:
-        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=3, hold_s=5.0)
+        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=workers, hold_s=5.0)
         try:
-            first = batcher.submit(texts(1, 1))
-            await _started(gate)
-            second = batcher.submit(texts(2, 1))
-            await _started(gate)
-            third = batcher.submit(texts(3, 1))
-            gate.end(0)
-            await first
-            await asyncio.sleep(0.2)  # a client's round trip
-            fourth = batcher.submit(texts(4, 1))
-            await _started(gate)
-            gate.open()
-            await asyncio.gather(second, third, fourth)
+            await scenario(batcher, gate)
         finally:
             gate.open()
             batcher.close()
 
     asyncio.run(main())
-    assert gate.calls == [[1], [2], [3, 4]]
+    return gate.calls
+
+
+async def _two_running_one_gathering(batcher: Batcher, gate: Gate) -> tuple[asyncio.Future, ...]:
+    """Requests 1 and 2 each on the encoder in a call of its own, request 3 queued behind them."""
+    first = batcher.submit(texts(1, 1))
+    await _started(gate)
+    second = batcher.submit(texts(2, 1))
+    await _started(gate)
+    return first, second, batcher.submit(texts(3, 1))
+
+
+def test_a_freed_worker_waits_for_its_clients_while_another_call_runs():
+    """Calls 1 and 2 run; request 3 gathers. Call 1 ends: its worker waits (hold_s) for as many
+    tokens as call 1 held, so request 4, sent after call 1's answer, shares a call with request 3."""
+
+    async def scenario(batcher: Batcher, gate: Gate) -> None:
+        first, second, third = await _two_running_one_gathering(batcher, gate)
+        gate.end(0)
+        await first
+        await asyncio.sleep(0.2)  # a client's round trip
+        fourth = batcher.submit(texts(4, 1))
+        await _started(gate)
+        gate.open()
+        await asyncio.gather(second, third, fourth)
+
+    assert _calls_with_hold(3, scenario) == [[1], [2], [3, 4]]
 
 
 def test_a_freed_worker_does_not_wait_when_no_other_call_runs():
     """One call at a time (two workers, the second kept for new requests under a big one): nothing
     else feeds the encoder, so the freed worker takes request 3 at once, without request 4."""
-    gate = Gate()
 
-    async def main() -> None:
-        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=2, hold_s=5.0)
-        try:
-            first = batcher.submit(texts(1, 1))
-            await _started(gate)
-            third = batcher.submit(texts(3, 1))
-            gate.end(0)
-            await first
-            await _started(gate, within_s=1)  # request 3's call, well within hold_s
-            fourth = batcher.submit(texts(4, 1))
-            gate.open()
-            await asyncio.gather(third, fourth)
-        finally:
-            gate.open()
-            batcher.close()
+    async def scenario(batcher: Batcher, gate: Gate) -> None:
+        first = batcher.submit(texts(1, 1))
+        await _started(gate)
+        third = batcher.submit(texts(3, 1))
+        gate.end(0)
+        await first
+        await _started(gate, within_s=1)  # request 3's call, well within hold_s
+        fourth = batcher.submit(texts(4, 1))
+        gate.open()
+        await asyncio.gather(third, fourth)
 
-    asyncio.run(main())
-    assert gate.calls == [[1], [3], [4]]
+    assert _calls_with_hold(2, scenario) == [[1], [3], [4]]
 
 
 def test_a_held_call_starts_once_no_other_call_feeds_the_encoder():
     """Call 1 ends while call 2 runs, so the next call is held for call 1's clients; when call 2
     ends too, nothing would keep the encoder busy: request 3 runs at once, without waiting."""
-    gate = Gate()
 
-    async def main() -> None:
-        batcher = Batcher(gate, max_batch_tokens=1000, max_wait_s=0, max_queue_requests=10, workers=3, hold_s=5.0)
-        try:
-            first = batcher.submit(texts(1, 1))
-            await _started(gate)
-            second = batcher.submit(texts(2, 1))
-            await _started(gate)
-            third = batcher.submit(texts(3, 1))
-            gate.end(0)
-            await first
-            gate.end(1)
-            await second
-            await _started(gate, within_s=1)
-            fourth = batcher.submit(texts(4, 1))
-            gate.open()
-            await asyncio.gather(third, fourth)
-        finally:
-            gate.open()
-            batcher.close()
+    async def scenario(batcher: Batcher, gate: Gate) -> None:
+        first, second, third = await _two_running_one_gathering(batcher, gate)
+        gate.end(0)
+        await first
+        gate.end(1)
+        await second
+        await _started(gate, within_s=1)
+        fourth = batcher.submit(texts(4, 1))
+        gate.open()
+        await asyncio.gather(third, fourth)
 
-    asyncio.run(main())
-    assert gate.calls == [[1], [2], [3], [4]]
+    assert _calls_with_hold(3, scenario) == [[1], [2], [3], [4]]
