@@ -19,10 +19,14 @@ import numpy as np
 from .bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT
 
 
+def hidden_input(session: Any) -> Any:
+    """An ONNX Runtime session's `hidden_states` input (its NodeArg: name, shape, type)."""
+    return next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
+
+
 def takes_packed(session: Any) -> bool:
     """Whether an ONNX Runtime session's encoder takes packed hidden states ([tokens, hidden])."""
-    hidden_input = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
-    return len(hidden_input.shape or ()) == 2
+    return len(hidden_input(session).shape or ()) == 2
 
 
 def encoder_feed(hidden: np.ndarray, attention_mask: np.ndarray, packed: bool) -> dict[str, np.ndarray]:

@@ -62,9 +62,10 @@ def _channel_abs_max(model: onnx.ModelProto, tensors: list[str], calib_files: li
     probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in tensors)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     result: dict[str, np.ndarray] = {}
+    packed = takes_packed(session)
     for path in calib_files:
         hidden = load_calibration_sample(path)  # [1, seq, hidden]
-        feed = encoder_feed(hidden, np.ones(hidden.shape[:2], dtype=np.int64), takes_packed(session))
+        feed = encoder_feed(hidden, np.ones(hidden.shape[:2], dtype=np.int64), packed)
         for name, value in zip(tensors, session.run(tensors, feed)):
             channel_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             result[name] = np.maximum(result[name], channel_max) if name in result else channel_max

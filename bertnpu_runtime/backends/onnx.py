@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import ONNX_HIDDEN_INPUT, ONNX_MASK_INPUT, ONNX_OUTPUT
-from ..encoder_graph import encoder_feed, takes_packed
+from ..encoder_graph import encoder_feed, hidden_input, takes_packed
 from ..errors import BackendUnavailableError, BundleError, EncoderClosedError
 from ..options import check_num_threads
 from .base import BackendHints
@@ -291,19 +291,19 @@ def call_cost_tokens(hidden_size: int | None) -> float:
 
 def _graph_width(session: Any) -> int | None:
     """The hidden-state input's width, where the graph fixes it."""
-    shape = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT).shape or [None]
+    shape = hidden_input(session).shape or [None]
     return shape[-1] if isinstance(shape[-1], int) else None
 
 
 def _check_width(model_path: str | Path, session: Any, hidden_size: int) -> None:
     """The graph's hidden-state input and output have the ranks of encoder_graph's forms and end in
     hidden_size where their shapes say so."""
-    hidden_input = next(i for i in session.get_inputs() if i.name == ONNX_HIDDEN_INPUT)
+    hidden = hidden_input(session)
     outputs = {o.name: o for o in session.get_outputs()}
     if ONNX_OUTPUT not in outputs:
         raise BundleError(model_path, f"expected an output {ONNX_OUTPUT!r}, found {sorted(outputs)}")
     for what, shape, forms in (
-        (f"input {ONNX_HIDDEN_INPUT!r}", hidden_input.shape, {2: "[tokens, H]", 3: "[batch, seq, H]"}),
+        (f"input {ONNX_HIDDEN_INPUT!r}", hidden.shape, {2: "[tokens, H]", 3: "[batch, seq, H]"}),
         (f"output {ONNX_OUTPUT!r}", outputs[ONNX_OUTPUT].shape, {3: "[batch, seq, H]"}),
     ):
         width = shape[-1] if shape else None

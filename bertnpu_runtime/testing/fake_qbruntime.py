@@ -42,7 +42,7 @@ from enum import Enum
 
 import numpy as np
 
-from ..encoder_graph import encoder_feed, takes_packed
+from ..encoder_graph import encoder_feed, hidden_input, takes_packed
 
 _DOCS = "Please visit https://docs.mobilint.com/v1.5/doxygen/html_en/group__CPPAPI.html for more details."
 _DEVICE_NAMES = (
@@ -324,8 +324,7 @@ class FakeNpu:
             self._session = _open_onnx(encoder_onnx_path)
             self._packed = takes_packed(self._session)
             if hidden_size is None:
-                (hidden_input,) = [i for i in self._session.get_inputs() if i.name == "hidden_states"]
-                hidden_size = hidden_input.shape[-1]
+                hidden_size = hidden_input(self._session).shape[-1]
         if not isinstance(hidden_size, int):
             raise ValueError("hidden_size is needed when encoder_onnx_path is None")
         self.hidden_size = hidden_size
